@@ -1,0 +1,159 @@
+//! Kafka topics and the envelopes on them that are not telemetry.
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::decode::{check_version, from_json, DecodeError};
+use crate::device::{CommandAck, ReportedState, StatusMessage};
+use crate::ids::DeviceId;
+use crate::MAX_PAYLOAD_BYTES;
+
+/// Default topic names; every service lets the operator override them.
+pub mod topics {
+    /// Validated telemetry, key = device id (one device stays ordered).
+    pub const TELEMETRY: &str = "telemetry";
+    /// State, presence and command acks from devices, key = device id.
+    pub const DEVICE_EVENTS: &str = "device-events";
+    /// Commands to devices, key = device id.
+    pub const DEVICE_COMMANDS: &str = "device-commands";
+    /// What could not be decoded, with the reason; never blocks a partition.
+    pub const DEAD_LETTERS: &str = "dead-letters";
+}
+
+/// Header carrying the envelope version on every record we produce.
+pub const VERSION_HEADER: &str = "warmhouse-version";
+
+/// An event a device reported, as the bridge forwards it to `device-events`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeviceEvent {
+    pub v: u64,
+    pub device_id: DeviceId,
+    pub received_at_ms: i64,
+    #[serde(flatten)]
+    pub event: DeviceEventKind,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum DeviceEventKind {
+    Status { status: StatusMessage },
+    State { state: ReportedState },
+    CommandAck { ack: CommandAck },
+}
+
+impl DeviceEvent {
+    pub fn new(device_id: DeviceId, received_at_ms: i64, event: DeviceEventKind) -> Self {
+        Self {
+            v: u64::from(crate::WIRE_VERSION),
+            device_id,
+            received_at_ms,
+            event,
+        }
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let event: Self = from_json(bytes, 2 * MAX_PAYLOAD_BYTES)?;
+        check_version(event.v)?;
+        Ok(event)
+    }
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A record on the dead-letter topic: the original bytes, where they came
+/// from and why they were refused.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    pub v: u64,
+    /// Stable label, e.g. `not_json`, `invalid_field`, `too_large`, `unknown_topic`.
+    pub reason_kind: String,
+    /// Human-readable reason, naming the offending field where there is one.
+    pub reason: String,
+    /// Where the bytes came from: `mqtt:{topic}` or `kafka:{topic}/{partition}@{offset}`.
+    pub source: String,
+    pub received_at_ms: i64,
+    /// The original payload when it is UTF-8 ...
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// ... otherwise base64 of its bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+}
+
+impl DeadLetter {
+    pub fn new(
+        reason_kind: &str,
+        reason: String,
+        source: String,
+        received_at_ms: i64,
+        payload: &[u8],
+    ) -> Self {
+        let (payload, payload_base64) = match std::str::from_utf8(payload) {
+            Ok(text) => (Some(text.to_string()), None),
+            Err(_) => (
+                None,
+                Some(base64::engine::general_purpose::STANDARD.encode(payload)),
+            ),
+        };
+        Self {
+            v: u64::from(crate::WIRE_VERSION),
+            reason_kind: reason_kind.to_string(),
+            reason,
+            source,
+            received_at_ms,
+            payload,
+            payload_base64,
+        }
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let letter: Self = from_json(bytes, usize::MAX)?;
+        check_version(letter.v)?;
+        Ok(letter)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+
+    /// The original payload bytes.
+    pub fn original_payload(&self) -> Vec<u8> {
+        match (&self.payload, &self.payload_base64) {
+            (Some(text), _) => text.as_bytes().to_vec(),
+            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
+                .decode(b64)
+                .unwrap_or_default(),
+            (None, None) => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dead_letter_keeps_binary_payloads() {
+        let bytes = [0xff, 0x00, 0x10];
+        let letter = DeadLetter::new("not_json", "x".into(), "mqtt:/t".into(), 1, &bytes);
+        assert!(letter.payload.is_none());
+        let back = DeadLetter::decode(&letter.to_json()).unwrap();
+        assert_eq!(back.original_payload(), bytes);
+        let text = DeadLetter::new("not_json", "x".into(), "mqtt:/t".into(), 1, b"hi");
+        assert_eq!(text.payload.as_deref(), Some("hi"));
+    }
+
+    #[test]
+    fn device_event_is_tagged_by_kind() {
+        let event = DeviceEvent::new(
+            DeviceId::new("d").unwrap(),
+            7,
+            DeviceEventKind::Status {
+                status: StatusMessage::new(false, None),
+            },
+        );
+        let json = String::from_utf8(event.to_json()).unwrap();
+        assert!(json.contains(r#""kind":"status""#), "{json}");
+        assert_eq!(DeviceEvent::decode(json.as_bytes()).unwrap(), event);
+    }
+}

@@ -1,0 +1,217 @@
+//! What every Warmhouse service shares: logging, Prometheus metrics, the
+//! `/healthz` and `/readyz` endpoints, and graceful shutdown.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Initialises `tracing`. `RUST_LOG` filters (default `info`);
+/// `WARMHOUSE_LOG_FORMAT=json` switches to JSON lines for containers.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let json = std::env::var("WARMHOUSE_LOG_FORMAT").is_ok_and(|v| v == "json");
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // A second init (tests starting several services) is harmless.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Milliseconds since the Unix epoch by this host's clock.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Named readiness conditions; `/readyz` is 200 only when all of them hold.
+#[derive(Clone, Default)]
+pub struct Readiness {
+    checks: Arc<Mutex<BTreeMap<&'static str, bool>>>,
+}
+
+impl Readiness {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn set(&self, check: &'static str, ready: bool) {
+        if let Ok(mut checks) = self.checks.lock() {
+            checks.insert(check, ready);
+        }
+    }
+
+    pub fn snapshot(&self) -> BTreeMap<&'static str, bool> {
+        self.checks.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.snapshot().values().all(|ready| *ready)
+    }
+}
+
+#[derive(Clone)]
+struct AdminState {
+    registry: Registry,
+    readiness: Readiness,
+}
+
+/// Router with `/metrics`, `/healthz` and `/readyz`; services with an API of
+/// their own merge it into theirs, the others serve it on an admin port.
+pub fn admin_router(registry: Registry, readiness: Readiness) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .with_state(AdminState {
+            registry,
+            readiness,
+        })
+}
+
+async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
+    let encoder = TextEncoder::new();
+    let mut body = Vec::new();
+    match encoder.encode(&state.registry.gather(), &mut body) {
+        Ok(()) => (
+            StatusCode::OK,
+            [(header::CONTENT_TYPE, encoder.format_type().to_string())],
+            body,
+        ),
+        Err(err) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(header::CONTENT_TYPE, "text/plain".to_string())],
+            err.to_string().into_bytes(),
+        ),
+    }
+}
+
+async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
+    let checks = state.readiness.snapshot();
+    let ready = checks.values().all(|r| *r);
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(serde_json::json!({ "ready": ready, "checks": checks })),
+    )
+}
+
+/// Binds `addr` and serves `router` until `shutdown` resolves. Returns the
+/// bound address (useful with port 0) and the server task.
+pub async fn serve(
+    addr: SocketAddr,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<(SocketAddr, JoinHandle<()>)> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding HTTP listener on {addr}"))?;
+    let local = listener.local_addr().context("reading bound address")?;
+    let task = tokio::spawn(async move {
+        if let Err(err) = axum::serve(listener, router)
+            .with_graceful_shutdown(shutdown)
+            .await
+        {
+            tracing::error!(%err, "HTTP server failed");
+        }
+    });
+    Ok((local, task))
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}
+
+/// Registers a metric, turning the (only possible) duplicate-name error into
+/// a message that names the metric.
+pub fn register<M: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    metric: M,
+) -> anyhow::Result<M> {
+    registry
+        .register(Box::new(metric.clone()))
+        .context("registering a Prometheus metric")?;
+    Ok(metric)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_metrics_and_readiness() {
+        let registry = Registry::new();
+        let counter = register(
+            &registry,
+            prometheus::IntCounter::new("test_total", "a test counter").unwrap(),
+        )
+        .unwrap();
+        counter.inc();
+        let readiness = Readiness::new();
+        readiness.set("kafka", false);
+        let (addr, _task) = serve(
+            "127.0.0.1:0".parse().unwrap(),
+            admin_router(registry, readiness.clone()),
+            std::future::pending(),
+        )
+        .await
+        .unwrap();
+        let base = format!("http://{addr}");
+        let metrics = reqwest::get(format!("{base}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(metrics.contains("test_total 1"), "{metrics}");
+        let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+        assert_eq!(ready.status(), 503);
+        readiness.set("kafka", true);
+        let ready = reqwest::get(format!("{base}/readyz")).await.unwrap();
+        assert_eq!(ready.status(), 200);
+        assert_eq!(
+            reqwest::get(format!("{base}/healthz"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+    }
+}
