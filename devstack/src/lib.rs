@@ -1,1 +1,14 @@
-//! placeholder
+//! Real infrastructure as child processes: tansu (Kafka protocol) and influxd,
+//! each on free loopback ports in its own directory. Used by the integration
+//! tests, the local stack and the benchmark, so all three run the same thing.
+//!
+//! Children die with their parent (`PR_SET_PDEATHSIG`), and are killed when
+//! their handle is dropped, so a failed test leaves nothing running.
+
+mod influxd;
+mod kafka;
+mod process;
+
+pub use influxd::Influxd;
+pub use kafka::{create_topics, KafkaStorage, Tansu, TansuCluster};
+pub use process::{find_program, free_port, wait_for_tcp, ChildProcess};

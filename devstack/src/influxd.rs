@@ -1,0 +1,125 @@
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::process::{find_program, free_port, ChildProcess};
+
+/// InfluxDB 1.x (`influxd`, Debian package `influxdb`) as a child process.
+pub struct Influxd {
+    dir: PathBuf,
+    http_port: u16,
+    process: Option<ChildProcess>,
+}
+
+impl Influxd {
+    pub fn start(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        let http_port = free_port()?;
+        let rpc_port = free_port()?;
+        let config = format!(
+            r#"reporting-disabled = true
+bind-address = "127.0.0.1:{rpc_port}"
+[meta]
+  dir = "{dir}/meta"
+[data]
+  dir = "{dir}/data"
+  wal-dir = "{dir}/wal"
+  query-log-enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{http_port}"
+  log-enabled = false
+  max-body-size = 0
+[monitor]
+  store-enabled = false
+[subscriber]
+  enabled = false
+[continuous_queries]
+  enabled = true
+  log-enabled = false
+"#,
+            dir = dir.display()
+        );
+        std::fs::write(dir.join("influxdb.conf"), config).context("writing influxdb.conf")?;
+        let mut influxd = Self {
+            dir: dir.to_path_buf(),
+            http_port,
+            process: None,
+        };
+        influxd.start_again()?;
+        Ok(influxd)
+    }
+
+    /// Base URL of the HTTP API (`/write`, `/query`, `/ping`).
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.http_port)
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.http_port))
+    }
+
+    pub fn start_again(&mut self) -> anyhow::Result<()> {
+        if self.process.is_some() {
+            return Ok(());
+        }
+        let program = find_program(
+            "influxd",
+            "install Debian's `influxdb` package (scripts/install-deps.sh does)",
+        )?;
+        let mut command = Command::new(program);
+        command.arg("-config").arg(self.dir.join("influxdb.conf"));
+        let mut process = ChildProcess::spawn("influxd", command, &self.dir.join("influxd.log"))?;
+        let ping = format!("{}/ping", self.url());
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if ping_ok(&ping) {
+                break;
+            }
+            process.check_alive()?;
+            if Instant::now() > deadline {
+                bail!(
+                    "influxd did not answer {ping}; log:\n{}",
+                    process.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        self.process = Some(process);
+        Ok(())
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut process) = self.process.take() {
+            process.kill();
+        }
+    }
+}
+
+/// Blocking `/ping` without pulling a blocking HTTP client in: a raw request
+/// over TCP is all it takes.
+fn ping_ok(url: &str) -> bool {
+    use std::io::{Read, Write};
+    let Some(rest) = url.strip_prefix("http://") else {
+        return false;
+    };
+    let Some((host, path)) = rest.split_once('/') else {
+        return false;
+    };
+    let Ok(mut stream) = std::net::TcpStream::connect(host) else {
+        return false;
+    };
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let request = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
+    if stream.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 64];
+    match stream.read(&mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).contains(" 204 "),
+        Err(_) => false,
+    }
+}

@@ -1,0 +1,223 @@
+//! Making a record safe: produced to Kafka, or written durably to the spool
+//! when Kafka cannot take it. While the spool holds records, new ones join
+//! its tail, and a drainer replays it to Kafka in order.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::kafka::Producer;
+use crate::metrics::Metrics;
+use crate::spool::{Position, Record, Spool};
+
+enum SpoolCommand {
+    Append(Record, oneshot::Sender<anyhow::Result<bool>>),
+    Read(
+        usize,
+        oneshot::Sender<anyhow::Result<(Vec<Record>, Position)>>,
+    ),
+    Commit(Position, u64, oneshot::Sender<anyhow::Result<()>>),
+}
+
+/// Owns the spool on a thread of its own (its I/O is blocking) and groups
+/// concurrent appends under one fsync.
+#[derive(Clone)]
+struct SpoolHandle {
+    tx: mpsc::UnboundedSender<SpoolCommand>,
+}
+
+impl SpoolHandle {
+    fn spawn(mut spool: Spool, spooling: Arc<AtomicBool>, metrics: Metrics) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<SpoolCommand>();
+        spooling.store(!spool.is_empty(), Ordering::SeqCst);
+        metrics.spool_records.set(spool.pending_records() as i64);
+        std::thread::Builder::new()
+            .name("bridge-spool".into())
+            .spawn(move || {
+                while let Some(first) = rx.blocking_recv() {
+                    let mut waiting = Vec::new();
+                    let mut command = Some(first);
+                    while let Some(cmd) = command.take() {
+                        match cmd {
+                            SpoolCommand::Append(record, reply) => match spool.append(&record) {
+                                Ok(Ok(())) => {
+                                    spooling.store(true, Ordering::SeqCst);
+                                    waiting.push(reply);
+                                }
+                                Ok(Err(full)) => {
+                                    tracing::warn!(%full, "spool full: holding MQTT acks");
+                                    let _ = reply.send(Ok(false));
+                                }
+                                Err(err) => {
+                                    let _ = reply.send(Err(err));
+                                }
+                            },
+                            SpoolCommand::Read(max, reply) => {
+                                let _ = reply.send(spool.read_batch(max));
+                            }
+                            SpoolCommand::Commit(pos, count, reply) => {
+                                let result = spool.commit(pos, count);
+                                if spool.is_empty() {
+                                    spooling.store(false, Ordering::SeqCst);
+                                }
+                                let _ = reply.send(result);
+                            }
+                        }
+                        if waiting.len() < 4096 {
+                            command = rx.try_recv().ok();
+                        }
+                    }
+                    if !waiting.is_empty() {
+                        let synced = spool.sync();
+                        for reply in waiting {
+                            let _ = reply.send(match &synced {
+                                Ok(()) => Ok(true),
+                                Err(err) => Err(anyhow::anyhow!("syncing spool: {err:#}")),
+                            });
+                        }
+                    }
+                    metrics.spool_records.set(spool.pending_records() as i64);
+                    metrics.spool_bytes.set(spool.pending_bytes() as i64);
+                }
+            })
+            .map(|_| ())
+            .unwrap_or_else(|err| tracing::error!(%err, "cannot start spool thread"));
+        Self { tx }
+    }
+
+    async fn call<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<anyhow::Result<T>>) -> SpoolCommand,
+    ) -> anyhow::Result<T> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(make(reply))
+            .map_err(|_| anyhow::anyhow!("spool thread has stopped"))?;
+        rx.await.context("spool thread dropped the request")?
+    }
+}
+
+pub struct Delivery {
+    producer: Producer,
+    spool: SpoolHandle,
+    /// True while the spool holds records: new records queue behind them.
+    spooling: Arc<AtomicBool>,
+    metrics: Metrics,
+}
+
+impl Delivery {
+    pub fn new(producer: Producer, spool: Spool, metrics: Metrics) -> Arc<Self> {
+        let spooling = Arc::new(AtomicBool::new(false));
+        let spool = SpoolHandle::spawn(spool, spooling.clone(), metrics.clone());
+        Arc::new(Self {
+            producer,
+            spool,
+            spooling,
+            metrics,
+        })
+    }
+
+    pub fn kafka_available(&self) -> bool {
+        !self.producer.kafka_down().load(Ordering::SeqCst)
+    }
+
+    /// Resolves once `record` is safe. Never gives up: a full spool or a
+    /// failing disk holds the caller (and so the device's ack) until there is
+    /// room, which is the backpressure policy of docs/adr/0003.
+    pub async fn deliver(&self, record: Record) {
+        if !self.spooling.load(Ordering::SeqCst) && self.kafka_available() {
+            match self.producer.send(&record).await {
+                Ok(()) => {
+                    self.metrics
+                        .produced
+                        .with_label_values(&[&record.topic])
+                        .inc();
+                    return;
+                }
+                Err(err) => {
+                    tracing::warn!(%err, topic = %record.topic, "Kafka refused a record: spooling it")
+                }
+            }
+        }
+        self.spool_until_safe(record).await;
+    }
+
+    async fn spool_until_safe(&self, record: Record) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let rec = record.clone();
+            match self
+                .spool
+                .call(|reply| SpoolCommand::Append(rec, reply))
+                .await
+            {
+                Ok(true) => {
+                    self.metrics.spooled.inc();
+                    return;
+                }
+                Ok(false) => self.metrics.spool_full_waits.inc(),
+                Err(err) => tracing::error!("cannot spool a record, retrying: {err:#}"),
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// Replays the spool to Kafka in order, batch by batch, committing a
+    /// batch only after Kafka acknowledged all of it. Runs until the process ends.
+    pub async fn drain_forever(self: Arc<Self>, batch: usize) {
+        let mut backoff = Duration::from_millis(200);
+        loop {
+            if !self.spooling.load(Ordering::SeqCst) {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+            match self.drain_once(batch).await {
+                Ok(0) => tokio::time::sleep(Duration::from_millis(20)).await,
+                Ok(n) => {
+                    self.metrics.drained.inc_by(n);
+                    backoff = Duration::from_millis(200);
+                }
+                Err(err) => {
+                    tracing::warn!("spool drain failed, retrying in {backoff:?}: {err:#}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
+    async fn drain_once(&self, batch: usize) -> anyhow::Result<u64> {
+        let (records, pos) = self
+            .spool
+            .call(|reply| SpoolCommand::Read(batch, reply))
+            .await?;
+        if records.is_empty() {
+            // Nothing left (records were committed); let the spool re-check.
+            self.spool
+                .call(|reply| SpoolCommand::Commit(pos, 0, reply))
+                .await?;
+            return Ok(0);
+        }
+        let results =
+            futures::future::join_all(records.iter().map(|record| self.producer.send(record)))
+                .await;
+        if let Some(Err(err)) = results.into_iter().find(|r| r.is_err()) {
+            anyhow::bail!("Kafka still unavailable: {err}");
+        }
+        for record in &records {
+            self.metrics
+                .produced
+                .with_label_values(&[&record.topic])
+                .inc();
+        }
+        let count = records.len() as u64;
+        self.spool
+            .call(|reply| SpoolCommand::Commit(pos, count, reply))
+            .await?;
+        Ok(count)
+    }
+}

@@ -1,0 +1,111 @@
+use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use warmhouse_service_kit::register;
+
+/// The bridge's Prometheus metrics (prefix `warmhouse_bridge_`).
+#[derive(Clone)]
+pub struct Metrics {
+    pub received: IntCounterVec,
+    pub readings: IntCounter,
+    pub produced: IntCounterVec,
+    pub dead_lettered: IntCounterVec,
+    pub spooled: IntCounter,
+    pub drained: IntCounter,
+    pub spool_full_waits: IntCounter,
+    pub spool_records: IntGauge,
+    pub spool_bytes: IntGauge,
+    pub in_flight: IntGauge,
+    pub acked: IntCounter,
+    pub mqtt_reconnects: IntCounter,
+}
+
+impl Metrics {
+    pub fn new(registry: &Registry) -> anyhow::Result<Self> {
+        let p = "warmhouse_bridge_";
+        Ok(Self {
+            received: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{p}received_total"),
+                        "MQTT publishes received, by channel",
+                    ),
+                    &["channel"],
+                )?,
+            )?,
+            readings: register(
+                registry,
+                IntCounter::new(format!("{p}readings_total"), "Telemetry readings accepted")?,
+            )?,
+            produced: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{p}produced_total"),
+                        "Records acknowledged by Kafka, by topic",
+                    ),
+                    &["topic"],
+                )?,
+            )?,
+            dead_lettered: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{p}dead_lettered_total"),
+                        "Publishes sent to the dead-letter topic, by reason",
+                    ),
+                    &["reason"],
+                )?,
+            )?,
+            spooled: register(
+                registry,
+                IntCounter::new(
+                    format!("{p}spooled_total"),
+                    "Records written to the local spool",
+                )?,
+            )?,
+            drained: register(
+                registry,
+                IntCounter::new(
+                    format!("{p}spool_drained_total"),
+                    "Spooled records delivered to Kafka",
+                )?,
+            )?,
+            spool_full_waits: register(
+                registry,
+                IntCounter::new(
+                    format!("{p}spool_full_waits_total"),
+                    "Times a record waited because the spool was full",
+                )?,
+            )?,
+            spool_records: register(
+                registry,
+                IntGauge::new(format!("{p}spool_records"), "Records in the spool")?,
+            )?,
+            spool_bytes: register(
+                registry,
+                IntGauge::new(format!("{p}spool_bytes"), "Bytes in the spool")?,
+            )?,
+            in_flight: register(
+                registry,
+                IntGauge::new(
+                    format!("{p}in_flight"),
+                    "Publishes received and not yet acknowledged to the broker",
+                )?,
+            )?,
+            acked: register(
+                registry,
+                IntCounter::new(
+                    format!("{p}acked_total"),
+                    "Publishes acknowledged to the broker",
+                )?,
+            )?,
+            mqtt_reconnects: register(
+                registry,
+                IntCounter::new(
+                    format!("{p}mqtt_reconnects_total"),
+                    "MQTT connection losses",
+                )?,
+            )?,
+        })
+    }
+}
