@@ -1,0 +1,186 @@
+//! Prometheus metrics fed from rumqttd's meters and alerts links.
+//!
+//! rumqttd pushes meters every `meters_interval_secs`: a router meter
+//! (current connections; publishes and failed publishes since the last
+//! push) and one meter per filter log (messages and bytes appended since the
+//! last push). The router meter is only pushed in an interval that saw a
+//! publish; the self-probe publishes, so the connection gauge stays fresh.
+
+use anyhow::Context;
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use rumqttd::{Alert, Meter};
+use warmhouse_service_kit::register;
+
+/// Label for filters without wildcards: exact topics (including the
+/// per-topic logs of dynamic filters) would give one series per device.
+const EXACT_FILTERS: &str = "exact";
+
+#[derive(Clone)]
+pub struct BrokerMetrics {
+    pub connections: IntGauge,
+    pub publishes: IntCounter,
+    pub failed_publishes: IntCounter,
+    pub routed_messages: IntCounterVec,
+    pub routed_bytes: IntCounterVec,
+    pub alerts: IntCounterVec,
+    pub probe_up: IntGaugeVec,
+    pub probe_failures: IntCounterVec,
+}
+
+impl BrokerMetrics {
+    pub fn register(registry: &Registry) -> anyhow::Result<Self> {
+        let opts = |name: &str, help: &str| Opts::new(format!("warmhouse_broker_{name}"), help);
+        Ok(Self {
+            connections: register(
+                registry,
+                IntGauge::with_opts(opts(
+                    "connections",
+                    "MQTT connections held by the router (both listeners, plus the self-probe while it runs)",
+                ))?,
+            )?,
+            publishes: register(
+                registry,
+                IntCounter::with_opts(opts(
+                    "publishes_total",
+                    "PUBLISH packets received by the router (messages in, including the self-probe's)",
+                ))?,
+            )?,
+            failed_publishes: register(
+                registry,
+                IntCounter::with_opts(opts(
+                    "failed_publishes_total",
+                    "PUBLISH packets the router could not append (the publisher is disconnected)",
+                ))?,
+            )?,
+            routed_messages: register(
+                registry,
+                IntCounterVec::new(
+                    opts(
+                        "routed_messages_total",
+                        "Messages appended to subscription filter logs; a publish matching n filters counts n times",
+                    ),
+                    &["filter"],
+                )?,
+            )?,
+            routed_bytes: register(
+                registry,
+                IntCounterVec::new(
+                    opts(
+                        "routed_bytes_total",
+                        "Bytes (topic + payload + 4) appended to subscription filter logs",
+                    ),
+                    &["filter"],
+                )?,
+            )?,
+            alerts: register(
+                registry,
+                IntCounterVec::new(
+                    opts(
+                        "alerts_total",
+                        "rumqttd alerts; cursor_jump means a subscriber fell behind the filter log and skipped data",
+                    ),
+                    &["kind"],
+                )?,
+            )?,
+            probe_up: register(
+                registry,
+                IntGaugeVec::new(
+                    opts(
+                        "probe_up",
+                        "1 if the last self-probe (connect, subscribe, publish, receive) of the listener succeeded",
+                    ),
+                    &["listener"],
+                )?,
+            )?,
+            probe_failures: register(
+                registry,
+                IntCounterVec::new(opts("probe_failures_total", "Failed self-probes"), &["listener"])?,
+            )?,
+        })
+    }
+
+    pub fn record_meters(&self, meters: &[Meter]) {
+        for meter in meters {
+            match meter {
+                Meter::Router(_, router) => {
+                    self.connections
+                        .set(i64::try_from(router.total_connections).unwrap_or(i64::MAX));
+                    self.publishes.inc_by(router.total_publishes as u64);
+                    self.failed_publishes.inc_by(router.failed_publishes as u64);
+                }
+                Meter::Subscription(filter, subscription) => {
+                    let label = filter_label(filter);
+                    self.routed_messages
+                        .with_label_values(&[label])
+                        .inc_by(subscription.count as u64);
+                    self.routed_bytes
+                        .with_label_values(&[label])
+                        .inc_by(subscription.total_size as u64);
+                }
+            }
+        }
+    }
+
+    pub fn record_alerts(&self, alerts: &[Alert]) {
+        for alert in alerts {
+            let kind = alert.kind.name();
+            self.alerts.with_label_values(&[kind.as_str()]).inc();
+            tracing::warn!(
+                client_id = %alert.client_id,
+                kind = %kind,
+                detail = %alert.kind.description(),
+                "rumqttd alert"
+            );
+        }
+    }
+}
+
+fn filter_label(filter: &str) -> &str {
+    if filter.contains(['+', '#']) {
+        filter
+    } else {
+        EXACT_FILTERS
+    }
+}
+
+/// Feeds rumqttd's meters and alerts into `metrics` until both links close
+/// (the router is gone) or `shutdown` fires. Returns when the router is gone.
+pub async fn pump(
+    meters: rumqttd::meters::MetersLink,
+    alerts: rumqttd::alerts::AlertsLink,
+    metrics: BrokerMetrics,
+) -> anyhow::Error {
+    let mut alerts_open = true;
+    loop {
+        tokio::select! {
+            batch = meters.next() => match batch.context("rumqttd meters link closed: the router has stopped") {
+                Ok(batch) => metrics.record_meters(&batch),
+                Err(err) => return err,
+            },
+            batch = alerts.next(), if alerts_open => match batch {
+                Ok(batch) => metrics.record_alerts(&batch),
+                // The meters link reports the router's end; keep reading it.
+                Err(_) => alerts_open = false,
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcard_filters_keep_their_label() {
+        assert_eq!(filter_label("/tenants/+/telemetry"), "/tenants/+/telemetry");
+        assert_eq!(filter_label("#"), "#");
+        assert_eq!(filter_label("/tenants/dev-1/status"), EXACT_FILTERS);
+    }
+
+    #[test]
+    fn registers_every_metric_once() {
+        let registry = Registry::new();
+        BrokerMetrics::register(&registry).unwrap();
+        assert!(BrokerMetrics::register(&registry).is_err());
+    }
+}

@@ -1,0 +1,526 @@
+//! The write side: Kafka `telemetry` to InfluxDB.
+//!
+//! Envelopes are turned into line protocol as they arrive and gathered into
+//! a batch, flushed when it holds `batch_max_points` points or is
+//! `batch_max_delay_ms` old. A batch is gzipped and written; only when
+//! InfluxDB accepted it are its offsets stored for commit. While InfluxDB is
+//! down a write retries with backoff, no new batch starts once
+//! `max_concurrent_writes` are pending, and consumption stops
+//! (backpressure). Writes are idempotent (docs/adr/0004), so a batch
+//! redelivered after a crash overwrites itself.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use flate2::write::GzEncoder;
+use futures::stream::{FuturesOrdered, StreamExt};
+use influxdb_line_protocol::builder::LineProtocolBuilder;
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use warmhouse_contracts::kafka::{topics, DeadLetter};
+use warmhouse_contracts::points::points;
+use warmhouse_contracts::telemetry::TelemetryEnvelope;
+use warmhouse_service_kit::{admin_router, now_ms, register, serve, Readiness};
+
+use crate::influx::{InfluxClient, InfluxSettings, WriteError};
+
+/// Configuration; every option is also an environment variable.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "ingest-writer",
+    about = "Warmhouse ingest: Kafka telemetry to InfluxDB"
+)]
+pub struct WriterConfig {
+    #[arg(
+        long,
+        env = "WARMHOUSE_KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub kafka_bootstrap: String,
+    #[arg(
+        long,
+        env = "WARMHOUSE_INGEST_GROUP",
+        default_value = "warmhouse-ingest"
+    )]
+    pub group_id: String,
+    #[arg(long, env = "WARMHOUSE_TOPIC_TELEMETRY", default_value = topics::TELEMETRY)]
+    pub telemetry_topic: String,
+    #[arg(long, env = "WARMHOUSE_TOPIC_DEAD_LETTERS", default_value = topics::DEAD_LETTERS)]
+    pub dead_letters_topic: String,
+    #[arg(
+        long,
+        env = "WARMHOUSE_INFLUX_URL",
+        default_value = "http://127.0.0.1:8086"
+    )]
+    pub influx_url: String,
+    #[arg(long, env = "WARMHOUSE_INFLUX_DATABASE", default_value = "warmhouse")]
+    pub influx_database: String,
+    /// How long raw readings are kept (InfluxQL duration).
+    #[arg(long, env = "WARMHOUSE_INFLUX_RAW_RETENTION", default_value = "30d")]
+    pub raw_retention: String,
+    /// How long hourly rollups are kept.
+    #[arg(
+        long,
+        env = "WARMHOUSE_INFLUX_ROLLUP_RETENTION",
+        default_value = "104w"
+    )]
+    pub rollup_retention: String,
+    /// Flush a batch when it holds this many points ...
+    #[arg(
+        long,
+        env = "WARMHOUSE_INGEST_BATCH_MAX_POINTS",
+        default_value_t = 20_000
+    )]
+    pub batch_max_points: usize,
+    /// ... or when its first point is this old.
+    #[arg(
+        long,
+        env = "WARMHOUSE_INGEST_BATCH_MAX_DELAY_MS",
+        default_value_t = 100
+    )]
+    pub batch_max_delay_ms: u64,
+    /// Batches being written at once; beyond that consumption waits.
+    #[arg(
+        long,
+        env = "WARMHOUSE_INGEST_MAX_CONCURRENT_WRITES",
+        default_value_t = 2
+    )]
+    pub max_concurrent_writes: usize,
+    #[arg(
+        long,
+        env = "WARMHOUSE_INGEST_ADMIN_LISTEN",
+        default_value = "0.0.0.0:9185"
+    )]
+    pub admin_listen: SocketAddr,
+}
+
+impl WriterConfig {
+    /// Defaults with the given endpoints: for tests and embedding.
+    pub fn new(kafka_bootstrap: &str, influx_url: &str) -> Self {
+        use clap::Parser;
+        let mut config = Self::parse_from(["ingest-writer"]);
+        config.kafka_bootstrap = kafka_bootstrap.to_string();
+        config.influx_url = influx_url.to_string();
+        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
+        config
+    }
+}
+
+/// The writer's Prometheus metrics (prefix `warmhouse_ingest_`).
+#[derive(Clone)]
+pub struct WriterMetrics {
+    pub consumed: IntCounter,
+    pub points_written: IntCounter,
+    pub batches_written: IntCounter,
+    pub write_failures: IntCounterVec,
+    pub dead_lettered: IntCounter,
+    pub batch_seconds: Histogram,
+    pub pending_writes: IntGauge,
+    pub last_write_ms: IntGauge,
+}
+
+impl WriterMetrics {
+    fn new(registry: &Registry) -> anyhow::Result<Self> {
+        let p = "warmhouse_ingest_";
+        Ok(Self {
+            consumed: register(registry, IntCounter::new(format!("{p}consumed_total"), "Kafka records consumed")?)?,
+            points_written: register(registry, IntCounter::new(format!("{p}points_written_total"), "Points InfluxDB accepted")?)?,
+            batches_written: register(registry, IntCounter::new(format!("{p}batches_written_total"), "Batches InfluxDB accepted")?)?,
+            write_failures: register(registry, IntCounterVec::new(Opts::new(format!("{p}write_failures_total"), "Failed InfluxDB writes, by kind (unavailable: retried; refused: dead-lettered)"), &["kind"])?)?,
+            dead_lettered: register(registry, IntCounter::new(format!("{p}dead_lettered_total"), "Records or batches sent to the dead-letter topic")?)?,
+            batch_seconds: register(registry, Histogram::with_opts(HistogramOpts::new(format!("{p}batch_write_seconds"), "Time to write one batch, retries included").buckets(prometheus::exponential_buckets(0.005, 2.0, 14)?))?)?,
+            pending_writes: register(registry, IntGauge::new(format!("{p}pending_writes"), "Batches being written")?)?,
+            last_write_ms: register(registry, IntGauge::new(format!("{p}last_write_timestamp_ms"), "When InfluxDB last accepted a batch")?)?,
+        })
+    }
+}
+
+pub struct RunningWriter {
+    pub admin_addr: SocketAddr,
+    pub metrics: WriterMetrics,
+    task: tokio::task::JoinHandle<()>,
+    admin: tokio::task::JoinHandle<()>,
+}
+
+impl RunningWriter {
+    /// Waits until the writer has stopped (after its shutdown future resolved).
+    pub async fn join(mut self) {
+        let _ = (&mut self.task).await;
+    }
+}
+
+impl Drop for RunningWriter {
+    fn drop(&mut self) {
+        self.task.abort();
+        self.admin.abort();
+    }
+}
+
+/// A batch being gathered: line protocol, its size, the next offset of every
+/// partition it covers, and the age of its first record.
+#[derive(Default)]
+struct Batch {
+    lines: Vec<u8>,
+    points: usize,
+    next_offsets: BTreeMap<(String, i32), i64>,
+    started: Option<Instant>,
+}
+
+impl Batch {
+    fn add_envelope(&mut self, envelope: &TelemetryEnvelope) {
+        let mut builder = LineProtocolBuilder::new_with(std::mem::take(&mut self.lines));
+        for point in points(envelope) {
+            // Tags in key order, as InfluxDB stores them.
+            builder = builder
+                .measurement(point.measurement.as_str())
+                .tag("device_id", point.device_id)
+                .tag("device_type", point.device_type)
+                .tag("home_id", point.home_id)
+                .field("seq", point.seq)
+                .field("value", point.value)
+                .timestamp(point.timestamp_ns)
+                .close_line();
+            self.points += 1;
+        }
+        self.lines = builder.build();
+    }
+
+    fn covers(&mut self, topic: &str, partition: i32, offset: i64) {
+        self.started.get_or_insert_with(Instant::now);
+        self.next_offsets
+            .insert((topic.to_string(), partition), offset + 1);
+    }
+
+    fn is_empty(&self) -> bool {
+        self.started.is_none()
+    }
+}
+
+/// Starts the writer on the current Tokio runtime.
+pub async fn start(
+    config: WriterConfig,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<RunningWriter> {
+    let registry = Registry::new();
+    let metrics = WriterMetrics::new(&registry)?;
+    let readiness = Readiness::new();
+    let mut settings = InfluxSettings::new(&config.influx_url, &config.influx_database);
+    settings.raw_retention = config.raw_retention.clone();
+    settings.rollup_retention = config.rollup_retention.clone();
+    let influx = InfluxClient::new(settings)?;
+    influx
+        .ensure_schema()
+        .await
+        .context("preparing the InfluxDB database and retention policies")?;
+
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka_bootstrap)
+        .set("group.id", &config.group_id)
+        .set("enable.auto.commit", "true")
+        // Offsets are stored by hand, only after InfluxDB took the batch.
+        .set("enable.auto.offset.store", "false")
+        .set("auto.commit.interval.ms", "500")
+        .set("auto.offset.reset", "earliest")
+        .set("fetch.wait.max.ms", "20")
+        .set("reconnect.backoff.max.ms", "1000")
+        .create()
+        .context("creating Kafka consumer")?;
+    consumer
+        .subscribe(&[&config.telemetry_topic])
+        .with_context(|| format!("subscribing to {}", config.telemetry_topic))?;
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka_bootstrap)
+        .set("enable.idempotence", "true")
+        .create()
+        .context("creating dead-letter producer")?;
+
+    let (admin_addr, admin) = serve(
+        config.admin_listen,
+        admin_router(registry, readiness.clone()),
+        std::future::pending(),
+    )
+    .await?;
+    readiness.set("influxdb", true);
+    let task_metrics = metrics.clone();
+    let task = tokio::spawn(async move {
+        let writer = Writer {
+            config,
+            consumer,
+            producer,
+            influx,
+            metrics: task_metrics,
+            readiness,
+        };
+        writer.run(shutdown).await;
+    });
+    Ok(RunningWriter {
+        admin_addr,
+        metrics,
+        task,
+        admin,
+    })
+}
+
+struct Writer {
+    config: WriterConfig,
+    consumer: StreamConsumer,
+    producer: FutureProducer,
+    influx: InfluxClient,
+    metrics: WriterMetrics,
+    readiness: Readiness,
+}
+
+impl Writer {
+    async fn run(self, shutdown: impl std::future::Future<Output = ()>) {
+        tokio::pin!(shutdown);
+        let max_delay = Duration::from_millis(self.config.batch_max_delay_ms);
+        let mut batch = Batch::default();
+        let mut writes = FuturesOrdered::new();
+        loop {
+            let deadline = batch
+                .started
+                .map(|s| tokio::time::Instant::from_std(s + max_delay))
+                .unwrap_or_else(|| tokio::time::Instant::now() + Duration::from_secs(3600));
+            let can_flush = writes.len() < self.config.max_concurrent_writes;
+            tokio::select! {
+                biased;
+                _ = &mut shutdown => break,
+                Some(done) = writes.next(), if !writes.is_empty() => self.finish(done),
+                _ = tokio::time::sleep_until(deadline), if !batch.is_empty() && can_flush => {
+                    writes.push_back(self.write(std::mem::take(&mut batch)));
+                }
+                message = self.consumer.recv(), if batch.points < self.config.batch_max_points => {
+                    match message {
+                        Ok(message) => self.take(&mut batch, &message).await,
+                        Err(err) => tracing::warn!(%err, "Kafka consumer error"),
+                    }
+                }
+            }
+            if batch.points >= self.config.batch_max_points
+                && writes.len() < self.config.max_concurrent_writes
+            {
+                writes.push_back(self.write(std::mem::take(&mut batch)));
+            }
+            self.metrics.pending_writes.set(writes.len() as i64);
+        }
+        // Finish what is in flight so its offsets are committed; what is only
+        // gathered is left for the next run (it is not committed).
+        while let Some(done) = writes.next().await {
+            self.finish(done);
+        }
+        let consumer = self.consumer;
+        let _ =
+            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
+                .await;
+    }
+
+    async fn take(&self, batch: &mut Batch, message: &rdkafka::message::BorrowedMessage<'_>) {
+        self.metrics.consumed.inc();
+        let payload = message.payload().unwrap_or_default();
+        match TelemetryEnvelope::decode(payload) {
+            Ok(envelope) => batch.add_envelope(&envelope),
+            Err(err) => {
+                let source = format!(
+                    "kafka:{}/{}@{}",
+                    message.topic(),
+                    message.partition(),
+                    message.offset()
+                );
+                tracing::warn!(%source, %err, "undecodable telemetry record: dead-lettering it");
+                self.dead_letter(DeadLetter::new(
+                    err.kind(),
+                    err.to_string(),
+                    source,
+                    now_ms(),
+                    payload,
+                ))
+                .await;
+            }
+        }
+        batch.covers(message.topic(), message.partition(), message.offset());
+    }
+
+    async fn dead_letter(&self, letter: DeadLetter) {
+        let payload = letter.to_json();
+        let record =
+            FutureRecord::<str, [u8]>::to(&self.config.dead_letters_topic).payload(&payload);
+        match self.producer.send(record, Timeout::Never).await {
+            Ok(_) => self.metrics.dead_lettered.inc(),
+            Err((err, _)) => {
+                tracing::error!(%err, "cannot dead-letter a record; it is logged here and skipped")
+            }
+        }
+    }
+
+    /// Writes one batch, retrying while InfluxDB is unavailable. Resolves to
+    /// the offsets to store.
+    fn write(
+        &self,
+        batch: Batch,
+    ) -> impl std::future::Future<Output = BTreeMap<(String, i32), i64>> + use<> {
+        let influx = self.influx.clone();
+        let metrics = self.metrics.clone();
+        let readiness = self.readiness.clone();
+        let producer = self.producer.clone();
+        let dead_letters = self.config.dead_letters_topic.clone();
+        async move {
+            let started = Instant::now();
+            let Batch {
+                lines,
+                points,
+                next_offsets,
+                ..
+            } = batch;
+            if points > 0 {
+                let compressed =
+                    tokio::task::spawn_blocking(move || gzip(&lines).map(|gz| (gz, lines)))
+                        .await
+                        .map_err(anyhow::Error::from)
+                        .and_then(|result| result);
+                let body = match compressed {
+                    Ok(body) => body,
+                    Err(err) => {
+                        // Compression of an in-memory buffer cannot fail in practice.
+                        tracing::error!("gzip failed: {err:#}");
+                        return next_offsets;
+                    }
+                };
+                let (gz, lines) = body;
+                let mut backoff = Duration::from_millis(100);
+                loop {
+                    match influx.write_gzip(gz.clone()).await {
+                        Ok(()) => {
+                            readiness.set("influxdb", true);
+                            metrics.points_written.inc_by(points as u64);
+                            metrics.batches_written.inc();
+                            metrics.last_write_ms.set(now_ms());
+                            break;
+                        }
+                        Err(WriteError::Unavailable(reason)) => {
+                            readiness.set("influxdb", false);
+                            metrics
+                                .write_failures
+                                .with_label_values(&["unavailable"])
+                                .inc();
+                            tracing::warn!(%reason, "InfluxDB unavailable, retrying in {backoff:?}");
+                            tokio::time::sleep(backoff).await;
+                            backoff = (backoff * 2).min(Duration::from_secs(5));
+                        }
+                        Err(err @ WriteError::Refused { .. }) => {
+                            // Retrying data InfluxDB refuses would block the
+                            // partition forever: dead-letter the batch instead.
+                            metrics.write_failures.with_label_values(&["refused"]).inc();
+                            tracing::error!(%err, "InfluxDB refused a batch: dead-lettering it");
+                            let source = next_offsets
+                                .iter()
+                                .map(|((t, p), o)| format!("kafka:{t}/{p}@<{o}"))
+                                .collect::<Vec<_>>()
+                                .join(",");
+                            let letter = DeadLetter::new(
+                                "influx_refused",
+                                err.to_string(),
+                                source,
+                                now_ms(),
+                                &lines,
+                            );
+                            let payload = letter.to_json();
+                            let record =
+                                FutureRecord::<str, [u8]>::to(&dead_letters).payload(&payload);
+                            if producer.send(record, Timeout::Never).await.is_ok() {
+                                metrics.dead_lettered.inc();
+                            }
+                            break;
+                        }
+                    }
+                }
+            }
+            metrics
+                .batch_seconds
+                .observe(started.elapsed().as_secs_f64());
+            next_offsets
+        }
+    }
+
+    fn finish(&self, next_offsets: BTreeMap<(String, i32), i64>) {
+        let mut list = TopicPartitionList::new();
+        for ((topic, partition), offset) in &next_offsets {
+            if let Err(err) = list.add_partition_offset(topic, *partition, Offset::Offset(*offset))
+            {
+                tracing::warn!(%err, "bad offset");
+            }
+        }
+        // Fails only for partitions this consumer no longer owns (after a
+        // rebalance); their records are redelivered and overwrite themselves.
+        if let Err(err) = self.consumer.store_offsets(&list) {
+            tracing::warn!(%err, "cannot store offsets; the records will be written again");
+        }
+    }
+}
+
+fn gzip(lines: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut encoder = GzEncoder::new(
+        Vec::with_capacity(lines.len() / 4),
+        flate2::Compression::fast(),
+    );
+    encoder.write_all(lines).context("compressing batch")?;
+    encoder.finish().context("compressing batch")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_becomes_one_line_per_reading() {
+        let envelope = TelemetryEnvelope::decode(
+            br#"{"v":1,"device_id":"d1","home_id":"h1","device_type":"thermostat","received_at_ms":1,
+                "samples":[{"seq":7,"ts":1764000000123,"values":{"temperature":21.5,"heating_on":1}}]}"#,
+        )
+        .unwrap();
+        let mut batch = Batch::default();
+        batch.add_envelope(&envelope);
+        batch.add_envelope(&envelope);
+        let text = String::from_utf8(batch.lines).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(batch.points, 4);
+        assert_eq!(
+            lines[0],
+            "heating_on,device_id=d1,device_type=thermostat,home_id=h1 seq=7i,value=1 1764000000123000007"
+        );
+        assert_eq!(
+            lines[1],
+            "temperature,device_id=d1,device_type=thermostat,home_id=h1 seq=7i,value=21.5 1764000000123000007"
+        );
+        assert_eq!(lines[2], lines[0]);
+    }
+
+    #[test]
+    fn batch_tracks_next_offset_per_partition() {
+        let mut batch = Batch::default();
+        assert!(batch.is_empty());
+        batch.covers("telemetry", 0, 5);
+        batch.covers("telemetry", 1, 9);
+        batch.covers("telemetry", 0, 6);
+        assert_eq!(batch.next_offsets[&("telemetry".to_string(), 0)], 7);
+        assert_eq!(batch.next_offsets[&("telemetry".to_string(), 1)], 10);
+        assert!(!batch.is_empty());
+    }
+
+    #[test]
+    fn gzip_round_trips() {
+        use std::io::Read;
+        let gz = gzip(b"m v=1 1\n").unwrap();
+        let mut out = String::new();
+        flate2::read::GzDecoder::new(gz.as_slice())
+            .read_to_string(&mut out)
+            .unwrap();
+        assert_eq!(out, "m v=1 1\n");
+    }
+}
