@@ -206,6 +206,7 @@ impl Delivery {
             futures::future::join_all(records.iter().map(|record| self.producer.send(record)))
                 .await;
         if let Some(Err(err)) = results.into_iter().find(|r| r.is_err()) {
+            self.producer.reset(&err);
             anyhow::bail!("Kafka still unavailable: {err}");
         }
         for record in &records {

@@ -3,7 +3,7 @@
 //! each message to time out.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -36,8 +36,16 @@ impl ClientContext for BridgeContext {
     }
 }
 
+/// An idempotent producer that replaces itself when the broker rejects it.
+///
+/// After an outage, messages that timed out make librdkafka bump the
+/// idempotent producer's epoch; a broker that lost or never kept producer
+/// state (tansu after a restart, for one) then refuses every record of that
+/// producer. A new producer gets a new id and starts clean; records it sends
+/// again may duplicate in Kafka, which idempotent storage absorbs.
 pub struct Producer {
-    inner: FutureProducer<BridgeContext>,
+    current: RwLock<Arc<FutureProducer<BridgeContext>>>,
+    config: ClientConfig,
     context: BridgeContext,
 }
 
@@ -48,7 +56,8 @@ impl Producer {
         linger: Duration,
     ) -> anyhow::Result<Self> {
         let context = BridgeContext::default();
-        let inner: FutureProducer<BridgeContext> = ClientConfig::new()
+        let mut config = ClientConfig::new();
+        config
             .set("bootstrap.servers", bootstrap)
             .set("enable.idempotence", "true")
             .set("acks", "all")
@@ -59,10 +68,52 @@ impl Producer {
                 "message.timeout.ms",
                 message_timeout.as_millis().to_string(),
             )
-            .set("reconnect.backoff.max.ms", "1000")
+            .set("reconnect.backoff.max.ms", "1000");
+        let producer = config
             .create_with_context(context.clone())
             .context("creating Kafka producer")?;
-        Ok(Self { inner, context })
+        Ok(Self {
+            current: RwLock::new(Arc::new(producer)),
+            config,
+            context,
+        })
+    }
+
+    fn producer(&self) -> Arc<FutureProducer<BridgeContext>> {
+        match self.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Starts over with a new producer (new producer id). The drainer calls
+    /// this after a failed attempt: a producer that lived through an outage
+    /// may wait forever for an epoch bump the broker cannot give.
+    pub fn reset(&self, reason: &KafkaError) {
+        let current = self.producer();
+        self.replace(&current, reason);
+    }
+
+    /// Replaces `failed` with a new producer, unless another task already did.
+    fn replace(&self, failed: &Arc<FutureProducer<BridgeContext>>, error: &KafkaError) {
+        let fresh: FutureProducer<BridgeContext> =
+            match self.config.create_with_context(self.context.clone()) {
+                Ok(producer) => producer,
+                Err(err) => {
+                    tracing::error!(%err, "cannot create a new Kafka producer");
+                    return;
+                }
+            };
+        let mut current = match self.current.write() {
+            Ok(current) => current,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if Arc::ptr_eq(&current, failed) {
+            tracing::warn!(%error, "Kafka rejected the producer: replacing it with a new one");
+            let old = std::mem::replace(&mut *current, Arc::new(fresh));
+            // Dropping purges and flushes for up to 500 ms: not on the runtime.
+            std::thread::spawn(move || drop(old));
+        }
     }
 
     pub fn kafka_down(&self) -> &Arc<AtomicBool> {
@@ -75,8 +126,8 @@ impl Producer {
             key: VERSION_HEADER,
             value: Some("1"),
         });
-        let result = self
-            .inner
+        let producer = self.producer();
+        let result = producer
             .send(
                 FutureRecord::to(&record.topic)
                     .key(record.key.as_slice())
@@ -90,7 +141,35 @@ impl Producer {
                 self.context.kafka_down.store(false, Ordering::SeqCst);
                 Ok(())
             }
-            Err((err, _)) => Err(err),
+            Err((err, _)) => {
+                if is_broker_rejection(&err) {
+                    self.replace(&producer, &err);
+                }
+                Err(err)
+            }
         }
     }
+}
+
+/// Errors that say Kafka is unreachable (retrying the same producer later
+/// works) as opposed to a broker that answered and refused.
+fn is_broker_rejection(err: &KafkaError) -> bool {
+    !matches!(
+        err.rdkafka_error_code(),
+        Some(
+            RDKafkaErrorCode::MessageTimedOut
+                | RDKafkaErrorCode::QueueFull
+                | RDKafkaErrorCode::AllBrokersDown
+                | RDKafkaErrorCode::BrokerTransportFailure
+                | RDKafkaErrorCode::Resolve
+                | RDKafkaErrorCode::PurgeQueue
+                | RDKafkaErrorCode::PurgeInflight
+                | RDKafkaErrorCode::RequestTimedOut
+                | RDKafkaErrorCode::NetworkException
+                | RDKafkaErrorCode::NotEnoughReplicas
+                | RDKafkaErrorCode::NotEnoughReplicasAfterAppend
+                | RDKafkaErrorCode::LeaderNotAvailable
+                | RDKafkaErrorCode::NotLeaderForPartition
+        )
+    )
 }

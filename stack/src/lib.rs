@@ -54,6 +54,7 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(dir: &Path, options: StackOptions) -> anyhow::Result<Self> {
+        warmhouse_service_kit::init_tracing();
         let tansu = Tansu::start(&dir.join("kafka"), options.kafka_storage)?;
         create_topics(
             &tansu.bootstrap(),

