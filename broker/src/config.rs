@@ -17,8 +17,8 @@ pub const DEFAULT_CONNECTION_TIMEOUT_MS: u16 = 10_000;
 pub const DEFAULT_NEXT_CONNECTION_DELAY_MS: u64 = 1;
 /// Small segments: rumqttd's sample config (100 MiB x 10) lets one filter
 /// grow to ~1 GiB of memory.
-pub const DEFAULT_MAX_SEGMENT_SIZE: usize = 1 << 20;
-pub const DEFAULT_MAX_SEGMENT_COUNT: usize = 10;
+pub const DEFAULT_MAX_SEGMENT_SIZE: usize = 4 << 20;
+pub const DEFAULT_MAX_SEGMENT_COUNT: usize = 64;
 pub const DEFAULT_MAX_OUTGOING_PACKET_COUNT: u64 = 200;
 pub const DEFAULT_METERS_INTERVAL_SECS: u64 = 1;
 pub const DEFAULT_PROBE_INTERVAL_SECS: u64 = 10;

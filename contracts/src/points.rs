@@ -1,5 +1,5 @@
 //! How telemetry becomes time-series points, and why a replay cannot
-//! duplicate (see docs/adr/0004-point-identity.md).
+//! duplicate (see docs/adr/0004-point-identity-and-idempotent-writes.md).
 //!
 //! One point per reading: measurement = metric name, tags `home_id`,
 //! `device_id`, `device_type`, fields `value` and `seq`. InfluxDB identifies a

@@ -126,7 +126,7 @@ impl Delivery {
 
     /// Resolves once `record` is safe. Never gives up: a full spool or a
     /// failing disk holds the caller (and so the device's ack) until there is
-    /// room, which is the backpressure policy of docs/adr/0003.
+    /// room, which is the backpressure policy of docs/adr/0003-bridge-spool.md.
     pub async fn deliver(&self, record: Record) {
         if !self.spooling.load(Ordering::SeqCst) && self.kafka_available() {
             match self.producer.send(&record).await {

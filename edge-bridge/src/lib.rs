@@ -82,8 +82,9 @@ pub struct BridgeConfig {
     /// Spool size limit; when full, publishes wait unacknowledged (backpressure).
     #[arg(long, env = "WARMHOUSE_BRIDGE_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
     pub spool_max_bytes: u64,
-    /// Most publishes being made safe at once (beyond that the bridge stops
-    /// reading from the broker).
+    /// Most publishes being made safe at once. rumqttd itself sends the
+    /// bridge at most 100 unacknowledged publishes (a constant of rumqttd
+    /// 0.20), so today that window is the tighter bound.
     #[arg(long, env = "WARMHOUSE_BRIDGE_MAX_IN_FLIGHT", default_value_t = 20_000)]
     pub max_in_flight: usize,
     /// Address of /metrics, /healthz and /readyz.

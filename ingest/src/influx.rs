@@ -1,7 +1,7 @@
 //! InfluxDB through its v1 HTTP API (`/write` with line protocol, `/query`
 //! with InfluxQL), which InfluxDB 1.x, 2.x (compatibility API) and 3.x serve.
 //!
-//! Storage layout (see docs/adr/0004-point-identity.md):
+//! Storage layout (see docs/adr/0004-point-identity-and-idempotent-writes.md):
 //! * database `warmhouse` (configurable);
 //! * retention policy `raw` (default, 30 days) for readings as they arrive,
 //!   `rollup_1h` (2 years) filled by the continuous query `rollup_1h`;
@@ -76,6 +76,8 @@ pub struct StatementResult {
 
 #[derive(Debug, Deserialize, Default, Clone)]
 pub struct Series {
+    /// Absent for some statements (SHOW RETENTION POLICIES).
+    #[serde(default)]
     pub name: String,
     #[serde(default)]
     pub tags: std::collections::BTreeMap<String, String>,
@@ -166,22 +168,28 @@ impl InfluxClient {
     pub async fn ensure_schema(&self) -> anyhow::Result<()> {
         let s = &self.settings;
         let db = &s.database;
-        let statements = [
-            format!("CREATE DATABASE \"{db}\""),
-            format!(
-                "CREATE RETENTION POLICY \"{RAW_RP}\" ON \"{db}\" DURATION {} REPLICATION 1 DEFAULT",
-                s.raw_retention
-            ),
-            format!(
-                "CREATE RETENTION POLICY \"{ROLLUP_RP}\" ON \"{db}\" DURATION {} REPLICATION 1",
-                s.rollup_retention
-            ),
-        ];
-        for statement in statements {
-            self.admin(&statement).await?;
+        self.admin(&format!("CREATE DATABASE \"{db}\"")).await?;
+        // CREATE fails when the policy exists with other settings; then the
+        // configured duration wins (an operator changed it).
+        for (rp, duration, default) in [
+            (RAW_RP, &s.raw_retention, " DEFAULT"),
+            (ROLLUP_RP, &s.rollup_retention, ""),
+        ] {
+            let create = format!(
+                "CREATE RETENTION POLICY \"{rp}\" ON \"{db}\" DURATION {duration} REPLICATION 1{default}"
+            );
+            if let Err(err) = self.admin(&create).await {
+                if !err.to_string().contains("already exists") {
+                    return Err(err);
+                }
+                self.admin(&format!(
+                    "ALTER RETENTION POLICY \"{rp}\" ON \"{db}\" DURATION {duration}{default}"
+                ))
+                .await?;
+            }
         }
         let cq = format!(
-            "CREATE CONTINUOUS QUERY \"rollup_1h\" ON \"{db}\" BEGIN \
+            "CREATE CONTINUOUS QUERY \"rollup_1h\" ON \"{db}\" RESAMPLE FOR 2h BEGIN \
              SELECT mean(\"value\") AS \"value\", min(\"value\") AS \"min\", max(\"value\") AS \"max\", count(\"value\") AS \"count\" \
              INTO \"{db}\".\"{ROLLUP_RP}\".:MEASUREMENT FROM \"{db}\".\"{RAW_RP}\"./.*/ GROUP BY time(1h), * END"
         );

@@ -6,7 +6,7 @@
 //! InfluxDB accepted it are its offsets stored for commit. While InfluxDB is
 //! down a write retries with backoff, no new batch starts once
 //! `max_concurrent_writes` are pending, and consumption stops
-//! (backpressure). Writes are idempotent (docs/adr/0004), so a batch
+//! (backpressure). Writes are idempotent (docs/adr/0004-point-identity-and-idempotent-writes.md), so a batch
 //! redelivered after a crash overwrites itself.
 
 use std::collections::BTreeMap;
@@ -19,7 +19,7 @@ use flate2::write::GzEncoder;
 use futures::stream::{FuturesOrdered, StreamExt};
 use influxdb_line_protocol::builder::LineProtocolBuilder;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -169,6 +169,7 @@ impl Drop for RunningWriter {
 struct Batch {
     lines: Vec<u8>,
     points: usize,
+    first_offsets: BTreeMap<(String, i32), i64>,
     next_offsets: BTreeMap<(String, i32), i64>,
     started: Option<Instant>,
 }
@@ -194,8 +195,9 @@ impl Batch {
 
     fn covers(&mut self, topic: &str, partition: i32, offset: i64) {
         self.started.get_or_insert_with(Instant::now);
-        self.next_offsets
-            .insert((topic.to_string(), partition), offset + 1);
+        let key = (topic.to_string(), partition);
+        self.first_offsets.entry(key.clone()).or_insert(offset);
+        self.next_offsets.insert(key, offset + 1);
     }
 
     fn is_empty(&self) -> bool {
@@ -315,10 +317,10 @@ impl Writer {
         while let Some(done) = writes.next().await {
             self.finish(done);
         }
+        // Closing commits the stored offsets (auto-commit); it may wait on
+        // an unreachable broker, so it happens off the runtime.
         let consumer = self.consumer;
-        let _ =
-            tokio::task::spawn_blocking(move || consumer.commit_consumer_state(CommitMode::Sync))
-                .await;
+        std::thread::spawn(move || drop(consumer));
     }
 
     async fn take(&self, batch: &mut Batch, message: &rdkafka::message::BorrowedMessage<'_>) {
@@ -348,15 +350,13 @@ impl Writer {
     }
 
     async fn dead_letter(&self, letter: DeadLetter) {
-        let payload = letter.to_json();
-        let record =
-            FutureRecord::<str, [u8]>::to(&self.config.dead_letters_topic).payload(&payload);
-        match self.producer.send(record, Timeout::Never).await {
-            Ok(_) => self.metrics.dead_lettered.inc(),
-            Err((err, _)) => {
-                tracing::error!(%err, "cannot dead-letter a record; it is logged here and skipped")
-            }
-        }
+        produce_dead_letter(
+            &self.producer,
+            &self.config.dead_letters_topic,
+            &letter,
+            &self.metrics,
+        )
+        .await;
     }
 
     /// Writes one batch, retrying while InfluxDB is unavailable. Resolves to
@@ -375,6 +375,7 @@ impl Writer {
             let Batch {
                 lines,
                 points,
+                first_offsets,
                 next_offsets,
                 ..
             } = batch;
@@ -413,29 +414,38 @@ impl Writer {
                             tokio::time::sleep(backoff).await;
                             backoff = (backoff * 2).min(Duration::from_secs(5));
                         }
-                        Err(err @ WriteError::Refused { .. }) => {
+                        Err(WriteError::Refused { status, body }) => {
                             // Retrying data InfluxDB refuses would block the
-                            // partition forever: dead-letter the batch instead.
-                            metrics.write_failures.with_label_values(&["refused"]).inc();
-                            tracing::error!(%err, "InfluxDB refused a batch: dead-lettering it");
-                            let source = next_offsets
+                            // partition forever. With "partial write" InfluxDB
+                            // stored all but the refused points. Either way
+                            // the dead letter names the Kafka offsets of the
+                            // batch (the records stay there to replay) and
+                            // InfluxDB's reason.
+                            let kind = if body.contains("partial write") {
+                                "influx_partial_write"
+                            } else {
+                                "influx_refused"
+                            };
+                            metrics.write_failures.with_label_values(&[kind]).inc();
+                            tracing::error!(status, %body, kind, "InfluxDB refused points: dead-lettering the batch's offsets");
+                            let source = first_offsets
                                 .iter()
-                                .map(|((t, p), o)| format!("kafka:{t}/{p}@<{o}"))
+                                .filter_map(|(tp, first)| {
+                                    next_offsets.get(tp).map(|next| {
+                                        format!("kafka:{}/{}@{first}..{next}", tp.0, tp.1)
+                                    })
+                                })
                                 .collect::<Vec<_>>()
                                 .join(",");
                             let letter = DeadLetter::new(
-                                "influx_refused",
-                                err.to_string(),
+                                kind,
+                                format!("InfluxDB answered {status}: {body}"),
                                 source,
                                 now_ms(),
-                                &lines,
+                                body.as_bytes(),
                             );
-                            let payload = letter.to_json();
-                            let record =
-                                FutureRecord::<str, [u8]>::to(&dead_letters).payload(&payload);
-                            if producer.send(record, Timeout::Never).await.is_ok() {
-                                metrics.dead_lettered.inc();
-                            }
+                            produce_dead_letter(&producer, &dead_letters, &letter, &metrics).await;
+                            drop(lines);
                             break;
                         }
                     }
@@ -460,6 +470,32 @@ impl Writer {
         // rebalance); their records are redelivered and overwrite themselves.
         if let Err(err) = self.consumer.store_offsets(&list) {
             tracing::warn!(%err, "cannot store offsets; the records will be written again");
+        }
+    }
+}
+
+/// Produces a dead letter, retrying until Kafka takes it: the offsets it
+/// accounts for are committed right after, so it must not be lost.
+async fn produce_dead_letter(
+    producer: &FutureProducer,
+    topic: &str,
+    letter: &DeadLetter,
+    metrics: &WriterMetrics,
+) {
+    let payload = letter.to_json();
+    let mut backoff = Duration::from_millis(100);
+    loop {
+        let record = FutureRecord::<str, [u8]>::to(topic).payload(&payload);
+        match producer.send(record, Timeout::Never).await {
+            Ok(_) => {
+                metrics.dead_lettered.inc();
+                return;
+            }
+            Err((err, _)) => {
+                tracing::warn!(%err, "cannot produce a dead letter yet, retrying in {backoff:?}");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
         }
     }
 }

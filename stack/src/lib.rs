@@ -13,6 +13,16 @@ use warmhouse_devstack::{create_topics, free_port, Influxd, KafkaStorage, Tansu}
 
 pub mod verify;
 
+/// A future that resolves when `stop` says so.
+fn stopped(
+    stop: &tokio::sync::watch::Sender<bool>,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    let mut rx = stop.subscribe();
+    async move {
+        let _ = rx.wait_for(|stopped| *stopped).await;
+    }
+}
+
 /// Knobs of a stack; the defaults suit tests.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
@@ -41,15 +51,19 @@ impl Default for StackOptions {
     }
 }
 
-/// A running stack. Dropping it stops our services and kills the processes.
+/// A running stack. Dropping it stops our services, then kills the
+/// processes (fields drop in declaration order: services first, so Kafka
+/// clients never outlive the broker they talk to); [`Stack::stop`] does the
+/// same gracefully.
 pub struct Stack {
-    pub dir: PathBuf,
-    pub tansu: Tansu,
-    pub influxd: Influxd,
-    pub broker: warmhouse_broker::RunningBroker,
     pub bridge: warmhouse_edge_bridge::RunningBridge,
     pub writer: warmhouse_ingest::writer::RunningWriter,
     pub query: warmhouse_ingest::query::RunningQueryApi,
+    pub broker: warmhouse_broker::RunningBroker,
+    pub tansu: Tansu,
+    pub influxd: Influxd,
+    pub dir: PathBuf,
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Stack {
@@ -88,7 +102,8 @@ impl Stack {
             dir.join("bridge-spool"),
         );
         bridge_config.kafka_timeout_ms = options.bridge_kafka_timeout.as_millis() as u64;
-        let bridge = warmhouse_edge_bridge::start(bridge_config, std::future::pending())
+        let (stop, _) = tokio::sync::watch::channel(false);
+        let bridge = warmhouse_edge_bridge::start(bridge_config, stopped(&stop))
             .await
             .context("starting the edge bridge")?;
 
@@ -96,7 +111,7 @@ impl Stack {
             warmhouse_ingest::writer::WriterConfig::new(&tansu.bootstrap(), &influxd.url());
         writer_config.batch_max_points = options.ingest_batch_max_points;
         writer_config.batch_max_delay_ms = options.ingest_batch_max_delay.as_millis() as u64;
-        let writer = warmhouse_ingest::writer::start(writer_config, std::future::pending())
+        let writer = warmhouse_ingest::writer::start(writer_config, stopped(&stop))
             .await
             .context("starting the ingest writer")?;
 
@@ -104,7 +119,7 @@ impl Stack {
             loopback(options.query_port.unwrap_or(0)),
             influxd.url(),
         );
-        let query = warmhouse_ingest::query::start(query_config, std::future::pending())
+        let query = warmhouse_ingest::query::start(query_config, stopped(&stop))
             .await
             .context("starting the query API")?;
 
@@ -116,7 +131,34 @@ impl Stack {
             bridge,
             writer,
             query,
+            stop,
         })
+    }
+
+    /// Stops the services gracefully (the writer finishes its in-flight
+    /// batches and commits), then the infrastructure.
+    pub async fn stop(self) {
+        let _ = self.stop.send(true);
+        let Stack {
+            bridge,
+            writer,
+            query,
+            broker,
+            tansu,
+            influxd,
+            ..
+        } = self;
+        if tokio::time::timeout(Duration::from_secs(10), writer.join())
+            .await
+            .is_err()
+        {
+            tracing::warn!("ingest writer did not stop within 10 s");
+        }
+        drop(bridge);
+        drop(query);
+        broker.shutdown().await;
+        drop(tansu);
+        drop(influxd);
     }
 
     pub fn mqtt_port(&self) -> u16 {

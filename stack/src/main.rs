@@ -1,1 +1,154 @@
-fn main() {}
+//! `warmhouse-stack up`: the whole pipeline on this machine with simulated
+//! homes, for trying Warmhouse out. Ctrl-C stops everything.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use warmhouse_devstack::KafkaStorage;
+use warmhouse_stack::{Stack, StackOptions};
+
+#[derive(Parser)]
+#[command(name = "warmhouse-stack", about = "Run the Warmhouse pipeline locally")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Start tansu, influxd and every service, then simulated homes.
+    Up(UpArgs),
+}
+
+#[derive(clap::Args)]
+struct UpArgs {
+    /// Working directory for data and logs (wiped at start).
+    #[arg(long, default_value = ".stack")]
+    dir: PathBuf,
+    /// MQTT port devices connect to.
+    #[arg(long, default_value_t = 1883)]
+    mqtt_port: u16,
+    /// Port of the telemetry query API.
+    #[arg(long, default_value_t = 8081)]
+    query_port: u16,
+    /// Simulated homes (0: start no simulator).
+    #[arg(long, default_value_t = 5)]
+    homes: u32,
+    #[arg(long, default_value_t = 4)]
+    devices_per_home: u32,
+    /// Milliseconds between two messages of one device.
+    #[arg(long, default_value_t = 1000)]
+    interval_ms: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    if std::env::var_os("RUST_LOG").is_none() {
+        std::env::set_var("RUST_LOG", "info,rumqttd=warn,librdkafka=warn,rdkafka=warn");
+    }
+    match Cli::parse().command {
+        Command::Up(args) => up(args).await,
+    }
+}
+
+async fn up(args: UpArgs) -> anyhow::Result<()> {
+    if args.dir.exists() {
+        std::fs::remove_dir_all(&args.dir)
+            .with_context(|| format!("wiping {}", args.dir.display()))?;
+    }
+    std::fs::create_dir_all(&args.dir)
+        .with_context(|| format!("creating {}", args.dir.display()))?;
+    let dir = args
+        .dir
+        .canonicalize()
+        .context("resolving the stack directory")?;
+    let options = StackOptions {
+        kafka_storage: KafkaStorage::Sqlite,
+        mqtt_port: Some(args.mqtt_port),
+        query_port: Some(args.query_port),
+        bridge_kafka_timeout: Duration::from_secs(10),
+        ..StackOptions::default()
+    };
+    let stack = Stack::start(&dir, options).await?;
+
+    let (stop_sim, sim_stopped) = tokio::sync::oneshot::channel::<()>();
+    let simulator = if args.homes > 0 {
+        let homes = args.homes.to_string();
+        let devices = args.devices_per_home.to_string();
+        let interval = args.interval_ms.to_string();
+        let config = stack.simulator(&[
+            "--homes",
+            &homes,
+            "--devices-per-home",
+            &devices,
+            "--interval-ms",
+            &interval,
+            "--progress",
+        ]);
+        Some(tokio::spawn(warmhouse_simulator::run(config, async {
+            let _ = sim_stopped.await;
+        })))
+    } else {
+        None
+    };
+
+    let query = stack.query_url();
+    println!(
+        "\nWarmhouse is running (data and logs in {dir}).\n\
+         \n  MQTT broker        127.0.0.1:{mqtt}   e.g. mosquitto_sub -p {mqtt} -t '/tenants/+/telemetry' -v\
+         \n  Telemetry API      {query}/docs/   (Swagger UI)\
+         \n  Latest of a home   curl -s {query}/api/v1/homes/home-0001/telemetry/latest\
+         \n  Last hour, 1-min   curl -s '{query}/api/v1/devices/home-0001-dev-01/telemetry?metric=temperature&agg=mean&every=1m'\
+         \n  Metrics            http://{broker}/metrics (broker)  http://{bridge}/metrics (bridge)  http://{writer}/metrics (ingest)  {query}/metrics (query)\
+         \n  InfluxDB           influx -host 127.0.0.1 -port {influx_port} -database warmhouse -execute 'SHOW MEASUREMENTS'\
+         \n\nCtrl-C stops everything.\n",
+        dir = dir.display(),
+        mqtt = stack.mqtt_port(),
+        broker = stack.broker.admin_addr,
+        bridge = stack.bridge.admin_addr,
+        writer = stack.writer.admin_addr,
+        influx_port = stack.influxd.addr().port(),
+    );
+    if simulator.is_some() {
+        tokio::spawn(show_first_telemetry(format!(
+            "{query}/api/v1/homes/home-0001/telemetry/latest"
+        )));
+    }
+
+    warmhouse_service_kit::shutdown_signal().await;
+    println!("\nstopping ...");
+    let _ = stop_sim.send(());
+    if let Some(simulator) = simulator {
+        match tokio::time::timeout(Duration::from_secs(15), simulator).await {
+            Ok(Ok(Ok(summary))) => println!("{summary}"),
+            Ok(Ok(Err(err))) => eprintln!("simulator failed: {err:#}"),
+            _ => eprintln!("simulator did not stop in time"),
+        }
+    }
+    stack.stop().await;
+    println!("stopped; nothing is left running.");
+    // Kafka clients closing in the background would keep the runtime alive
+    // while they retry a broker that is gone; everything that matters has
+    // stopped, so end the process here.
+    std::process::exit(0)
+}
+
+/// Waits until the first readings are queryable and prints them, so whoever
+/// started the stack sees telemetry flowing end to end.
+async fn show_first_telemetry(url: String) {
+    let http = reqwest::Client::new();
+    for _ in 0..120 {
+        if let Ok(response) = http.get(&url).send().await {
+            if response.status().is_success() {
+                if let Ok(body) = response.text().await {
+                    println!("\nTelemetry is flowing. curl -s {url}\n{body}\n");
+                    return;
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    eprintln!("no telemetry visible at {url} after 60 s: check the logs above");
+}
