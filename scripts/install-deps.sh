@@ -11,6 +11,7 @@ APT_PACKAGES=(
   influxdb influxdb-client   # time-series store (v1 HTTP API) and its CLI
   mosquitto mosquitto-clients # reference MQTT broker for the benchmark; real MQTT clients for tests
   coreutils                   # stdbuf, used by the broker tests
+  postgresql                  # device registry store
   pkg-config zlib1g-dev make  # building librdkafka (rdkafka-sys)
 )
 

@@ -98,6 +98,18 @@ impl Tansu {
     pub fn is_running(&self) -> bool {
         self.process.is_some()
     }
+
+    /// Whether the broker process is still alive, and its last log lines:
+    /// for the message of a test that failed.
+    pub fn diagnose(&mut self) -> String {
+        match self.process.as_mut() {
+            None => "tansu is stopped".to_string(),
+            Some(process) => match process.check_alive() {
+                Ok(()) => format!("tansu is running; log tail:\n{}", process.log_tail()),
+                Err(err) => format!("{err:#}"),
+            },
+        }
+    }
 }
 
 /// Several tansu brokers on different ports sharing one SQLite file: they

@@ -2,13 +2,15 @@
 //! each on free loopback ports in its own directory. Used by the integration
 //! tests, the local stack and the benchmark, so all three run the same thing.
 //!
-//! Children die with their parent (`PR_SET_PDEATHSIG`), and are killed when
-//! their handle is dropped, so a failed test leaves nothing running.
+//! Children are killed when their handle is dropped, so a failed test leaves
+//! nothing running (see [`ChildProcess`]).
 
 mod influxd;
 mod kafka;
+mod postgres;
 mod process;
 
 pub use influxd::Influxd;
 pub use kafka::{create_topics, KafkaStorage, Tansu, TansuCluster};
+pub use postgres::Postgres;
 pub use process::{find_program, free_port, wait_for_tcp, ChildProcess};

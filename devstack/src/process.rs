@@ -42,7 +42,13 @@ pub fn wait_for_tcp(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
     }
 }
 
-/// A child process that is killed when dropped and when its parent dies.
+/// A child process that is killed when dropped.
+///
+/// No `PR_SET_PDEATHSIG`: it follows the thread that forked the child, not
+/// the process, and killed tansu and influxd in the middle of system tests
+/// when a runtime thread went away. A test process that is itself killed
+/// leaves its children to cargo-nextest, which kills the test's whole
+/// process group.
 pub struct ChildProcess {
     name: String,
     child: Option<Child>,
@@ -59,17 +65,6 @@ impl ChildProcess {
             .with_context(|| format!("opening log {}", log.display()))?;
         let err = out.try_clone().context("cloning log handle")?;
         command.stdin(Stdio::null()).stdout(out).stderr(err);
-        #[cfg(target_os = "linux")]
-        {
-            use std::os::unix::process::CommandExt;
-            // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
-            unsafe {
-                command.pre_exec(|| {
-                    libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                    Ok(())
-                });
-            }
-        }
         let child = command
             .spawn()
             .with_context(|| format!("starting {name} ({command:?})"))?;

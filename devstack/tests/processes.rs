@@ -69,3 +69,28 @@ async fn sqlite_tansu_keeps_records_across_a_restart() {
     assert_eq!(&values[..2], ["before", "after-fresh"]);
     survived.unwrap();
 }
+
+/// Restarting tansu from a process full of busy Kafka client threads (as the
+/// system tests do) must not hang: repeated kill and start while producing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tansu_restarts_under_load() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tansu = Tansu::start(dir.path(), KafkaStorage::Sqlite).unwrap();
+    create_topics(&tansu.bootstrap(), &["t"], 1).await.unwrap();
+    let bootstrap = tansu.bootstrap();
+    let load = tokio::spawn(async move {
+        let producer = producer(&bootstrap, true);
+        for i in 0.. {
+            let _ = send(&producer, &format!("v{i}")).await;
+        }
+    });
+    for round in 0..5 {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        tansu.kill();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let started = std::time::Instant::now();
+        tansu.start_again().unwrap();
+        eprintln!("round {round}: restarted in {:?}", started.elapsed());
+    }
+    load.abort();
+}

@@ -167,15 +167,15 @@ async fn bad_payloads_go_to_the_dead_letter_topic_while_good_ones_flow() {
     assert_eq!(dead, 1);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kafka_outage_loses_and_duplicates_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = StackOptions {
-        kafka_storage: KafkaStorage::Sqlite,
-        bridge_kafka_timeout: Duration::from_secs(2),
-        ..StackOptions::default()
-    };
-    let mut stack = Stack::start(dir.path(), options).await.unwrap();
+/// Publishes 2 homes x 2 devices x 100 messages, 10 a second per device;
+/// 2 s in, takes a component down with `down`, brings it back 4 s later with
+/// `up`, then checks every acknowledged reading is stored exactly once.
+async fn through_outage(
+    stack: &mut Stack,
+    run_id: &str,
+    down: impl FnOnce(&mut Stack),
+    up: impl FnOnce(&mut Stack),
+) {
     let sim_config = stack.simulator(&[
         "--homes",
         "2",
@@ -187,19 +187,43 @@ async fn kafka_outage_loses_and_duplicates_nothing() {
         "100",
         "--record",
         "--run-id",
-        "kafka-outage",
+        run_id,
     ]);
     let sim = tokio::spawn(warmhouse_simulator::run(sim_config, std::future::pending()));
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stack.tansu.kill();
+    down(stack);
     tokio::time::sleep(Duration::from_secs(4)).await;
-    stack.tansu.start_again().unwrap();
+    up(stack);
 
-    let summary = sim.await.unwrap().unwrap();
+    let summary = match tokio::time::timeout(Duration::from_secs(120), sim).await {
+        Ok(done) => done.unwrap().unwrap(),
+        Err(_) => panic!(
+            "the simulator did not finish within 120 s; {}",
+            stack.tansu.diagnose()
+        ),
+    };
     assert_eq!(summary.messages_acked, 2 * 2 * 100);
     wait_for_exactly(&stack.query_url(), &summary.published, SETTLE)
         .await
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kafka_outage_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = StackOptions {
+        kafka_storage: KafkaStorage::Sqlite,
+        bridge_kafka_timeout: Duration::from_secs(2),
+        ..StackOptions::default()
+    };
+    let mut stack = Stack::start(dir.path(), options).await.unwrap();
+    through_outage(
+        &mut stack,
+        "kafka-outage",
+        |s| s.tansu.kill(),
+        |s| s.tansu.start_again().unwrap(),
+    )
+    .await;
     let spooled = stack.bridge.metrics.spooled.get();
     assert!(
         spooled > 0,
@@ -218,30 +242,13 @@ async fn influxdb_outage_loses_nothing() {
     let mut stack = Stack::start(dir.path(), StackOptions::default())
         .await
         .unwrap();
-    let sim_config = stack.simulator(&[
-        "--homes",
-        "2",
-        "--devices-per-home",
-        "2",
-        "--messages-per-device",
-        "80",
-        "--interval-ms",
-        "100",
-        "--record",
-        "--run-id",
+    through_outage(
+        &mut stack,
         "influx-outage",
-    ]);
-    let sim = tokio::spawn(warmhouse_simulator::run(sim_config, std::future::pending()));
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    stack.influxd.kill();
-    tokio::time::sleep(Duration::from_secs(4)).await;
-    stack.influxd.start_again().unwrap();
-
-    let summary = sim.await.unwrap().unwrap();
-    assert_eq!(summary.messages_acked, 2 * 2 * 80);
-    wait_for_exactly(&stack.query_url(), &summary.published, SETTLE)
-        .await
-        .unwrap();
+        |s| s.influxd.kill(),
+        |s| s.influxd.start_again().unwrap(),
+    )
+    .await;
     let failures = stack
         .writer
         .metrics

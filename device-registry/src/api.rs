@@ -1,0 +1,414 @@
+//! HTTP handlers and the OpenAPI document built from them.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::Json;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use serde::Deserialize;
+use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
+use utoipa::openapi::response::ResponseBuilder;
+use utoipa::openapi::{ContentBuilder, ObjectBuilder, Type};
+use utoipa::{IntoParams, OpenApi};
+
+use crate::model::{
+    self, Device, DevicePage, DevicePatch, DeviceStatus, Home, HomePage, HomePatch, NewDevice,
+    NewHome,
+};
+use crate::problem::Problem;
+use crate::store::{self, DeviceFilter};
+use crate::RegistryState;
+
+/// Page size when `limit` is not given.
+pub const DEFAULT_LIMIT: u32 = 50;
+/// Largest page size.
+pub const MAX_LIMIT: u32 = 500;
+
+type ApiResult<T> = Result<T, Problem>;
+
+/// Pagination of every list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct PageParams {
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// Filters and pagination of the device list.
+#[derive(Debug, Default, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct DeviceListParams {
+    /// Only devices of this home.
+    pub home_id: Option<String>,
+    /// Only devices of this kind.
+    pub kind: Option<String>,
+    /// Only devices in this status (`provisioning`, `active`, `disabled`).
+    pub status: Option<String>,
+    /// Page size, 1 to 500 (default 50).
+    pub limit: Option<String>,
+    /// `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Warmhouse device registry",
+        description = "Homes and their devices (kind, capabilities, metadata, status), stored in \
+                       PostgreSQL. Lists are paged by id with an opaque cursor. Errors are \
+                       RFC 9457 problem details (application/problem+json)."
+    ),
+    paths(
+        list_homes, create_home, get_home, update_home, delete_home,
+        list_devices, create_device, get_device, update_device, delete_device
+    ),
+    components(schemas(Problem, DeviceStatus)),
+    tags(
+        (name = "homes", description = "Homes (installations)"),
+        (name = "devices", description = "Devices of homes"),
+        (name = "operations", description = "Health, readiness and Prometheus metrics")
+    )
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document, with service-kit's operational endpoints added
+/// by hand (they are not ours to annotate).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = ApiDoc::openapi();
+    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
+    for (path, summary, content_type) in [
+        (
+            "/healthz",
+            "Liveness: 200 while the process serves HTTP",
+            "text/plain",
+        ),
+        (
+            "/readyz",
+            "Readiness: 200 when PostgreSQL answers, 503 otherwise",
+            "application/json",
+        ),
+        ("/metrics", "Prometheus metrics", "text/plain"),
+    ] {
+        let text = ObjectBuilder::new().schema_type(Type::String).build();
+        let ok = ResponseBuilder::new()
+            .description("OK")
+            .content(
+                content_type,
+                ContentBuilder::new().schema(Some(text)).build(),
+            )
+            .build();
+        let mut operation = OperationBuilder::new()
+            .tag("operations")
+            .summary(Some(summary))
+            .operation_id(Some(path.trim_start_matches('/')))
+            .response("200", ok);
+        if path == "/readyz" {
+            operation = operation.response(
+                "503",
+                ResponseBuilder::new().description("Not ready").build(),
+            );
+        }
+        doc.paths.paths.insert(
+            path.to_string(),
+            PathItem::new(HttpMethod::Get, operation.build()),
+        );
+    }
+    doc
+}
+
+#[utoipa::path(get, path = "/api/v1/homes", tag = "homes", params(PageParams),
+    responses(
+        (status = 200, description = "A page of homes, by id", body = HomePage),
+        (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_homes(
+    State(state): State<RegistryState>,
+    query: Result<Query<PageParams>, QueryRejection>,
+) -> ApiResult<Json<HomePage>> {
+    let Query(params) = query.map_err(|r| Problem::invalid_parameter("query", r.body_text()))?;
+    let (after, limit) = page(params.limit.as_deref(), params.cursor.as_deref())?;
+    let rows = store::list_homes(&state.pool, after.as_deref(), limit).await?;
+    let (items, next_cursor) = split_page(rows, limit, |h| &h.id);
+    Ok(Json(HomePage { items, next_cursor }))
+}
+
+#[utoipa::path(post, path = "/api/v1/homes", tag = "homes", request_body = NewHome,
+    responses(
+        (status = 201, description = "Created", body = Home),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A home with this id exists", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid or unknown field", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_home(
+    State(state): State<RegistryState>,
+    body: Result<Json<NewHome>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Home>)> {
+    let Json(home) = body?;
+    home.validate()?;
+    let created = store::create_home(&state.pool, &home).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+#[utoipa::path(get, path = "/api/v1/homes/{id}", tag = "homes",
+    params(("id" = String, Path, description = "Home id")),
+    responses(
+        (status = 200, description = "The home", body = Home),
+        (status = 404, description = "No such home", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_home(
+    State(state): State<RegistryState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Home>> {
+    let id = path_id(id, IdKind::Home)?;
+    Ok(Json(store::get_home(&state.pool, &id).await?))
+}
+
+#[utoipa::path(patch, path = "/api/v1/homes/{id}", tag = "homes", request_body = HomePatch,
+    params(("id" = String, Path, description = "Home id")),
+    responses(
+        (status = 200, description = "The updated home", body = Home),
+        (status = 404, description = "No such home", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid or unknown field", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn update_home(
+    State(state): State<RegistryState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<HomePatch>, JsonRejection>,
+) -> ApiResult<Json<Home>> {
+    let id = path_id(id, IdKind::Home)?;
+    let Json(patch) = body?;
+    patch.validate()?;
+    Ok(Json(store::update_home(&state.pool, &id, &patch).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/homes/{id}", tag = "homes",
+    params(("id" = String, Path, description = "Home id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such home", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The home still has devices", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete_home(
+    State(state): State<RegistryState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let id = path_id(id, IdKind::Home)?;
+    store::delete_home(&state.pool, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", params(DeviceListParams),
+    responses(
+        (status = 200, description = "A page of devices, by id", body = DevicePage),
+        (status = 400, description = "Bad filter, limit or cursor", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn list_devices(
+    State(state): State<RegistryState>,
+    query: Result<Query<DeviceListParams>, QueryRejection>,
+) -> ApiResult<Json<DevicePage>> {
+    let Query(params) = query.map_err(|r| Problem::invalid_parameter("query", r.body_text()))?;
+    let (after, limit) = page(params.limit.as_deref(), params.cursor.as_deref())?;
+    let mut filter = DeviceFilter::default();
+    if let Some(home) = params.home_id {
+        model::home_id("home_id", &home)
+            .map_err(|p| Problem::invalid_parameter("home_id", p.detail))?;
+        filter.home_id = Some(home);
+    }
+    if let Some(kind) = params.kind {
+        model::kind(&kind).map_err(|p| Problem::invalid_parameter("kind", p.detail))?;
+        filter.kind = Some(kind);
+    }
+    if let Some(status) = params.status {
+        let status = DeviceStatus::parse(&status).ok_or_else(|| {
+            Problem::invalid_parameter(
+                "status",
+                format!("status must be provisioning, active or disabled; got {status:?}"),
+            )
+        })?;
+        filter.status = Some(status.as_str().to_string());
+    }
+    let rows = store::list_devices(&state.pool, &filter, after.as_deref(), limit).await?;
+    let (items, next_cursor) = split_page(rows, limit, |d| &d.id);
+    Ok(Json(DevicePage { items, next_cursor }))
+}
+
+#[utoipa::path(post, path = "/api/v1/devices", tag = "devices", request_body = NewDevice,
+    responses(
+        (status = 201, description = "Created", body = Device),
+        (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "A device with this id exists", body = Problem, content_type = "application/problem+json"),
+        (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid or unknown field, or no such home", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_device(
+    State(state): State<RegistryState>,
+    body: Result<Json<NewDevice>, JsonRejection>,
+) -> ApiResult<(StatusCode, Json<Device>)> {
+    let Json(device) = body?;
+    device.validate()?;
+    let created = store::create_device(&state.pool, &device).await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+#[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "The device", body = Device),
+        (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn get_device(
+    State(state): State<RegistryState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<Json<Device>> {
+    let id = path_id(id, IdKind::Device)?;
+    Ok(Json(store::get_device(&state.pool, &id).await?))
+}
+
+#[utoipa::path(patch, path = "/api/v1/devices/{id}", tag = "devices", request_body = DevicePatch,
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 200, description = "The updated device", body = Device),
+        (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Invalid or unknown field, or no such home", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn update_device(
+    State(state): State<RegistryState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<DevicePatch>, JsonRejection>,
+) -> ApiResult<Json<Device>> {
+    let id = path_id(id, IdKind::Device)?;
+    let Json(patch) = body?;
+    patch.validate()?;
+    Ok(Json(store::update_device(&state.pool, &id, &patch).await?))
+}
+
+#[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices",
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn delete_device(
+    State(state): State<RegistryState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult<StatusCode> {
+    let id = path_id(id, IdKind::Device)?;
+    store::delete_device(&state.pool, &id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn no_route(uri: axum::http::Uri) -> Problem {
+    Problem::no_route(uri.path())
+}
+
+enum IdKind {
+    Home,
+    Device,
+}
+
+/// An id that cannot exist is a bad request, not a 404.
+fn path_id(path: Result<Path<String>, PathRejection>, kind: IdKind) -> ApiResult<String> {
+    let Path(id) = path.map_err(|r| Problem::invalid_parameter("id", r.body_text()))?;
+    let checked = match kind {
+        IdKind::Home => model::home_id("id", &id).map(|_| ()),
+        IdKind::Device => model::device_id("id", &id).map(|_| ()),
+    };
+    checked.map_err(|p| Problem::invalid_parameter("id", p.detail))?;
+    Ok(id)
+}
+
+/// Parses `limit` and `cursor`; the cursor is the last id of the previous
+/// page, base64url-encoded so clients treat it as opaque.
+fn page(limit: Option<&str>, cursor: Option<&str>) -> ApiResult<(Option<String>, i64)> {
+    let limit = match limit {
+        None => DEFAULT_LIMIT,
+        Some(text) => match text.parse::<u32>() {
+            Ok(n) if (1..=MAX_LIMIT).contains(&n) => n,
+            _ => {
+                return Err(Problem::invalid_parameter(
+                    "limit",
+                    format!("limit must be an integer from 1 to {MAX_LIMIT}; got {text:?}"),
+                ))
+            }
+        },
+    };
+    let after = match cursor {
+        None | Some("") => None,
+        Some(text) => Some(decode_cursor(text).ok_or_else(|| {
+            Problem::invalid_parameter(
+                "cursor",
+                "cursor is not one this API issued; use next_cursor of the previous page",
+            )
+        })?),
+    };
+    Ok((after, i64::from(limit)))
+}
+
+pub fn encode_cursor(last_id: &str) -> String {
+    URL_SAFE_NO_PAD.encode(last_id)
+}
+
+fn decode_cursor(cursor: &str) -> Option<String> {
+    let bytes = URL_SAFE_NO_PAD.decode(cursor).ok()?;
+    let id = String::from_utf8(bytes).ok()?;
+    // Home and device ids share one alphabet; anything else was not ours.
+    model::device_id("cursor", &id).ok()?;
+    Some(id)
+}
+
+/// Rows come as `limit + 1`: the extra one only says another page exists.
+fn split_page<T>(
+    mut rows: Vec<T>,
+    limit: i64,
+    id: impl Fn(&T) -> &String,
+) -> (Vec<T>, Option<String>) {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if rows.len() > limit {
+        rows.truncate(limit);
+        let next = rows.last().map(|row| encode_cursor(id(row)));
+        (rows, next)
+    } else {
+        (rows, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cursor_round_trips_and_refuses_garbage() {
+        assert_eq!(decode_cursor(&encode_cursor("dev-7")), Some("dev-7".into()));
+        assert_eq!(decode_cursor("!!!"), None);
+        assert_eq!(decode_cursor(&URL_SAFE_NO_PAD.encode("a b")), None);
+    }
+
+    #[test]
+    fn limit_is_bounded() {
+        assert_eq!(page(None, None).unwrap().1, 50);
+        assert!(page(Some("0"), None).is_err());
+        assert!(page(Some("501"), None).is_err());
+        assert!(page(Some("x"), None).is_err());
+        assert_eq!(page(Some("500"), None).unwrap().1, 500);
+    }
+
+    #[test]
+    fn openapi_documents_every_route() {
+        let doc = openapi();
+        for path in [
+            "/api/v1/homes",
+            "/api/v1/homes/{id}",
+            "/api/v1/devices",
+            "/api/v1/devices/{id}",
+            "/healthz",
+            "/readyz",
+            "/metrics",
+        ] {
+            assert!(doc.paths.paths.contains_key(path), "{path} missing");
+        }
+    }
+}

@@ -1,0 +1,367 @@
+//! `warmhouse-bench`: measures the pipeline against peers measured in the
+//! same run on the same machine, because the machine is shared and absolute
+//! numbers are noisy.
+//!
+//! 1. raw InfluxDB write ceiling (batched line protocol straight to influxd);
+//! 2. our broker against Mosquitto under the same simulator load;
+//! 3. the whole pipeline end to end at a target load: throughput, drain time,
+//!    zero lost / zero duplicated, publish-to-queryable latency;
+//! 4. where the CPU went during 3.
+//!
+//! Every phase that fails is reported as a failure in the results; the run
+//! goes on with the next one.
+
+mod brokers;
+mod cpu;
+mod e2e;
+mod influx;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+
+/// Benchmarks Warmhouse on this machine and writes docs/benchmarks.md.
+#[derive(Parser, Debug, Clone)]
+#[command(name = "warmhouse-bench")]
+pub struct Args {
+    /// Short phases (5 s unless --duration-secs): a smoke run.
+    #[arg(long)]
+    pub quick: bool,
+    /// Length of each measured phase in seconds (default 20, 5 with --quick).
+    #[arg(long)]
+    pub duration_secs: Option<u64>,
+    /// Also write the report (Markdown) to this file.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Phases to run, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "influx,brokers,e2e")]
+    pub phases: Vec<Phase>,
+
+    /// Concurrent writers of the InfluxDB ceiling.
+    #[arg(long, default_value_t = 3)]
+    pub influx_writers: usize,
+    /// Points in one ceiling batch.
+    #[arg(long, default_value_t = 10_000)]
+    pub influx_batch_points: usize,
+
+    /// Simulated devices in the broker comparison (each publishes flat out).
+    #[arg(long, default_value_t = 100)]
+    pub broker_devices: u32,
+    /// Rounds of the broker comparison (each runs both brokers); the best
+    /// round of each broker is compared.
+    #[arg(long, default_value_t = 2)]
+    pub broker_rounds: u32,
+    /// Our broker's binary; default: `warmhouse-broker` next to this
+    /// executable, built first with cargo when cargo is at hand.
+    #[arg(long)]
+    pub broker_bin: Option<PathBuf>,
+
+    /// Simulated devices end to end (4 a home).
+    #[arg(long, default_value_t = 280)]
+    pub e2e_devices: u32,
+    /// Milliseconds between two messages of one device end to end.
+    #[arg(long, default_value_t = 100)]
+    pub e2e_interval_ms: u64,
+    /// Samples in one message end to end.
+    #[arg(long, default_value_t = 8)]
+    pub e2e_samples: usize,
+    /// The ingest writer's batch size end to end.
+    #[arg(long, default_value_t = 20_000)]
+    pub e2e_batch_points: usize,
+    /// Skip the `perf record` profile of the bench process.
+    #[arg(long)]
+    pub no_perf: bool,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Influx,
+    Brokers,
+    E2e,
+}
+
+/// What the run measured; a failed phase keeps its error.
+pub struct Results {
+    pub args: Args,
+    pub command: String,
+    pub duration: Duration,
+    pub machine: report::Machine,
+    pub started_utc: String,
+    pub total: Duration,
+    pub ceiling: Option<anyhow::Result<influx::CeilingResult>>,
+    pub brokers: Vec<(brokers::BrokerKind, anyhow::Result<brokers::BrokerRun>)>,
+    pub broker_note: Option<String>,
+    pub e2e: Option<anyhow::Result<e2e::E2eResult>>,
+    pub e2e_options: e2e::E2eOptions,
+}
+
+pub fn main() -> ExitCode {
+    let args = Args::parse();
+    // Our services log every MQTT connect at info; keep the output readable.
+    if std::env::var_os("RUST_LOG").is_none() {
+        // rumqttd logs clean disconnects as errors: silence it.
+        std::env::set_var("RUST_LOG", "warn,rumqttd=off");
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(err) => {
+            eprintln!("cannot start the Tokio runtime: {err}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("warmhouse-bench: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    warmhouse_service_kit::init_tracing();
+    let duration = Duration::from_secs(
+        args.duration_secs
+            .unwrap_or(if args.quick { 5 } else { 20 })
+            .max(2),
+    );
+    let started = Instant::now();
+    let dir = tempfile::Builder::new()
+        .prefix("warmhouse-bench-")
+        .tempdir()
+        .context("creating a temp dir")?;
+    let command = command_line();
+    eprintln!(
+        "warmhouse-bench: {command}\nworking in {}",
+        dir.path().display()
+    );
+    let e2e_options = e2e::E2eOptions {
+        duration,
+        devices: args.e2e_devices,
+        interval_ms: args.e2e_interval_ms,
+        samples: args.e2e_samples,
+        batch_points: args.e2e_batch_points,
+        perf: !args.no_perf,
+    };
+    let mut results = Results {
+        args: args.clone(),
+        command,
+        duration,
+        machine: report::Machine::read(),
+        started_utc: report::utc_now(),
+        total: Duration::ZERO,
+        ceiling: None,
+        brokers: Vec::new(),
+        broker_note: None,
+        e2e: None,
+        e2e_options: e2e_options.clone(),
+    };
+    // Generous outer limits: every wait inside has its own deadline.
+    let phase_limit = duration * 3 + Duration::from_secs(300);
+
+    if args.phases.contains(&Phase::Influx) {
+        eprintln!("== phase 1: raw InfluxDB write ceiling ({duration:?})");
+        let options = influx::CeilingOptions {
+            duration,
+            writers: args.influx_writers,
+            batch_points: args.influx_batch_points,
+        };
+        let t = Instant::now();
+        let result = limit(
+            phase_limit,
+            influx::run(&dir.path().join("ceiling"), &options),
+        )
+        .await;
+        log_outcome(&result, t);
+        results.ceiling = Some(result);
+    }
+
+    if args.phases.contains(&Phase::Brokers) {
+        let (bin, note) = broker_binary(&args).await;
+        results.broker_note = note;
+        let options = brokers::BrokerOptions {
+            duration,
+            devices: args.broker_devices,
+            broker_bin: bin,
+        };
+        // Rounds alternate the brokers, so a noisy minute does not land on
+        // one of them only.
+        for round in 1..=args.broker_rounds.max(1) {
+            for kind in [brokers::BrokerKind::Ours, brokers::BrokerKind::Mosquitto] {
+                eprintln!("== phase 2, round {round}: {} ({duration:?})", kind.label());
+                let run_id = format!(
+                    "brk{}{}",
+                    if kind == brokers::BrokerKind::Ours {
+                        "o"
+                    } else {
+                        "m"
+                    },
+                    warmhouse_service_kit::now_ms() % 1_000_000_000
+                );
+                let t = Instant::now();
+                let result = limit(
+                    phase_limit,
+                    brokers::run(kind, &dir.path().join("brokers"), &options, &run_id),
+                )
+                .await;
+                log_outcome(&result, t);
+                results.brokers.push((kind, result));
+            }
+        }
+    }
+
+    if args.phases.contains(&Phase::E2e) {
+        eprintln!("== phase 3: end to end ({duration:?})");
+        let t = Instant::now();
+        let result = limit(phase_limit, e2e::run(&dir.path().join("e2e"), &e2e_options)).await;
+        log_outcome(&result, t);
+        results.e2e = Some(result);
+    }
+
+    results.total = started.elapsed();
+    let markdown = report::render(&results);
+    println!("{markdown}");
+    if let Some(out) = &args.out {
+        std::fs::write(out, &markdown).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("wrote {}", out.display());
+    }
+    Ok(())
+}
+
+async fn limit<T>(
+    limit: Duration,
+    phase: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(limit, phase).await {
+        Ok(result) => result,
+        Err(_) => anyhow::bail!("the phase did not finish within {limit:?}"),
+    }
+}
+
+fn log_outcome<T>(result: &anyhow::Result<T>, started: Instant) {
+    let took = started.elapsed().as_secs_f64();
+    match result {
+        Ok(_) => eprintln!("   done in {took:.0} s"),
+        Err(err) => eprintln!("   FAILED after {took:.0} s: {err:#}"),
+    }
+}
+
+/// The command as it would be typed to reproduce this run.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut command = String::from("cargo run --release -p warmhouse-stack --bin warmhouse-bench");
+    if !args.is_empty() {
+        command.push_str(" -- ");
+        command.push_str(&args.join(" "));
+    }
+    command
+}
+
+/// Our broker's binary, next to this executable. When cargo is at hand it is
+/// (re)built first, so the comparison never runs a stale broker.
+async fn broker_binary(args: &Args) -> (PathBuf, Option<String>) {
+    if let Some(bin) = &args.broker_bin {
+        return (bin.clone(), None);
+    }
+    let exe_dir = std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("."));
+    let bin = exe_dir.join("warmhouse-broker");
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
+    let mut command = tokio::process::Command::new(cargo);
+    command
+        .args([
+            "build",
+            "-q",
+            "-p",
+            "warmhouse-broker",
+            "--bin",
+            "warmhouse-broker",
+        ])
+        .arg("--manifest-path")
+        .arg(&manifest)
+        .kill_on_drop(true);
+    if !cfg!(debug_assertions) {
+        command.arg("--release");
+    }
+    eprintln!("== building warmhouse-broker (cargo; a no-op when it is fresh)");
+    let t = Instant::now();
+    let note = match tokio::time::timeout(Duration::from_secs(1200), command.status()).await {
+        Ok(Ok(status)) if status.success() => None,
+        Ok(Ok(status)) => Some(format!(
+            "`cargo build -p warmhouse-broker` failed ({status}); the existing binary was used"
+        )),
+        Ok(Err(err)) => Some(format!(
+            "cargo not runnable ({err}); the existing binary was used"
+        )),
+        Err(_) => Some("building warmhouse-broker timed out; the existing binary was used".into()),
+    };
+    eprintln!("   done in {:.0} s", t.elapsed().as_secs_f64());
+    (bin, note)
+}
+
+type Job = Box<dyn FnOnce() + Send>;
+
+/// Runs `f` on one thread that lives as long as the process. devstack gives
+/// its children `PR_SET_PDEATHSIG`, which fires when the *thread* that
+/// spawned them exits; a Tokio blocking-pool thread exits after 10 s idle and
+/// would take influxd or a broker down with it in the middle of a phase.
+async fn on_process_thread<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> anyhow::Result<T> {
+    static THREAD: std::sync::OnceLock<std::sync::mpsc::Sender<Job>> = std::sync::OnceLock::new();
+    let sender = THREAD.get_or_init(|| {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let spawned = std::thread::Builder::new()
+            .name("bench-children".into())
+            .spawn(move || {
+                while let Ok(job) = rx.recv() {
+                    job();
+                }
+            });
+        if let Err(err) = spawned {
+            eprintln!("cannot start the thread that owns child processes: {err}");
+        }
+        tx
+    });
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    sender
+        .send(Box::new(move || {
+            let _ = tx.send(f());
+        }))
+        .map_err(|_| anyhow::anyhow!("the thread that owns child processes is gone"))?;
+    rx.await
+        .map_err(|_| anyhow::anyhow!("the thread that owns child processes dropped a job"))
+}
+
+/// A simulator configuration for `port` from command-line style arguments.
+fn sim_config(port: u16, args: &[&str]) -> anyhow::Result<warmhouse_simulator::SimConfig> {
+    let port = port.to_string();
+    let mut argv = vec!["warmhouse-sim", "--host", "127.0.0.1", "--port", &port];
+    argv.extend_from_slice(args);
+    warmhouse_simulator::SimConfig::try_parse_from(argv).context("simulator arguments")
+}
+
+fn per_sec(count: u64, elapsed: Duration) -> f64 {
+    let secs = elapsed.as_secs_f64();
+    if secs > 0.0 {
+        count as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(usize::from)
+        .unwrap_or(1)
+}
