@@ -254,7 +254,7 @@ pub async fn start(
     let task = tokio::spawn(async move {
         let writer = Writer {
             config,
-            consumer,
+            consumer: ClosedOffRuntime(Some(consumer)),
             producer,
             influx,
             metrics: task_metrics,
@@ -272,7 +272,7 @@ pub async fn start(
 
 struct Writer {
     config: WriterConfig,
-    consumer: StreamConsumer,
+    consumer: ClosedOffRuntime,
     producer: FutureProducer,
     influx: InfluxClient,
     metrics: WriterMetrics,
@@ -317,10 +317,8 @@ impl Writer {
         while let Some(done) = writes.next().await {
             self.finish(done);
         }
-        // Closing commits the stored offsets (auto-commit); it may wait on
-        // an unreachable broker, so it happens off the runtime.
-        let consumer = self.consumer;
-        std::thread::spawn(move || drop(consumer));
+        // Dropping `self.consumer` closes it off the runtime (see
+        // ClosedOffRuntime), committing the stored offsets.
     }
 
     async fn take(&self, batch: &mut Batch, message: &rdkafka::message::BorrowedMessage<'_>) {
@@ -470,6 +468,29 @@ impl Writer {
         // rebalance); their records are redelivered and overwrite themselves.
         if let Err(err) = self.consumer.store_offsets(&list) {
             tracing::warn!(%err, "cannot store offsets; the records will be written again");
+        }
+    }
+}
+
+/// The writer's consumer. Closing a consumer commits its stored offsets and
+/// leaves the group, and blocks until the broker answers: forever when the
+/// broker is gone. The writer task can be dropped anywhere (shutdown, abort,
+/// a runtime going away), so the close always happens on a thread of its own
+/// rather than on a runtime worker it would stall.
+struct ClosedOffRuntime(Option<StreamConsumer>);
+
+impl std::ops::Deref for ClosedOffRuntime {
+    type Target = StreamConsumer;
+    fn deref(&self) -> &StreamConsumer {
+        // Only `drop` takes the consumer out.
+        self.0.as_ref().expect("consumer is present until drop")
+    }
+}
+
+impl Drop for ClosedOffRuntime {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            std::thread::spawn(move || drop(consumer));
         }
     }
 }

@@ -386,8 +386,14 @@ fn component(comm: &str, frames_leaf_first: &[&str]) -> &'static str {
         ("warmhouse_broker", BROKER),
         ("rumqttd", BROKER),
         ("rdkafka", KAFKA),
-        ("hyper", "HTTP connections (query API, InfluxDB client)"),
-        ("axum", "HTTP connections (query API, InfluxDB client)"),
+        (
+            "hyper",
+            "HTTP (query API serving the probe, InfluxDB client)",
+        ),
+        (
+            "axum",
+            "HTTP (query API serving the probe, InfluxDB client)",
+        ),
     ];
     for frame in frames_leaf_first.iter().rev() {
         if let Some((_, name)) = MARKERS.iter().find(|(marker, _)| frame.contains(marker)) {

@@ -69,6 +69,10 @@ pub struct Args {
     /// Samples in one message end to end.
     #[arg(long, default_value_t = 8)]
     pub e2e_samples: usize,
+    /// Also run phase 3 at these multiples of --e2e-devices (1 is the main
+    /// run, reported in full; the others get one summary row each).
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    pub e2e_scales: Vec<u32>,
     /// The ingest writer's batch size end to end.
     #[arg(long, default_value_t = 20_000)]
     pub e2e_batch_points: usize,
@@ -97,6 +101,8 @@ pub struct Results {
     pub broker_note: Option<String>,
     pub e2e: Option<anyhow::Result<e2e::E2eResult>>,
     pub e2e_options: e2e::E2eOptions,
+    /// Phase 3 again at higher loads.
+    pub e2e_more: Vec<(e2e::E2eOptions, anyhow::Result<e2e::E2eResult>)>,
 }
 
 pub fn main() -> ExitCode {
@@ -116,7 +122,17 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(args)) {
+    // On Ctrl-C or SIGTERM the run is dropped, and with it every child
+    // process (influxd, tansu, the brokers), which are stopped on drop.
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            result = run(args) => result,
+            _ = warmhouse_service_kit::shutdown_signal() => {
+                Err(anyhow::anyhow!("interrupted; child processes stopped"))
+            }
+        }
+    });
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("warmhouse-bench: {err:#}");
@@ -162,6 +178,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         broker_note: None,
         e2e: None,
         e2e_options: e2e_options.clone(),
+        e2e_more: Vec::new(),
     };
     // Generous outer limits: every wait inside has its own deadline.
     let phase_limit = duration * 3 + Duration::from_secs(300);
@@ -223,6 +240,26 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let result = limit(phase_limit, e2e::run(&dir.path().join("e2e"), &e2e_options)).await;
         log_outcome(&result, t);
         results.e2e = Some(result);
+        // Higher loads: the same setup with more devices, summarised.
+        for scale in args.e2e_scales.iter().copied().filter(|s| *s > 1) {
+            let options = e2e::E2eOptions {
+                devices: args.e2e_devices.saturating_mul(scale),
+                perf: false,
+                ..e2e_options.clone()
+            };
+            eprintln!(
+                "== phase 3 at {scale}x: {} devices ({duration:?})",
+                options.devices
+            );
+            let t = Instant::now();
+            let result = limit(
+                phase_limit,
+                e2e::run(&dir.path().join(format!("e2e-x{scale}")), &options),
+            )
+            .await;
+            log_outcome(&result, t);
+            results.e2e_more.push((options, result));
+        }
     }
 
     results.total = started.elapsed();
@@ -311,10 +348,11 @@ async fn broker_binary(args: &Args) -> (PathBuf, Option<String>) {
 
 type Job = Box<dyn FnOnce() + Send>;
 
-/// Runs `f` on one thread that lives as long as the process. devstack gives
-/// its children `PR_SET_PDEATHSIG`, which fires when the *thread* that
-/// spawned them exits; a Tokio blocking-pool thread exits after 10 s idle and
-/// would take influxd or a broker down with it in the middle of a phase.
+/// Runs `f` (which starts child processes) on one thread that lives as long
+/// as the process, not on a Tokio blocking-pool thread that exits after 10 s
+/// idle: a child started with `PR_SET_PDEATHSIG` (devstack set it until
+/// recently) dies with the *thread* that forked it, and this kept influxd and
+/// the broker alive through their phases whatever the spawning code does.
 async fn on_process_thread<T: Send + 'static>(
     f: impl FnOnce() -> T + Send + 'static,
 ) -> anyhow::Result<T> {
