@@ -352,7 +352,7 @@ fn broker_limits(o: &BrokerRun, t: &BrokerRun) -> String {
             s.push_str(
                 " rumqttd 0.20 keeps at most 100 unacknowledged QoS 1 messages towards a \
                  subscriber, so one subscriber is bound by round trips, and one that falls \
-                 more than the filter's in-memory log (10 MiB) behind skips ahead (the \
+                 more than the filter's in-memory log (256 MiB by default) behind skips ahead (the \
                  `cursor_jump` alert). The edge bridge is such a subscriber: at phase 3's \
                  message rate (8 samples a message) it keeps up, but past what one \
                  subscriber can take, the bridge would have to be split (shared \
