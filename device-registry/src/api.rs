@@ -7,9 +7,6 @@ use axum::Json;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Deserialize;
-use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
-use utoipa::openapi::response::ResponseBuilder;
-use utoipa::openapi::{ContentBuilder, ObjectBuilder, Type};
 use utoipa::{IntoParams, OpenApi};
 
 use crate::model::{
@@ -79,43 +76,7 @@ pub struct ApiDoc;
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    for (path, summary, content_type) in [
-        (
-            "/healthz",
-            "Liveness: 200 while the process serves HTTP",
-            "text/plain",
-        ),
-        (
-            "/readyz",
-            "Readiness: 200 when PostgreSQL answers, 503 otherwise",
-            "application/json",
-        ),
-        ("/metrics", "Prometheus metrics", "text/plain"),
-    ] {
-        let text = ObjectBuilder::new().schema_type(Type::String).build();
-        let ok = ResponseBuilder::new()
-            .description("OK")
-            .content(
-                content_type,
-                ContentBuilder::new().schema(Some(text)).build(),
-            )
-            .build();
-        let mut operation = OperationBuilder::new()
-            .tag("operations")
-            .summary(Some(summary))
-            .operation_id(Some(path.trim_start_matches('/')))
-            .response("200", ok);
-        if path == "/readyz" {
-            operation = operation.response(
-                "503",
-                ResponseBuilder::new().description("Not ready").build(),
-            );
-        }
-        doc.paths.paths.insert(
-            path.to_string(),
-            PathItem::new(HttpMethod::Get, operation.build()),
-        );
-    }
+    warmhouse_service_kit::document_admin_endpoints(&mut doc, "PostgreSQL answers");
     doc
 }
 

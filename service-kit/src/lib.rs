@@ -84,6 +84,49 @@ pub fn admin_router(registry: Registry, readiness: Readiness) -> Router {
         })
 }
 
+/// Adds the endpoints of [`admin_router`] to a service's OpenAPI document
+/// (tag `operations`); `readiness` says what `/readyz` checks.
+pub fn document_admin_endpoints(doc: &mut utoipa::openapi::OpenApi, readiness: &str) {
+    use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
+    use utoipa::openapi::response::ResponseBuilder;
+    use utoipa::openapi::{ContentBuilder, ObjectBuilder, Type};
+
+    let readyz = format!("Readiness: 200 when {readiness}, 503 otherwise");
+    for (path, summary, content_type) in [
+        (
+            "/healthz",
+            "Liveness: 200 while the process serves HTTP",
+            "text/plain",
+        ),
+        ("/readyz", readyz.as_str(), "application/json"),
+        ("/metrics", "Prometheus metrics", "text/plain"),
+    ] {
+        let text = ObjectBuilder::new().schema_type(Type::String).build();
+        let ok = ResponseBuilder::new()
+            .description("OK")
+            .content(
+                content_type,
+                ContentBuilder::new().schema(Some(text)).build(),
+            )
+            .build();
+        let mut operation = OperationBuilder::new()
+            .tag("operations")
+            .summary(Some(summary))
+            .operation_id(Some(path.trim_start_matches('/')))
+            .response("200", ok);
+        if path == "/readyz" {
+            operation = operation.response(
+                "503",
+                ResponseBuilder::new().description("Not ready").build(),
+            );
+        }
+        doc.paths.paths.insert(
+            path.to_string(),
+            PathItem::new(HttpMethod::Get, operation.build()),
+        );
+    }
+}
+
 async fn metrics(State(state): State<AdminState>) -> impl IntoResponse {
     let encoder = TextEncoder::new();
     let mut body = Vec::new();
