@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Installs what Warmhouse needs on a Debian machine that has the Rust toolchain:
 # Debian packages (InfluxDB, Mosquitto clients, build tools), tansu (a
-# Kafka-protocol broker, pinned) and cargo-nextest (pinned). Each step is
-# skipped when exactly what it would install is already there.
+# Kafka-protocol broker, pinned), cargo-nextest (pinned), the AsyncAPI parser
+# (npm, locked in tools/asyncapi) and schemathesis (PyPI, locked in
+# tools/schemathesis, into .tools/venv). Each step is skipped when exactly
+# what it would install is already there.
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
@@ -13,6 +15,7 @@ APT_PACKAGES=(
   coreutils                   # stdbuf, used by the broker tests
   postgresql                  # device registry store
   pkg-config zlib1g-dev make  # building librdkafka (rdkafka-sys)
+  python3-venv                # the venv schemathesis runs in (Debian's python3 needs it for ensurepip)
 )
 
 log() { printf '\033[1m[install]\033[0m %s\n' "$*"; }
@@ -49,4 +52,44 @@ if cargo nextest --version 2>/dev/null | grep -q "^cargo-nextest $NEXTEST_VERSIO
 else
   log "installing cargo-nextest $NEXTEST_VERSION"
   cargo install cargo-nextest --locked --version "$NEXTEST_VERSION"
+fi
+
+# Lock files decide what is installed; a stamp of the lock's hash beside the
+# installation says it is complete and current.
+lock_stamp() { sha256sum "$1" | cut -d' ' -f1; }
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+
+ASYNCAPI_DIR="$ROOT/tools/asyncapi"
+ASYNCAPI_STAMP="$ASYNCAPI_DIR/node_modules/.warmhouse-lock.sha256"
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+  echo "[install] Node.js (20 or newer) and npm are needed to validate docs/api/asyncapi.yaml" >&2
+  exit 1
+fi
+if [ "$(node -p 'Number(process.versions.node.split(".")[0])')" -lt 20 ]; then
+  echo "[install] Node.js $(node --version) is too old; @asyncapi/parser needs Node.js 20 or newer" >&2
+  exit 1
+fi
+asyncapi_version=$(node -p "require('$ASYNCAPI_DIR/package.json').dependencies['@asyncapi/parser']")
+if [ -f "$ASYNCAPI_STAMP" ] && [ "$(cat "$ASYNCAPI_STAMP")" = "$(lock_stamp "$ASYNCAPI_DIR/package-lock.json")" ]; then
+  log "@asyncapi/parser $asyncapi_version present"
+else
+  log "installing @asyncapi/parser $asyncapi_version (npm ci in tools/asyncapi)"
+  # No install scripts: the parser needs none, and one of its dependencies
+  # would otherwise try to phone home.
+  (cd "$ASYNCAPI_DIR" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error)
+  lock_stamp "$ASYNCAPI_DIR/package-lock.json" >"$ASYNCAPI_STAMP"
+fi
+
+VENV="$ROOT/.tools/venv"
+SCHEMATHESIS_LOCK="$ROOT/tools/schemathesis/requirements.txt"
+schemathesis_version=$(sed -n 's/^schemathesis==//p' "$SCHEMATHESIS_LOCK")
+if [ -f "$VENV/.warmhouse-lock.sha256" ] && [ "$(cat "$VENV/.warmhouse-lock.sha256")" = "$(lock_stamp "$SCHEMATHESIS_LOCK")" ] \
+  && "$VENV/bin/schemathesis" --version 2>/dev/null | grep -qx "schemathesis, version $schemathesis_version"; then
+  log "schemathesis $schemathesis_version present"
+else
+  log "installing schemathesis $schemathesis_version into .tools/venv"
+  rm -rf "$VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$SCHEMATHESIS_LOCK"
+  lock_stamp "$SCHEMATHESIS_LOCK" >"$VENV/.warmhouse-lock.sha256"
 fi

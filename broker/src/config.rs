@@ -3,10 +3,15 @@
 //! work on the local stack.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
 
 use anyhow::{bail, Context};
-use clap::{ArgAction, Parser};
+use clap::{ArgAction, Parser, ValueEnum};
+
+use crate::probe::Listener;
 
 /// MQTT payloads up to 64 KiB plus room for topic and properties.
 pub const DEFAULT_MAX_PAYLOAD_SIZE: usize = 65_536 + 1_024;
@@ -25,6 +30,74 @@ pub const DEFAULT_PROBE_INTERVAL_SECS: u64 = 10;
 pub const DEFAULT_PROBE_TIMEOUT_SECS: u64 = 5;
 pub const DEFAULT_PROBE_FAILURE_LIMIT: u32 = 3;
 pub const DEFAULT_STARTUP_TIMEOUT_SECS: u64 = 15;
+pub const DEFAULT_REGISTRY_TIMEOUT_MS: u64 = 3_000;
+pub const DEFAULT_REGISTRY_CONCURRENCY: usize = 64;
+pub const DEFAULT_SERVICE_USERNAME: &str = "warmhouse-service";
+pub const DEFAULT_REVOCATION_MEMORY_SECS: u64 = 3_600;
+pub const DEFAULT_MQTTS_ADDR: &str = "0.0.0.0:8883";
+pub const DEFAULT_INTERNAL_ADDR: &str = "0.0.0.0:1885";
+
+/// Who may connect to the device listeners (MQTT 3.1.1, MQTT 5, mTLS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceAuth {
+    /// Devices prove who they are (password on the plain listeners, client
+    /// certificate on the mTLS listener); the device registry decides on
+    /// every connect; each device is confined to `/tenants/{device_id}/`.
+    Registry,
+    /// Anyone may connect and publish anywhere: tests and demos only.
+    Open,
+}
+
+/// A secret from the environment: compared and used, never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl FromStr for Secret {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(Self(s.to_string()))
+    }
+}
+
+/// How one MQTT listener authenticates and confines its clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ListenerAuth {
+    /// No authentication, no confinement (`--device-auth open`).
+    Open,
+    /// Username = device id, password checked by the registry; tenant =
+    /// username, so the client is confined to `/tenants/{username}/`.
+    DevicePassword,
+    /// TLS client certificate signed by the platform CA; tenant = subject
+    /// O; the registry is asked whether the device may connect.
+    DeviceCertificate,
+    /// The platform's own services (edge bridge): one service username and
+    /// password, not confined.
+    Service,
+}
+
+/// One MQTT listener the configuration asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSpec {
+    pub listener: Listener,
+    pub addr: SocketAddr,
+    pub auth: ListenerAuth,
+}
 
 /// Configuration of the embedded rumqttd broker and its admin endpoint.
 #[derive(Parser, Debug, Clone, PartialEq, Eq)]
@@ -122,9 +195,110 @@ pub struct BrokerConfig {
     #[arg(long, env = "WARMHOUSE_BROKER_PROBE_FAILURE_LIMIT", default_value_t = DEFAULT_PROBE_FAILURE_LIMIT)]
     pub probe_failure_limit: u32,
 
-    /// How long `start` waits for both listeners to answer, in seconds.
+    /// How long `start` waits for every listener to answer, in seconds.
     #[arg(long, env = "WARMHOUSE_BROKER_STARTUP_TIMEOUT_SECS", default_value_t = DEFAULT_STARTUP_TIMEOUT_SECS)]
     pub startup_timeout_secs: u64,
+
+    /// Who may connect to the device listeners: `registry` (devices
+    /// authenticate, the registry decides, each is confined to its own
+    /// topics) or `open` (anyone, anywhere: tests and demos only).
+    #[arg(long, env = "WARMHOUSE_BROKER_DEVICE_AUTH", value_enum, default_value_t = DeviceAuth::Registry)]
+    pub device_auth: DeviceAuth,
+
+    /// Base URL of the device registry, asked on every device connect
+    /// (`POST {url}/internal/v1/device-access`). Required with
+    /// `--device-auth registry`.
+    #[arg(long, env = "WARMHOUSE_BROKER_REGISTRY_URL")]
+    pub registry_url: Option<String>,
+
+    /// Bearer token the broker presents to the registry (an administrator's).
+    #[arg(long, env = "WARMHOUSE_BROKER_REGISTRY_TOKEN", hide_env_values = true)]
+    pub registry_token: Option<Secret>,
+
+    /// How long one connect may wait for the registry's answer (queueing
+    /// included), in ms; no answer in time refuses the connect.
+    #[arg(long, env = "WARMHOUSE_BROKER_REGISTRY_TIMEOUT_MS", default_value_t = DEFAULT_REGISTRY_TIMEOUT_MS)]
+    pub registry_timeout_ms: u64,
+
+    /// Registry requests in flight at once (a reconnect storm queues here
+    /// instead of flooding the registry).
+    #[arg(long, env = "WARMHOUSE_BROKER_REGISTRY_CONCURRENCY", default_value_t = DEFAULT_REGISTRY_CONCURRENCY)]
+    pub registry_concurrency: usize,
+
+    /// MQTT 3.1.1 over TLS with client certificates (devices); on when
+    /// `--tls-cert`, `--tls-key` and `--tls-ca` are set.
+    #[arg(long, env = "WARMHOUSE_BROKER_MQTTS_ADDR", default_value = DEFAULT_MQTTS_ADDR)]
+    pub mqtts_addr: SocketAddr,
+
+    /// Server certificate (PEM) of the mTLS listener, signed by the platform CA.
+    #[arg(long, env = "WARMHOUSE_BROKER_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of the server certificate.
+    #[arg(long, env = "WARMHOUSE_BROKER_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+
+    /// Platform CA certificate (PEM): client certificates must chain to it.
+    #[arg(long, env = "WARMHOUSE_BROKER_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+
+    /// Client certificate (PEM) the self-probe presents to the mTLS
+    /// listener: issued by the platform CA for the device id
+    /// `warmhouse-broker-probe`. Required with the mTLS listener.
+    #[arg(long, env = "WARMHOUSE_BROKER_TLS_PROBE_CERT")]
+    pub tls_probe_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of the probe's client certificate.
+    #[arg(long, env = "WARMHOUSE_BROKER_TLS_PROBE_KEY")]
+    pub tls_probe_key: Option<PathBuf>,
+
+    /// Listener (MQTT 3.1.1, plain TCP) for the platform's own services
+    /// such as the edge bridge: not confined to a tenant. On when
+    /// `--service-password` is set; keep it off the devices' network.
+    #[arg(long, env = "WARMHOUSE_BROKER_INTERNAL_ADDR", default_value = DEFAULT_INTERNAL_ADDR)]
+    pub internal_addr: SocketAddr,
+
+    /// Username of the platform's services on the internal listener.
+    #[arg(long, env = "WARMHOUSE_BROKER_SERVICE_USERNAME", default_value = DEFAULT_SERVICE_USERNAME)]
+    pub service_username: String,
+
+    /// Password of the platform's services on the internal listener.
+    /// Required with `--device-auth registry` (the bridge needs a way in).
+    #[arg(
+        long,
+        env = "WARMHOUSE_BROKER_SERVICE_PASSWORD",
+        hide_env_values = true
+    )]
+    pub service_password: Option<Secret>,
+
+    /// Kafka bootstrap servers for the registry's domain events: a disabled
+    /// or deleted device's live connections are dropped when its event
+    /// arrives. Without it only reconnects are refused.
+    #[arg(long, env = "WARMHOUSE_BROKER_KAFKA_BOOTSTRAP")]
+    pub kafka_bootstrap: Option<String>,
+
+    /// Topic of the registry's domain events.
+    #[arg(
+        long,
+        env = "WARMHOUSE_BROKER_REGISTRY_EVENTS_TOPIC",
+        default_value = "registry-events"
+    )]
+    pub registry_events_topic: String,
+
+    /// Name of this broker replica in Kafka client ids and logs (default:
+    /// the host name).
+    #[arg(long, env = "WARMHOUSE_BROKER_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+
+    /// Bearer token that authorises `POST|DELETE /admin/v1/devices/{id}/revoke`
+    /// on the admin port; without it those endpoints answer 403.
+    #[arg(long, env = "WARMHOUSE_BROKER_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<Secret>,
+
+    /// How long the broker itself remembers a revocation, in seconds. After
+    /// that the registry's answer at connect keeps the device out.
+    #[arg(long, env = "WARMHOUSE_BROKER_REVOCATION_MEMORY_SECS", default_value_t = DEFAULT_REVOCATION_MEMORY_SECS)]
+    pub revocation_memory_secs: u64,
 }
 
 impl BrokerConfig {
@@ -153,22 +327,156 @@ impl BrokerConfig {
             probe_timeout_secs: DEFAULT_PROBE_TIMEOUT_SECS,
             probe_failure_limit: DEFAULT_PROBE_FAILURE_LIMIT,
             startup_timeout_secs: DEFAULT_STARTUP_TIMEOUT_SECS,
+            // Existing tests speak to the broker without credentials.
+            device_auth: DeviceAuth::Open,
+            registry_url: None,
+            registry_token: None,
+            registry_timeout_ms: DEFAULT_REGISTRY_TIMEOUT_MS,
+            registry_concurrency: DEFAULT_REGISTRY_CONCURRENCY,
+            mqtts_addr: DEFAULT_MQTTS_ADDR.parse().expect("valid default address"),
+            tls_cert: None,
+            tls_key: None,
+            tls_ca: None,
+            tls_probe_cert: None,
+            tls_probe_key: None,
+            internal_addr: DEFAULT_INTERNAL_ADDR
+                .parse()
+                .expect("valid default address"),
+            service_username: DEFAULT_SERVICE_USERNAME.to_string(),
+            service_password: None,
+            kafka_bootstrap: None,
+            registry_events_topic: "registry-events".to_string(),
+            instance_id: None,
+            admin_token: None,
+            revocation_memory_secs: DEFAULT_REVOCATION_MEMORY_SECS,
         }
+    }
+
+    /// Whether the mTLS device listener is configured.
+    pub fn tls_enabled(&self) -> bool {
+        self.tls_cert.is_some() || self.tls_key.is_some() || self.tls_ca.is_some()
+    }
+
+    /// The MQTT listeners this configuration runs, in probe order.
+    pub fn listeners(&self) -> Vec<ListenerSpec> {
+        let device = match self.device_auth {
+            DeviceAuth::Registry => ListenerAuth::DevicePassword,
+            DeviceAuth::Open => ListenerAuth::Open,
+        };
+        let mut listeners = vec![
+            ListenerSpec {
+                listener: Listener::V4,
+                addr: self.mqtt_v4_addr,
+                auth: device,
+            },
+            ListenerSpec {
+                listener: Listener::V5,
+                addr: self.mqtt_v5_addr,
+                auth: device,
+            },
+        ];
+        if self.tls_enabled() {
+            listeners.push(ListenerSpec {
+                listener: Listener::Mqtts,
+                addr: self.mqtts_addr,
+                auth: ListenerAuth::DeviceCertificate,
+            });
+        }
+        if self.service_password.is_some() {
+            listeners.push(ListenerSpec {
+                listener: Listener::Internal,
+                addr: self.internal_addr,
+                auth: ListenerAuth::Service,
+            });
+        }
+        listeners
     }
 
     /// Rejects what rumqttd would panic on or silently misbehave with.
     pub fn validate(&self) -> anyhow::Result<()> {
-        for (name, addr) in [
-            ("MQTT v4", self.mqtt_v4_addr),
-            ("MQTT v5", self.mqtt_v5_addr),
-        ] {
+        let listeners = self.listeners();
+        for (i, spec) in listeners.iter().enumerate() {
+            let (name, addr) = (spec.listener.name(), spec.addr);
             // rumqttd binds by itself and never reports the port it got.
             if addr.port() == 0 {
                 bail!("{name} listener address {addr} needs a concrete port: rumqttd cannot report a port chosen by the OS");
             }
+            if let Some(other) = listeners[..i].iter().find(|o| o.addr == addr) {
+                bail!(
+                    "{} and {name} listeners both use {addr}",
+                    other.listener.name()
+                );
+            }
         }
-        if self.mqtt_v4_addr == self.mqtt_v5_addr {
-            bail!("MQTT v4 and v5 listeners both use {}", self.mqtt_v4_addr);
+        if self.device_auth == DeviceAuth::Registry {
+            let missing = [
+                ("WARMHOUSE_BROKER_REGISTRY_URL", self.registry_url.is_none()),
+                (
+                    "WARMHOUSE_BROKER_REGISTRY_TOKEN",
+                    self.registry_token.is_none(),
+                ),
+                (
+                    "WARMHOUSE_BROKER_SERVICE_PASSWORD",
+                    self.service_password.is_none(),
+                ),
+            ];
+            let missing: Vec<&str> = missing
+                .iter()
+                .filter(|(_, missing)| *missing)
+                .map(|(name, _)| *name)
+                .collect();
+            if !missing.is_empty() {
+                bail!(
+                    "device authentication by the registry (the default) needs {}; \
+                     `--device-auth open` runs without it (tests and demos only: anyone \
+                     may then publish as any device)",
+                    missing.join(", ")
+                );
+            }
+            if self.registry_concurrency == 0 || self.registry_timeout_ms == 0 {
+                bail!("registry concurrency and timeout must be greater than 0");
+            }
+        }
+        if self
+            .service_password
+            .as_ref()
+            .is_some_and(|p| p.expose().is_empty())
+        {
+            bail!("the service password must not be empty");
+        }
+        if self.service_username.is_empty() {
+            bail!("the service username must not be empty");
+        }
+        if self
+            .admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose().len() < 16)
+        {
+            bail!("the admin token must be at least 16 characters");
+        }
+        if self.tls_enabled() {
+            let files = [
+                ("WARMHOUSE_BROKER_TLS_CERT", &self.tls_cert),
+                ("WARMHOUSE_BROKER_TLS_KEY", &self.tls_key),
+                ("WARMHOUSE_BROKER_TLS_CA", &self.tls_ca),
+                ("WARMHOUSE_BROKER_TLS_PROBE_CERT", &self.tls_probe_cert),
+                ("WARMHOUSE_BROKER_TLS_PROBE_KEY", &self.tls_probe_key),
+            ];
+            for (name, path) in files {
+                match path {
+                    None => bail!(
+                        "the mTLS listener needs {name} (it needs a server certificate, its \
+                         key, the platform CA, and a client certificate for the self-probe)"
+                    ),
+                    Some(path) if !path.is_file() => {
+                        bail!("{name}: {} is not a readable file", path.display())
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        if self.revocation_memory_secs == 0 {
+            bail!("revocation memory must be greater than 0");
         }
         // rumqttd's commit log panics below 1 KiB.
         if self.max_segment_size < 1024 {
@@ -198,26 +506,70 @@ impl BrokerConfig {
         Ok(())
     }
 
-    /// The rumqttd configuration this describes.
+    /// The rumqttd configuration this describes. Device listeners that ask
+    /// the registry get their auth handler in `start` (it needs the
+    /// running broker's state); until then they refuse every login.
     pub fn to_rumqttd(&self) -> anyhow::Result<rumqttd::Config> {
-        let connections = rumqttd::ConnectionSettings {
-            connection_timeout_ms: self.connection_timeout_ms,
-            max_payload_size: self.max_payload_size,
-            max_inflight_count: self.max_inflight_count,
-            auth: None,
-            external_auth: None,
-            dynamic_filters: self.dynamic_filters,
-        };
-        let server = |name: &str, listen: SocketAddr| {
-            let settings = rumqttd::ServerSettings {
-                name: name.to_string(),
-                listen,
-                tls: None,
-                next_connection_delay_ms: self.next_connection_delay_ms,
-                connections: connections.clone(),
+        let mut v4 = HashMap::new();
+        let mut v5 = HashMap::new();
+        for spec in self.listeners() {
+            let mut connections = rumqttd::ConnectionSettings {
+                connection_timeout_ms: self.connection_timeout_ms,
+                max_payload_size: self.max_payload_size,
+                max_inflight_count: self.max_inflight_count,
+                auth: None,
+                external_auth: None,
+                dynamic_filters: self.dynamic_filters,
+                tenant_from_username: false,
             };
-            Some(HashMap::from([(name.to_string(), settings)]))
-        };
+            let mut tls = None;
+            match spec.auth {
+                ListenerAuth::Open => {}
+                ListenerAuth::DevicePassword => {
+                    connections.tenant_from_username = true;
+                    // Fail closed until `start` installs the real check.
+                    connections.set_auth_handler(|_, _, _| async { false });
+                }
+                ListenerAuth::DeviceCertificate => {
+                    let path = |p: &Option<PathBuf>| {
+                        p.as_ref()
+                            .map(|p| p.display().to_string())
+                            .context("TLS file missing (validate first)")
+                    };
+                    tls = Some(rumqttd::TlsConfig::Rustls {
+                        capath: Some(path(&self.tls_ca)?),
+                        certpath: path(&self.tls_cert)?,
+                        keypath: path(&self.tls_key)?,
+                    });
+                    if self.device_auth == DeviceAuth::Registry {
+                        connections.set_auth_handler(|_, _, _| async { false });
+                    }
+                }
+                ListenerAuth::Service => {
+                    let password = self
+                        .service_password
+                        .as_ref()
+                        .context("service password missing (validate first)")?;
+                    // rumqttd compares static passwords in constant time.
+                    connections.auth = Some(HashMap::from([(
+                        self.service_username.clone(),
+                        password.expose().to_string(),
+                    )]));
+                }
+            }
+            let name = spec.listener.rumqttd_name().to_string();
+            let settings = rumqttd::ServerSettings {
+                name: name.clone(),
+                listen: spec.addr,
+                tls,
+                next_connection_delay_ms: self.next_connection_delay_ms,
+                connections,
+            };
+            match spec.listener.protocol() {
+                crate::probe::Protocol::V4 => v4.insert(name, settings),
+                crate::probe::Protocol::V5 => v5.insert(name, settings),
+            };
+        }
         // `MetricSettings` has private fields: serde is the only way in.
         let push = |interval: u64| {
             serde_json::from_value::<rumqttd::MetricSettings>(
@@ -246,8 +598,8 @@ impl BrokerConfig {
                 initialized_filters: None,
                 shared_subscriptions_strategy: Default::default(),
             },
-            v4: server("v4", self.mqtt_v4_addr),
-            v5: server("v5", self.mqtt_v5_addr),
+            v4: (!v4.is_empty()).then_some(v4),
+            v5: (!v5.is_empty()).then_some(v5),
             ws: None,
             cluster: None,
             // rumqttd's console is an unauthenticated HTTP API: keep it off.
@@ -269,15 +621,119 @@ mod tests {
     }
 
     #[test]
-    fn parsed_defaults_match_for_tests() {
+    fn parsed_defaults_match_for_tests_except_device_auth() {
         let parsed = BrokerConfig::try_parse_from(["warmhouse-broker"]).unwrap();
-        let expected = BrokerConfig::for_tests(
-            addr("0.0.0.0:1883"),
-            addr("0.0.0.0:1884"),
-            addr("0.0.0.0:9183"),
-        );
+        let expected = BrokerConfig {
+            device_auth: DeviceAuth::Registry,
+            ..BrokerConfig::for_tests(
+                addr("0.0.0.0:1883"),
+                addr("0.0.0.0:1884"),
+                addr("0.0.0.0:9183"),
+            )
+        };
         assert_eq!(parsed, expected);
-        parsed.validate().unwrap();
+    }
+
+    #[test]
+    fn the_production_default_is_not_open() {
+        let parsed = BrokerConfig::try_parse_from(["warmhouse-broker"]).unwrap();
+        assert_eq!(parsed.device_auth, DeviceAuth::Registry);
+        let err = parsed.validate().unwrap_err().to_string();
+        for variable in [
+            "WARMHOUSE_BROKER_REGISTRY_URL",
+            "WARMHOUSE_BROKER_REGISTRY_TOKEN",
+            "WARMHOUSE_BROKER_SERVICE_PASSWORD",
+        ] {
+            assert!(err.contains(variable), "{err}");
+        }
+        let open =
+            BrokerConfig::try_parse_from(["warmhouse-broker", "--device-auth", "open"]).unwrap();
+        open.validate().unwrap();
+    }
+
+    fn registry_config() -> BrokerConfig {
+        BrokerConfig {
+            device_auth: DeviceAuth::Registry,
+            registry_url: Some("http://127.0.0.1:8082".into()),
+            registry_token: Some(Secret::new("token")),
+            service_password: Some(Secret::new("service-secret")),
+            internal_addr: addr("127.0.0.1:3"),
+            ..BrokerConfig::for_tests(
+                addr("127.0.0.1:1"),
+                addr("127.0.0.1:2"),
+                addr("127.0.0.1:0"),
+            )
+        }
+    }
+
+    #[test]
+    fn registry_mode_confines_device_listeners_and_opens_an_internal_one() {
+        let config = registry_config();
+        config.validate().unwrap();
+        let auths: Vec<(Listener, ListenerAuth)> = config
+            .listeners()
+            .iter()
+            .map(|s| (s.listener, s.auth))
+            .collect();
+        assert_eq!(
+            auths,
+            vec![
+                (Listener::V4, ListenerAuth::DevicePassword),
+                (Listener::V5, ListenerAuth::DevicePassword),
+                (Listener::Internal, ListenerAuth::Service),
+            ]
+        );
+        let rumqttd = config.to_rumqttd().unwrap();
+        let v4 = rumqttd.v4.unwrap();
+        let device = &v4["v4"].connections;
+        assert!(device.tenant_from_username);
+        // Fails closed until `start` installs the registry check.
+        assert!(device.external_auth.is_some());
+        let internal = &v4["internal"].connections;
+        assert!(!internal.tenant_from_username);
+        assert_eq!(
+            internal.auth.as_ref().unwrap()["warmhouse-service"],
+            "service-secret"
+        );
+        assert!(rumqttd.v5.unwrap()["v5"].connections.tenant_from_username);
+        // Secrets never show in Debug output.
+        assert!(!format!("{config:?}").contains("service-secret"));
+    }
+
+    #[test]
+    fn mtls_listener_needs_all_its_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, "x").unwrap();
+            Some(path)
+        };
+        let mut config = BrokerConfig {
+            tls_cert: file("cert.pem"),
+            tls_key: file("key.pem"),
+            mqtts_addr: addr("127.0.0.1:4"),
+            ..registry_config()
+        };
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains("WARMHOUSE_BROKER_TLS_CA"), "{err}");
+        config.tls_ca = file("ca.pem");
+        config.tls_probe_cert = file("probe.pem");
+        config.tls_probe_key = file("probe.key");
+        config.validate().unwrap();
+        let listeners = config.listeners();
+        assert!(listeners
+            .iter()
+            .any(|s| s.listener == Listener::Mqtts && s.auth == ListenerAuth::DeviceCertificate));
+        let rumqttd = config.to_rumqttd().unwrap();
+        let mqtts = &rumqttd.v4.unwrap()["mqtts"];
+        assert!(mqtts.tls.is_some());
+        assert!(!mqtts.connections.tenant_from_username);
+        config.mqtts_addr = config.internal_addr;
+        assert!(config
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("both use"));
     }
 
     #[test]
@@ -314,6 +770,11 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("concrete port"));
+        let same_port = BrokerConfig {
+            mqtt_v5_addr: addr("127.0.0.1:1"),
+            ..ok.clone()
+        };
+        assert!(same_port.validate().is_err());
         let tiny_segment = BrokerConfig {
             max_segment_size: 10,
             ..ok.clone()

@@ -1,7 +1,17 @@
-//! The Warmhouse MQTT broker: rumqttd 0.20 embedded, with an MQTT 3.1.1 and
-//! an MQTT 5 listener, small in-memory logs, Prometheus metrics fed from
-//! rumqttd's meters, and `/healthz` + `/readyz` driven by a self-probe that
-//! speaks MQTT to its own listeners.
+//! The Warmhouse MQTT broker: rumqttd 0.20 (vendored, with the patches in
+//! `vendor/rumqttd/WARMHOUSE-PATCHES.md`) embedded, with device listeners
+//! (MQTT 3.1.1 and MQTT 5 with passwords, MQTT 3.1.1 over TLS with client
+//! certificates), an internal listener for the platform's own services,
+//! small in-memory logs, Prometheus metrics fed from rumqttd's meters, and
+//! `/healthz` + `/readyz` driven by a self-probe that speaks MQTT to each
+//! of its listeners.
+//!
+//! Device identity (see docs/adr/0010-device-identity.md): every device
+//! connection has a tenant (its device id: the certificate's subject O or
+//! the password login's username) and rumqttd's `validate-tenant-prefix`
+//! confines it to `/tenants/{device_id}/`. The device registry decides at
+//! every connect ([`access`]); a disabled or deleted device is dropped and
+//! refused ([`revocation`]).
 //!
 //! ```no_run
 //! # async fn run() -> anyhow::Result<()> {
@@ -15,12 +25,15 @@
 //! process exits. [`RunningBroker::shutdown`] stops only what this crate
 //! adds (admin server, probe, metrics).
 
+pub mod access;
 mod config;
 mod metrics;
 mod probe;
+pub mod revocation;
 
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
@@ -29,17 +42,26 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use warmhouse_service_kit::{admin_router, serve, Readiness};
 
-pub use config::BrokerConfig;
-pub use probe::{Listener, Prober};
+pub use config::{BrokerConfig, DeviceAuth, ListenerAuth, ListenerSpec, Secret};
+pub use probe::{Listener, ProbeAuth, Prober, Protocol, TlsProbe, PROBE_DEVICE_ID};
 
+use access::DeviceAccess;
 use metrics::BrokerMetrics;
+use revocation::Revocations;
 
 /// A started broker. Dropping it stops the admin server, the self-probe and
 /// the metrics pump; rumqttd itself keeps running until the process exits.
 pub struct RunningBroker {
     pub mqtt_v4_addr: SocketAddr,
     pub mqtt_v5_addr: SocketAddr,
+    /// The mTLS device listener, when configured.
+    pub mqtts_addr: Option<SocketAddr>,
+    /// The internal (service) listener, when configured.
+    pub internal_addr: Option<SocketAddr>,
     pub admin_addr: SocketAddr,
+    /// Revoke a device by hand (what the admin endpoint and the registry's
+    /// events do).
+    pub revocations: Revocations,
     pub registry: Registry,
     pub readiness: Readiness,
     shutdown: watch::Sender<bool>,
@@ -87,24 +109,59 @@ impl Drop for RunningBroker {
 }
 
 /// Starts rumqttd (in its own threads: it blocks) and the admin HTTP server,
-/// and returns once both MQTT listeners complete a publish/subscribe round
+/// and returns once every MQTT listener completes a publish/subscribe round
 /// trip, or fails with the reason.
 pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     config.validate().context("invalid broker configuration")?;
+    let listeners = config.listeners();
     // rumqttd logs a bind failure and carries on without that listener;
     // binding first turns "address in use" into an error here.
-    for addr in [config.mqtt_v4_addr, config.mqtt_v5_addr] {
-        std::net::TcpListener::bind(addr)
-            .with_context(|| format!("MQTT listener address {addr} is not available"))?;
+    for spec in &listeners {
+        let addr = spec.addr;
+        std::net::TcpListener::bind(addr).with_context(|| {
+            format!(
+                "MQTT listener address {addr} ({}) is not available",
+                spec.listener.name()
+            )
+        })?;
     }
-    let rumqttd_config = config.to_rumqttd()?;
+    let mut rumqttd_config = config.to_rumqttd()?;
 
     let registry = Registry::new();
     let metrics = BrokerMetrics::register(&registry)?;
     let readiness = Readiness::new();
-    for listener in [Listener::V4, Listener::V5] {
-        readiness.set(listener.name(), false);
+    for spec in &listeners {
+        readiness.set(spec.listener.name(), false);
     }
+
+    let registry_timeout = Duration::from_millis(config.registry_timeout_ms);
+    let revocations = Revocations::new(
+        Duration::from_secs(config.revocation_memory_secs),
+        registry_timeout + Duration::from_secs(1),
+        metrics.revocations.clone(),
+    );
+    // The self-probe's password on device listeners: random per process,
+    // known only here, checked without the registry.
+    let probe_password = Secret::new(random_secret());
+    if config.device_auth == DeviceAuth::Registry {
+        let access = DeviceAccess::new(
+            config
+                .registry_url
+                .as_deref()
+                .context("registry URL missing")?,
+            config
+                .registry_token
+                .clone()
+                .context("registry token missing")?,
+            registry_timeout,
+            config.registry_concurrency,
+            probe_password.clone(),
+            revocations.clone(),
+            metrics.device_auth.clone(),
+        )?;
+        install_auth_handlers(&mut rumqttd_config, &listeners, &access)?;
+    }
+    let event_task = start_revocation_consumer(&config, &revocations, &metrics).await;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let stopped = {
         let rx = shutdown_rx.clone();
@@ -114,19 +171,21 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
             let _ = rx.wait_for(|stop| *stop).await;
         }
     };
-    let (admin_addr, admin_task) = serve(
-        config.admin_addr,
-        admin_router(registry.clone(), readiness.clone()),
-        stopped,
-    )
-    .await
-    .context("starting the admin HTTP server")?;
+    let admin = admin_router(registry.clone(), readiness.clone()).merge(revocation::admin_routes(
+        revocations.clone(),
+        config.admin_token.clone(),
+        Duration::from_secs(config.revocation_memory_secs),
+    ));
+    let (admin_addr, admin_task) = serve(config.admin_addr, admin, stopped)
+        .await
+        .context("starting the admin HTTP server")?;
 
     let (failure_tx, mut failures) = mpsc::unbounded_channel();
     let mut broker = rumqttd::Broker::new(rumqttd_config);
     // Links must be made before `start` takes the broker into its thread.
     let meters = broker.meters().context("opening rumqttd's meters link")?;
     let alerts = broker.alerts().context("opening rumqttd's alerts link")?;
+    revocations.attach(broker.tenant_disconnector());
     {
         let failure_tx = failure_tx.clone();
         std::thread::Builder::new()
@@ -149,6 +208,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     }
 
     let mut tasks = Vec::new();
+    tasks.extend(event_task);
     {
         let metrics = metrics.clone();
         let failure_tx = failure_tx.clone();
@@ -158,10 +218,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         }));
     }
 
-    let mut probers = [
-        Prober::new(Listener::V4, config.mqtt_v4_addr),
-        Prober::new(Listener::V5, config.mqtt_v5_addr),
-    ];
+    let mut probers = probers(&config, &listeners, &probe_password)?;
     let probe_timeout = Duration::from_secs(config.probe_timeout_secs);
     let startup = wait_until_serving(
         &mut probers,
@@ -194,16 +251,25 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         shutdown_rx,
     )));
 
+    let listener_addr = |wanted: Listener| {
+        listeners
+            .iter()
+            .find(|spec| spec.listener == wanted)
+            .map(|spec| spec.addr)
+    };
     tracing::info!(
-        mqtt_v4 = %config.mqtt_v4_addr,
-        mqtt_v5 = %config.mqtt_v5_addr,
+        listeners = ?listeners.iter().map(|s| (s.listener.name(), s.addr.to_string())).collect::<Vec<_>>(),
+        device_auth = ?config.device_auth,
         admin = %admin_addr,
         "broker serving"
     );
     Ok(RunningBroker {
         mqtt_v4_addr: config.mqtt_v4_addr,
         mqtt_v5_addr: config.mqtt_v5_addr,
+        mqtts_addr: listener_addr(Listener::Mqtts),
+        internal_addr: listener_addr(Listener::Internal),
         admin_addr,
+        revocations,
         registry,
         readiness,
         shutdown: shutdown_tx,
@@ -246,9 +312,159 @@ async fn wait_until_serving(
     }
 }
 
+/// 32 random bytes, hex.
+fn random_secret() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rng().fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Gives each device listener its access check (patches 2 and 3 of rumqttd
+/// make rumqttd call it for password and certificate connections).
+fn install_auth_handlers(
+    config: &mut rumqttd::Config,
+    listeners: &[ListenerSpec],
+    access: &DeviceAccess,
+) -> anyhow::Result<()> {
+    for spec in listeners {
+        let listener = spec.listener;
+        let servers = match listener.protocol() {
+            Protocol::V4 => config.v4.as_mut(),
+            Protocol::V5 => config.v5.as_mut(),
+        };
+        let settings = servers
+            .and_then(|servers| servers.get_mut(listener.rumqttd_name()))
+            .with_context(|| format!("rumqttd has no {} listener", listener.name()))?;
+        let access = access.clone();
+        match spec.auth {
+            ListenerAuth::DevicePassword => {
+                settings.set_auth_handler(move |client_id, username, password| {
+                    access
+                        .clone()
+                        .check_password(listener, client_id, username, password)
+                });
+            }
+            ListenerAuth::DeviceCertificate => {
+                settings.set_auth_handler(move |client_id, tenant_id, certificate_sha256| {
+                    access.clone().check_certificate(
+                        listener,
+                        client_id,
+                        tenant_id,
+                        certificate_sha256,
+                    )
+                });
+            }
+            ListenerAuth::Open | ListenerAuth::Service => {}
+        }
+    }
+    Ok(())
+}
+
+/// Starts reading the registry's events when Kafka is configured. Waits
+/// (up to the startup timeout) for the partitions to be assigned, so every
+/// event after rumqttd starts is seen; when Kafka is unreachable the
+/// broker starts anyway and the consumer keeps trying.
+async fn start_revocation_consumer(
+    config: &BrokerConfig,
+    revocations: &Revocations,
+    metrics: &BrokerMetrics,
+) -> Option<JoinHandle<()>> {
+    let Some(bootstrap) = config.kafka_bootstrap.clone() else {
+        if config.device_auth == DeviceAuth::Registry {
+            tracing::warn!(
+                "WARMHOUSE_BROKER_KAFKA_BOOTSTRAP is not set: a disabled or deleted device \
+                 keeps its live connection until it reconnects"
+            );
+        }
+        return None;
+    };
+    let source = revocation::EventSource {
+        bootstrap,
+        topic: config.registry_events_topic.clone(),
+        instance_id: config.instance_id.clone().unwrap_or_else(host_name),
+    };
+    let deadline = Duration::from_secs(config.startup_timeout_secs);
+    let assigned = match tokio::time::timeout(deadline, revocation::assign(&source)).await {
+        Ok(Ok(assigned)) => Some(assigned),
+        Ok(Err(err)) => {
+            tracing::warn!(
+                error = format!("{err:#}"),
+                "registry events unavailable at start; retrying in the background"
+            );
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                ?deadline,
+                "registry events unavailable at start; retrying in the background"
+            );
+            None
+        }
+    };
+    Some(tokio::spawn(revocation::run(
+        source,
+        assigned,
+        revocations.clone(),
+        metrics.revocation_consumer_up.clone(),
+    )))
+}
+
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|name| name.trim().to_string())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "broker".to_string())
+}
+
+/// One prober per listener, logging in the way the listener expects.
+fn probers(
+    config: &BrokerConfig,
+    listeners: &[ListenerSpec],
+    probe_password: &Secret,
+) -> anyhow::Result<Vec<Prober>> {
+    let mut probers = Vec::new();
+    for spec in listeners {
+        let auth = match spec.auth {
+            ListenerAuth::Open => ProbeAuth::None,
+            ListenerAuth::DevicePassword => ProbeAuth::Password {
+                username: PROBE_DEVICE_ID.to_string(),
+                password: probe_password.expose().to_string(),
+                confined: true,
+            },
+            ListenerAuth::Service => ProbeAuth::Password {
+                username: config.service_username.clone(),
+                password: config
+                    .service_password
+                    .as_ref()
+                    .context("service password missing")?
+                    .expose()
+                    .to_string(),
+                confined: false,
+            },
+            ListenerAuth::DeviceCertificate => {
+                let read = |path: &Option<std::path::PathBuf>, what: &str| {
+                    let path = path.as_ref().with_context(|| format!("{what} missing"))?;
+                    std::fs::read(path)
+                        .with_context(|| format!("reading the {what} {}", path.display()))
+                };
+                ProbeAuth::Tls(Arc::new(TlsProbe {
+                    ca: read(&config.tls_ca, "platform CA certificate")?,
+                    cert: read(&config.tls_probe_cert, "probe client certificate")?,
+                    key: read(&config.tls_probe_key, "probe client key")?,
+                }))
+            }
+        };
+        probers.push(Prober::with_auth(spec.listener, spec.addr, auth));
+    }
+    Ok(probers)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn probe_loop(
-    mut probers: [Prober; 2],
+    mut probers: Vec<Prober>,
     interval: Duration,
     timeout: Duration,
     failure_limit: u32,
@@ -257,7 +473,7 @@ async fn probe_loop(
     failure_tx: mpsc::UnboundedSender<anyhow::Error>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut consecutive = [0u32; 2];
+    let mut consecutive = vec![0u32; probers.len()];
     // start() has just probed: the first periodic probe is one interval away.
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -25,6 +25,9 @@ pub struct BrokerMetrics {
     pub alerts: IntCounterVec,
     pub probe_up: IntGaugeVec,
     pub probe_failures: IntCounterVec,
+    pub device_auth: IntCounterVec,
+    pub revocations: IntCounterVec,
+    pub revocation_consumer_up: IntGauge,
 }
 
 impl BrokerMetrics {
@@ -95,6 +98,33 @@ impl BrokerMetrics {
             probe_failures: register(
                 registry,
                 IntCounterVec::new(opts("probe_failures_total", "Failed self-probes"), &["listener"])?,
+            )?,
+            device_auth: register(
+                registry,
+                IntCounterVec::new(
+                    opts(
+                        "device_auth_total",
+                        "Device connect decisions: allowed, refused (by the registry), revoked (by the broker's revocation list), invalid (not even asked), error (no usable registry answer: refused), probe (the self-probe)",
+                    ),
+                    &["listener", "outcome"],
+                )?,
+            )?,
+            revocations: register(
+                registry,
+                IntCounterVec::new(
+                    opts(
+                        "revocations_total",
+                        "Devices revoked (live connections dropped), by source: registry_event or admin",
+                    ),
+                    &["source"],
+                )?,
+            )?,
+            revocation_consumer_up: register(
+                registry,
+                IntGauge::with_opts(opts(
+                    "revocation_consumer_up",
+                    "1 while the registry-events consumer reads from Kafka; 0 when it cannot (revocations then only take effect at reconnect)",
+                ))?,
             )?,
         })
     }

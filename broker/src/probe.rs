@@ -4,28 +4,111 @@
 //! delivers; a TCP connect alone would not catch a wedged router.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-/// Protocol spoken on a listener.
+/// Device id the self-probe uses on device listeners (tenant of its
+/// password login and the subject O of its client certificate). The broker
+/// lets it in without asking the registry, so no device may be registered
+/// under this id; its topics (`/tenants/warmhouse-broker-probe/probe/...`)
+/// match none of the bridge's filters.
+pub const PROBE_DEVICE_ID: &str = "warmhouse-broker-probe";
+
+/// MQTT protocol version a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Listener {
+pub enum Protocol {
     V4,
     V5,
 }
 
+/// The broker's MQTT listeners.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Listener {
+    /// Devices, MQTT 3.1.1, plain TCP.
+    V4,
+    /// Devices, MQTT 5, plain TCP.
+    V5,
+    /// Devices, MQTT 3.1.1 over TLS with client certificates.
+    Mqtts,
+    /// The platform's services (edge bridge), MQTT 3.1.1, plain TCP.
+    Internal,
+}
+
 impl Listener {
+    /// Label in metrics and `/readyz`.
     pub fn name(self) -> &'static str {
         match self {
             Listener::V4 => "mqtt_v4",
             Listener::V5 => "mqtt_v5",
+            Listener::Mqtts => "mqtts",
+            Listener::Internal => "internal",
         }
     }
 
-    /// Outside `/tenants/`, so no bridge filter ever sees probe traffic.
-    fn topic(self) -> String {
-        format!("/warmhouse/broker/probe/{}", self.name())
+    /// Key and thread name in rumqttd's configuration.
+    pub fn rumqttd_name(self) -> &'static str {
+        match self {
+            Listener::V4 => "v4",
+            Listener::V5 => "v5",
+            Listener::Mqtts => "mqtts",
+            Listener::Internal => "internal",
+        }
+    }
+
+    pub fn protocol(self) -> Protocol {
+        match self {
+            Listener::V5 => Protocol::V5,
+            Listener::V4 | Listener::Mqtts | Listener::Internal => Protocol::V4,
+        }
+    }
+}
+
+/// How the probe logs in to a listener.
+#[derive(Clone)]
+pub enum ProbeAuth {
+    /// Open listener: no login, any topic.
+    None,
+    /// Username and password; `confined` when the listener makes the
+    /// username the tenant (device listeners).
+    Password {
+        username: String,
+        password: String,
+        confined: bool,
+    },
+    /// TLS with a client certificate (PEM) whose subject O is
+    /// [`PROBE_DEVICE_ID`]; the server certificate must chain to `ca` and
+    /// name the address the probe connects to.
+    Tls(Arc<TlsProbe>),
+}
+
+/// PEM material of a TLS probe.
+pub struct TlsProbe {
+    pub ca: Vec<u8>,
+    pub cert: Vec<u8>,
+    pub key: Vec<u8>,
+}
+
+impl ProbeAuth {
+    /// Outside `/tenants/` where the listener allows it, so no bridge filter
+    /// ever sees probe traffic; under the probe's own tenant where the
+    /// listener confines it (a channel the bridge does not subscribe to).
+    fn topic(&self, listener: Listener) -> String {
+        let confined = match self {
+            ProbeAuth::None => false,
+            ProbeAuth::Password { confined, .. } => *confined,
+            ProbeAuth::Tls(_) => true,
+        };
+        if confined {
+            format!(
+                "{}{PROBE_DEVICE_ID}/probe/{}",
+                warmhouse_contracts::topics::TENANT_ROOT,
+                listener.name()
+            )
+        } else {
+            format!("/warmhouse/broker/probe/{}", listener.name())
+        }
     }
 }
 
@@ -41,14 +124,21 @@ impl Listener {
 pub struct Prober {
     listener: Listener,
     addr: SocketAddr,
+    auth: ProbeAuth,
     generation: u64,
 }
 
 impl Prober {
+    /// A probe of an open listener.
     pub fn new(listener: Listener, addr: SocketAddr) -> Self {
+        Self::with_auth(listener, addr, ProbeAuth::None)
+    }
+
+    pub fn with_auth(listener: Listener, addr: SocketAddr, auth: ProbeAuth) -> Self {
         Self {
             listener,
             addr: connect_addr(addr),
+            auth,
             generation: 0,
         }
     }
@@ -67,12 +157,28 @@ impl Prober {
 
     /// One round trip, bounded by `timeout`.
     pub async fn probe(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let result = probe(self.listener, self.addr, self.client_id(), timeout).await;
+        let target = Target {
+            listener: self.listener,
+            addr: self.addr,
+            client_id: self.client_id(),
+            topic: self.auth.topic(self.listener),
+            auth: self.auth.clone(),
+        };
+        let result = probe(target, timeout).await;
         if result.is_err() {
             self.generation += 1;
         }
         result
     }
+}
+
+/// Everything one probe round trip needs.
+struct Target {
+    listener: Listener,
+    addr: SocketAddr,
+    client_id: String,
+    topic: String,
+    auth: ProbeAuth,
 }
 
 /// Where to connect to reach a listener bound to `addr` (an unspecified
@@ -86,50 +192,55 @@ pub fn connect_addr(addr: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, addr.port())
 }
 
-/// Runs one probe round trip against `addr`, bounded by `timeout`.
+/// Runs one probe round trip against `target`, bounded by `timeout`.
 ///
 /// It ends by closing the socket without DISCONNECT: after a DISCONNECT
 /// rumqttd's connection task may report the disconnection a second time,
 /// after the router has already reused the connection's slot, and so drop
 /// whichever client connected in between.
-async fn probe(
-    listener: Listener,
-    addr: SocketAddr,
-    client_id: String,
-    timeout: Duration,
-) -> anyhow::Result<()> {
+async fn probe(target: Target, timeout: Duration) -> anyhow::Result<()> {
     let nonce = format!("{}", warmhouse_service_kit::now_ms());
+    let (name, addr) = (target.listener.name(), target.addr);
     let round_trip = async {
-        match listener {
-            Listener::V4 => probe_v4(listener, addr, client_id, &nonce).await,
-            Listener::V5 => probe_v5(listener, addr, client_id, &nonce).await,
+        match target.listener.protocol() {
+            Protocol::V4 => probe_v4(target, &nonce).await,
+            Protocol::V5 => probe_v5(target, &nonce).await,
         }
     };
     tokio::time::timeout(timeout, round_trip)
         .await
-        .with_context(|| {
-            format!(
-                "{} probe of {addr} timed out after {timeout:?}",
-                listener.name()
-            )
-        })?
-        .with_context(|| format!("{} probe of {addr}", listener.name()))
+        .with_context(|| format!("{name} probe of {addr} timed out after {timeout:?}"))?
+        .with_context(|| format!("{name} probe of {addr}"))
 }
 
-async fn probe_v4(
-    listener: Listener,
-    addr: SocketAddr,
-    client_id: String,
-    nonce: &str,
-) -> anyhow::Result<()> {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+async fn probe_v4(target: Target, nonce: &str) -> anyhow::Result<()> {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 
-    let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    let mut options = MqttOptions::new(
+        target.client_id,
+        target.addr.ip().to_string(),
+        target.addr.port(),
+    );
     options
         .set_keep_alive(Duration::from_secs(5))
         .set_clean_session(true);
+    match &target.auth {
+        ProbeAuth::None => {}
+        ProbeAuth::Password {
+            username, password, ..
+        } => {
+            options.set_credentials(username.clone(), password.clone());
+        }
+        ProbeAuth::Tls(tls) => {
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Simple {
+                ca: tls.ca.clone(),
+                alpn: None,
+                client_auth: Some((tls.cert.clone(), tls.key.clone())),
+            }));
+        }
+    }
     let (client, mut events) = AsyncClient::new(options, 10);
-    let topic = listener.topic();
+    let topic = target.topic;
     client
         .subscribe(topic.clone(), QoS::AtMostOnce)
         .await
@@ -159,22 +270,31 @@ async fn probe_v4(
     }
 }
 
-async fn probe_v5(
-    listener: Listener,
-    addr: SocketAddr,
-    client_id: String,
-    nonce: &str,
-) -> anyhow::Result<()> {
+async fn probe_v5(target: Target, nonce: &str) -> anyhow::Result<()> {
     use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, Packet};
     use rumqttc::v5::mqttbytes::QoS;
     use rumqttc::v5::{AsyncClient, Event, MqttOptions};
 
-    let mut options = MqttOptions::new(client_id, addr.ip().to_string(), addr.port());
+    let mut options = MqttOptions::new(
+        target.client_id,
+        target.addr.ip().to_string(),
+        target.addr.port(),
+    );
     options
         .set_keep_alive(Duration::from_secs(5))
         .set_clean_start(true);
+    match &target.auth {
+        ProbeAuth::None => {}
+        ProbeAuth::Password {
+            username, password, ..
+        } => {
+            options.set_credentials(username.clone(), password.clone());
+        }
+        // No MQTT 5 listener speaks TLS.
+        ProbeAuth::Tls(_) => bail!("the MQTT 5 probe does not speak TLS"),
+    }
     let (client, mut events) = AsyncClient::new(options, 10);
-    let topic = listener.topic();
+    let topic = target.topic;
     client
         .subscribe(topic.clone(), QoS::AtMostOnce)
         .await
@@ -215,11 +335,34 @@ mod tests {
         assert_eq!(connect_addr(given), given);
     }
 
+    #[test]
+    fn confined_probes_stay_under_their_own_tenant_on_no_bridge_channel() {
+        let confined = ProbeAuth::Password {
+            username: PROBE_DEVICE_ID.into(),
+            password: "x".into(),
+            confined: true,
+        };
+        let topic = confined.topic(Listener::V4);
+        assert_eq!(topic, "/tenants/warmhouse-broker-probe/probe/mqtt_v4");
+        // A valid device topic prefix, but no channel the bridge forwards.
+        assert!(warmhouse_contracts::topics::DeviceTopic::parse(&topic).is_err());
+        assert!(warmhouse_contracts::ids::DeviceId::new(PROBE_DEVICE_ID).is_ok());
+        let internal = ProbeAuth::Password {
+            username: "svc".into(),
+            password: "x".into(),
+            confined: false,
+        };
+        assert_eq!(
+            internal.topic(Listener::Internal),
+            "/warmhouse/broker/probe/internal"
+        );
+    }
+
     #[tokio::test]
     async fn probe_identity_stays_outside_the_device_tree_and_changes_after_failure() {
         for listener in [Listener::V4, Listener::V5] {
-            assert!(!listener
-                .topic()
+            assert!(!ProbeAuth::None
+                .topic(listener)
                 .starts_with(warmhouse_contracts::topics::TENANT_ROOT));
             // Nothing listens on port 1 of loopback: the probe fails fast.
             let mut prober = Prober::new(listener, "127.0.0.1:1".parse().unwrap());

@@ -4,7 +4,7 @@ use base64::Engine;
 use serde::{Deserialize, Serialize};
 
 use crate::decode::{check_version, from_json, DecodeError};
-use crate::device::{CommandAck, ReportedState, StatusMessage};
+use crate::device::{Command, CommandAck, ReportedState, StatusMessage};
 use crate::ids::DeviceId;
 use crate::MAX_PAYLOAD_BYTES;
 
@@ -18,6 +18,9 @@ pub mod topics {
     pub const DEVICE_COMMANDS: &str = "device-commands";
     /// What could not be decoded, with the reason; never blocks a partition.
     pub const DEAD_LETTERS: &str = "dead-letters";
+    /// Domain events of the device registry ([`crate::domain::DomainEvent`]),
+    /// key = device id, or home id for home events.
+    pub const REGISTRY_EVENTS: &str = "registry-events";
 }
 
 /// Header carrying the envelope version on every record we produce.
@@ -36,9 +39,20 @@ pub struct DeviceEvent {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum DeviceEventKind {
-    Status { status: StatusMessage },
-    State { state: ReportedState },
-    CommandAck { ack: CommandAck },
+    Status {
+        status: StatusMessage,
+    },
+    State {
+        state: ReportedState,
+    },
+    CommandAck {
+        ack: CommandAck,
+    },
+    /// Written by the bridge, not the device: the broker accepted the
+    /// command for a device that was online at the time.
+    CommandDelivered {
+        command_id: String,
+    },
 }
 
 impl DeviceEvent {
@@ -54,6 +68,40 @@ impl DeviceEvent {
         let event: Self = from_json(bytes, 2 * MAX_PAYLOAD_BYTES)?;
         check_version(event.v)?;
         Ok(event)
+    }
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+}
+
+/// A command on its way to a device, as the registry writes it to
+/// `device-commands` (key = device id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CommandRecord {
+    pub v: u64,
+    pub device_id: DeviceId,
+    pub command: Command,
+}
+
+impl CommandRecord {
+    pub fn new(device_id: DeviceId, command: Command) -> Self {
+        Self {
+            v: u64::from(crate::WIRE_VERSION),
+            device_id,
+            command,
+        }
+    }
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        let record: Self = from_json(bytes, 2 * MAX_PAYLOAD_BYTES)?;
+        check_version(record.v)?;
+        check_version(record.command.v)?;
+        if record.command.command_id.is_empty() {
+            return Err(DecodeError::field(
+                "command.command_id",
+                "must not be empty",
+            ));
+        }
+        Ok(record)
     }
     pub fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).unwrap_or_default()
@@ -141,6 +189,23 @@ mod tests {
         assert_eq!(back.original_payload(), bytes);
         let text = DeadLetter::new("not_json", "x".into(), "mqtt:/t".into(), 1, b"hi");
         assert_eq!(text.payload.as_deref(), Some("hi"));
+    }
+
+    #[test]
+    fn command_record_round_trips_and_refuses_empty_ids() {
+        let command = Command {
+            v: 1,
+            command_id: "c1".into(),
+            name: "turn_on".into(),
+            params: Default::default(),
+            issued_at_ms: 1_764_000_000_000,
+            expires_at_ms: 1_764_000_060_000,
+        };
+        let record = CommandRecord::new(DeviceId::new("d").unwrap(), command);
+        assert_eq!(CommandRecord::decode(&record.to_json()).unwrap(), record);
+        let bad = br#"{"v":1,"device_id":"d","command":{"v":1,"command_id":"","name":"x","issued_at_ms":1,"expires_at_ms":2}}"#;
+        let err = CommandRecord::decode(bad).unwrap_err().to_string();
+        assert!(err.contains("command.command_id"), "{err}");
     }
 
     #[test]

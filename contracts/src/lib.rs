@@ -7,9 +7,13 @@
 //! * [`telemetry`]: the device telemetry payload and its Kafka envelope.
 //! * [`device`]: state, status (presence) and command payloads.
 //! * [`kafka`]: Kafka topic names, device events and dead letters.
+//! * [`commands`]: the command catalog (names, parameters, desired state).
+//! * [`domain`]: the registry's domain events (`registry-events`).
 //! * [`points`]: how a telemetry envelope becomes time-series points.
 
+pub mod commands;
 pub mod device;
+pub mod domain;
 pub mod ids;
 pub mod kafka;
 pub mod points;

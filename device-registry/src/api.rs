@@ -8,6 +8,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Deserialize;
 use utoipa::{IntoParams, OpenApi};
+use warmhouse_service_kit::auth::{self, Caller};
 
 use crate::model::{
     self, Device, DevicePage, DevicePatch, DeviceStatus, Home, HomePage, HomePatch, NewDevice,
@@ -55,8 +56,11 @@ pub struct DeviceListParams {
     info(
         title = "Warmhouse device registry",
         description = "Homes and their devices (kind, capabilities, metadata, status), stored in \
-                       PostgreSQL. Lists are paged by id with an opaque cursor. Errors are \
-                       RFC 9457 problem details (application/problem+json)."
+                       PostgreSQL. Lists are paged by id with an opaque cursor. Every /api/v1 \
+                       endpoint needs a bearer token (JWT) naming the caller's homes, or an \
+                       admin's: creating and deleting homes is for admins; a home outside the \
+                       token is 403; a device of a home outside the token is 404, as if it did \
+                       not exist. Errors are RFC 9457 problem details (application/problem+json)."
     ),
     paths(
         list_homes, create_home, get_home, update_home, delete_home,
@@ -75,23 +79,30 @@ pub struct ApiDoc;
 /// by hand (they are not ours to annotate).
 pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
+    doc.merge(crate::commands_api::CommandsDoc::openapi());
+    doc.merge(crate::identity::openapi());
+    doc.merge(crate::onboarding::OnboardingDoc::openapi());
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     warmhouse_service_kit::document_admin_endpoints(&mut doc, "PostgreSQL answers");
+    auth::document_bearer_auth(&mut doc, "/api/");
+    // After the bearer marking: the legacy paths take no token.
+    doc.merge(crate::legacy::LegacyDoc::openapi());
     doc
 }
 
 #[utoipa::path(get, path = "/api/v1/homes", tag = "homes", params(PageParams),
     responses(
-        (status = 200, description = "A page of homes, by id", body = HomePage),
+        (status = 200, description = "A page of the caller's homes (every home for an admin), by id", body = HomePage),
         (status = 400, description = "Bad limit or cursor", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_homes(
+    caller: Caller,
     State(state): State<RegistryState>,
     query: Result<Query<PageParams>, QueryRejection>,
 ) -> ApiResult<Json<HomePage>> {
     let Query(params) = query.map_err(|r| Problem::invalid_parameter("query", r.body_text()))?;
     let (after, limit) = page(params.limit.as_deref(), params.cursor.as_deref())?;
-    let rows = store::list_homes(&state.pool, after.as_deref(), limit).await?;
+    let rows = store::list_homes(&state.pool, caller.home_scope(), after.as_deref(), limit).await?;
     let (items, next_cursor) = split_page(rows, limit, |h| &h.id);
     Ok(Json(HomePage { items, next_cursor }))
 }
@@ -100,17 +111,20 @@ pub async fn list_homes(
     responses(
         (status = 201, description = "Created", body = Home),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Not an admin's token", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A home with this id exists", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid or unknown field", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_home(
+    caller: Caller,
     State(state): State<RegistryState>,
     body: Result<Json<NewHome>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Home>)> {
+    caller.require_admin()?;
     let Json(home) = body?;
     home.validate()?;
-    let created = store::create_home(&state.pool, &home).await?;
+    let created = store::create_home(&state.pool, state.topics(), &home).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -118,13 +132,16 @@ pub async fn create_home(
     params(("id" = String, Path, description = "Home id")),
     responses(
         (status = 200, description = "The home", body = Home),
+        (status = 403, description = "The token does not grant this home", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such home", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_home(
+    caller: Caller,
     State(state): State<RegistryState>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Home>> {
     let id = path_id(id, IdKind::Home)?;
+    caller.require_home(&id)?;
     Ok(Json(store::get_home(&state.pool, &id).await?))
 }
 
@@ -132,15 +149,18 @@ pub async fn get_home(
     params(("id" = String, Path, description = "Home id")),
     responses(
         (status = 200, description = "The updated home", body = Home),
+        (status = 403, description = "The token does not grant this home", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such home", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid or unknown field", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update_home(
+    caller: Caller,
     State(state): State<RegistryState>,
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<HomePatch>, JsonRejection>,
 ) -> ApiResult<Json<Home>> {
     let id = path_id(id, IdKind::Home)?;
+    caller.require_home(&id)?;
     let Json(patch) = body?;
     patch.validate()?;
     Ok(Json(store::update_home(&state.pool, &id, &patch).await?))
@@ -150,24 +170,29 @@ pub async fn update_home(
     params(("id" = String, Path, description = "Home id")),
     responses(
         (status = 204, description = "Deleted"),
+        (status = 403, description = "Not an admin's token", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No such home", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "The home still has devices", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn delete_home(
+    caller: Caller,
     State(state): State<RegistryState>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
+    caller.require_admin()?;
     let id = path_id(id, IdKind::Home)?;
-    store::delete_home(&state.pool, &id).await?;
+    store::delete_home(&state.pool, state.topics(), &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 #[utoipa::path(get, path = "/api/v1/devices", tag = "devices", params(DeviceListParams),
     responses(
-        (status = 200, description = "A page of devices, by id", body = DevicePage),
+        (status = 200, description = "A page of the devices of the caller's homes (every home for an admin), by id", body = DevicePage),
         (status = 400, description = "Bad filter, limit or cursor", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "home_id names a home the token does not grant", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn list_devices(
+    caller: Caller,
     State(state): State<RegistryState>,
     query: Result<Query<DeviceListParams>, QueryRejection>,
 ) -> ApiResult<Json<DevicePage>> {
@@ -177,8 +202,10 @@ pub async fn list_devices(
     if let Some(home) = params.home_id {
         model::home_id("home_id", &home)
             .map_err(|p| Problem::invalid_parameter("home_id", p.detail))?;
+        caller.require_home(&home)?;
         filter.home_id = Some(home);
     }
+    filter.home_ids = caller.home_scope().map(<[String]>::to_vec);
     if let Some(kind) = params.kind {
         model::kind(&kind).map_err(|p| Problem::invalid_parameter("kind", p.detail))?;
         filter.kind = Some(kind);
@@ -201,42 +228,67 @@ pub async fn list_devices(
     responses(
         (status = 201, description = "Created", body = Device),
         (status = 400, description = "Malformed JSON", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token does not grant the device's home", body = Problem, content_type = "application/problem+json"),
         (status = 409, description = "A device with this id exists", body = Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over 64 KiB", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid or unknown field, or no such home", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn create_device(
+    caller: Caller,
     State(state): State<RegistryState>,
     body: Result<Json<NewDevice>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Device>)> {
     let Json(device) = body?;
     device.validate()?;
-    let created = store::create_device(&state.pool, &device).await?;
+    caller.require_home(&device.home_id)?;
+    let created = store::create_device(&state.pool, state.topics(), &device).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
 #[utoipa::path(get, path = "/api/v1/devices/{id}", tag = "devices",
     params(("id" = String, Path, description = "Device id")),
     responses(
-        (status = 200, description = "The device", body = Device),
-        (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
+        (status = 200, description = "The device with its state (shadow) and presence", body = DeviceDetail),
+        (status = 404, description = "No such device in the caller's homes", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_device(
+    caller: Caller,
     State(state): State<RegistryState>,
     id: Result<Path<String>, PathRejection>,
-) -> ApiResult<Json<Device>> {
+) -> ApiResult<Json<DeviceDetail>> {
     let id = path_id(id, IdKind::Device)?;
-    Ok(Json(store::get_device(&state.pool, &id).await?))
+    let device = store::get_device(&state.pool, &id).await?;
+    // Same answer as for a device that does not exist: ids of other homes'
+    // devices are not disclosed.
+    if !caller.may_use_home(&device.home_id) {
+        return Err(Problem::not_found(format!("no device {id:?}")));
+    }
+    let device_state = crate::commands_api::device_state(&state, &id).await?;
+    Ok(Json(DeviceDetail {
+        device,
+        state: device_state,
+    }))
+}
+
+/// A device as `GET /api/v1/devices/{id}` shows it: the registry's record
+/// plus its shadow (desired, reported, delta) and presence.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct DeviceDetail {
+    #[serde(flatten)]
+    pub device: Device,
+    pub state: crate::read_model::DeviceState,
 }
 
 #[utoipa::path(patch, path = "/api/v1/devices/{id}", tag = "devices", request_body = DevicePatch,
     params(("id" = String, Path, description = "Device id")),
     responses(
         (status = 200, description = "The updated device", body = Device),
-        (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "home_id moves the device to a home the token does not grant", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device in the caller's homes", body = Problem, content_type = "application/problem+json"),
         (status = 422, description = "Invalid or unknown field, or no such home", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn update_device(
+    caller: Caller,
     State(state): State<RegistryState>,
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<DevicePatch>, JsonRejection>,
@@ -244,21 +296,33 @@ pub async fn update_device(
     let id = path_id(id, IdKind::Device)?;
     let Json(patch) = body?;
     patch.validate()?;
-    Ok(Json(store::update_device(&state.pool, &id, &patch).await?))
+    if let Some(home) = &patch.home_id {
+        caller.require_home(home)?;
+    }
+    let device = store::update_device(
+        &state.pool,
+        state.topics(),
+        &id,
+        &patch,
+        caller.home_scope(),
+    )
+    .await?;
+    Ok(Json(device))
 }
 
 #[utoipa::path(delete, path = "/api/v1/devices/{id}", tag = "devices",
     params(("id" = String, Path, description = "Device id")),
     responses(
         (status = 204, description = "Deleted"),
-        (status = 404, description = "No such device", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device in the caller's homes", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn delete_device(
+    caller: Caller,
     State(state): State<RegistryState>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     let id = path_id(id, IdKind::Device)?;
-    store::delete_device(&state.pool, &id).await?;
+    store::delete_device(&state.pool, state.topics(), &id, caller.home_scope()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

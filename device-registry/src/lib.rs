@@ -10,29 +10,45 @@
 //!
 //! Errors are problem+json with the `urn:warmhouse:problem:*` types the
 //! telemetry query API uses.
+//!
+//! Every `/api/v1` endpoint needs a bearer token
+//! ([`warmhouse_service_kit::auth`]): creating and deleting homes takes an
+//! admin's; a home needs the home in the token (else 403); a device of a
+//! home outside the token answers 404, as if it did not exist, so device
+//! ids of other homes are not disclosed.
 
 mod api;
+pub mod commands;
+mod commands_api;
+mod device_events;
+pub mod identity;
+pub mod kafka;
+pub mod legacy;
+pub mod messaging;
 pub mod model;
+pub mod onboarding;
+mod outbox;
 mod problem;
+pub mod read_model;
 mod store;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::Registry;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use utoipa_swagger_ui::SwaggerUi;
-use warmhouse_service_kit::Readiness;
+use warmhouse_service_kit::auth::{self, AuthConfig, Verifier};
+use warmhouse_service_kit::{stopped, track_request, HttpMetrics, Readiness};
 
 pub use api::{openapi, DEFAULT_LIMIT, MAX_LIMIT};
 pub use problem::{Problem, PROBLEM_TYPE_PREFIX};
@@ -81,10 +97,45 @@ pub struct RegistryConfig {
         default_value_t = 2_000
     )]
     pub ready_interval_ms: u64,
+    /// Kafka bootstrap servers, comma separated. Empty: no Kafka (commands
+    /// then wait in the outbox; for tests of the REST API alone).
+    #[arg(
+        long,
+        env = "WARMHOUSE_KAFKA_BOOTSTRAP",
+        default_value = "127.0.0.1:9092"
+    )]
+    pub kafka_bootstrap: String,
+    /// Consumer group of the registry's `device-events` consumer.
+    #[arg(
+        long,
+        env = "WARMHOUSE_REGISTRY_GROUP",
+        default_value = "warmhouse-device-registry"
+    )]
+    pub group_id: String,
+    #[arg(long, env = "WARMHOUSE_TOPIC_DEVICE_COMMANDS", default_value = warmhouse_contracts::kafka::topics::DEVICE_COMMANDS)]
+    pub device_commands_topic: String,
+    #[arg(long, env = "WARMHOUSE_TOPIC_DEVICE_EVENTS", default_value = warmhouse_contracts::kafka::topics::DEVICE_EVENTS)]
+    pub device_events_topic: String,
+    #[arg(long, env = "WARMHOUSE_TOPIC_REGISTRY_EVENTS", default_value = warmhouse_contracts::kafka::topics::REGISTRY_EVENTS)]
+    pub registry_events_topic: String,
+    /// How bearer tokens are verified.
+    #[command(flatten)]
+    pub auth: AuthConfig,
+    /// Device identity: the platform CA that signs device certificates.
+    #[command(flatten)]
+    pub identity: identity::IdentityConfig,
+    /// Where the legacy `/api/heating` endpoints read temperatures.
+    #[command(flatten)]
+    pub legacy: legacy::LegacyConfig,
+    /// The onboarding saga: telemetry store, failure injection.
+    #[command(flatten)]
+    pub onboarding: onboarding::OnboardingConfig,
 }
 
 impl RegistryConfig {
     /// Defaults with another database and listen address (tests, embedding).
+    /// Set `auth` before starting: without a key the registry refuses to
+    /// start.
     pub fn new(listen: SocketAddr, database_url: impl Into<String>) -> Self {
         Self {
             listen,
@@ -92,40 +143,36 @@ impl RegistryConfig {
             pool_size: 10,
             acquire_timeout_ms: 3_000,
             ready_interval_ms: 2_000,
+            kafka_bootstrap: String::new(),
+            group_id: "warmhouse-device-registry".into(),
+            device_commands_topic: warmhouse_contracts::kafka::topics::DEVICE_COMMANDS.into(),
+            device_events_topic: warmhouse_contracts::kafka::topics::DEVICE_EVENTS.into(),
+            registry_events_topic: warmhouse_contracts::kafka::topics::REGISTRY_EVENTS.into(),
+            auth: AuthConfig::default(),
+            identity: identity::IdentityConfig::default(),
+            legacy: legacy::LegacyConfig::default(),
+            onboarding: onboarding::OnboardingConfig::default(),
         }
     }
-}
 
-#[derive(Clone)]
-struct RegistryMetrics {
-    requests: IntCounterVec,
-    request_seconds: HistogramVec,
-}
+    /// The same with Kafka at `bootstrap`.
+    pub fn with_kafka(mut self, bootstrap: impl Into<String>) -> Self {
+        self.kafka_bootstrap = bootstrap.into();
+        self
+    }
 
-impl RegistryMetrics {
-    fn register(registry: &Registry) -> anyhow::Result<Self> {
-        use warmhouse_service_kit::register;
-        Ok(Self {
-            requests: register(
-                registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "warmhouse_registry_requests_total",
-                        "HTTP requests answered, by route and status",
-                    ),
-                    &["route", "status"],
-                )?,
-            )?,
-            request_seconds: register(
-                registry,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "warmhouse_registry_request_duration_seconds",
-                        "Time to answer an HTTP request, by route",
-                    ),
-                    &["route"],
-                )?,
-            )?,
+    fn topics(&self) -> kafka::Topics {
+        kafka::Topics {
+            device_commands: self.device_commands_topic.clone(),
+            device_events: self.device_events_topic.clone(),
+            registry_events: self.registry_events_topic.clone(),
+        }
+    }
+
+    fn kafka(&self) -> Option<kafka::KafkaSettings> {
+        (!self.kafka_bootstrap.trim().is_empty()).then(|| kafka::KafkaSettings {
+            bootstrap: self.kafka_bootstrap.clone(),
+            group_id: self.group_id.clone(),
         })
     }
 }
@@ -134,18 +181,41 @@ impl RegistryMetrics {
 #[derive(Clone)]
 pub struct RegistryState {
     pool: PgPool,
-    metrics: RegistryMetrics,
+    http_metrics: HttpMetrics,
+    verifier: Verifier,
     registry: Registry,
     readiness: Readiness,
+    topics: kafka::Topics,
+    legacy: legacy::LegacyState,
+    identity: std::sync::Arc<identity::Identity>,
+    onboarding: onboarding::OnboardingConfig,
+    telemetry_store: Option<onboarding::TelemetryStore>,
 }
 
 impl RegistryState {
+    /// Device identity: the platform CA (when configured) for credentials.
+    pub fn identity(&self) -> &identity::Identity {
+        &self.identity
+    }
+
+    pub fn onboarding(&self) -> &onboarding::OnboardingConfig {
+        &self.onboarding
+    }
+
+    pub fn telemetry_store(&self) -> Option<&onboarding::TelemetryStore> {
+        self.telemetry_store.as_ref()
+    }
+
     pub fn pool(&self) -> &PgPool {
         &self.pool
     }
 
     pub fn readiness(&self) -> &Readiness {
         &self.readiness
+    }
+
+    pub fn topics(&self) -> &kafka::Topics {
+        &self.topics
     }
 }
 
@@ -170,47 +240,33 @@ pub fn router(state: RegistryState) -> Router {
                 .patch(api::update_device)
                 .delete(api::delete_device),
         )
+        .merge(commands_api::routes())
+        .merge(identity::routes())
+        .merge(onboarding::routes())
         // The Json extractor reports an oversized body as a rejection with
         // status 413, which becomes a problem like any other.
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        // Every route above needs a bearer token. The layer added last runs
+        // first: metrics wrap authenticate, so refusals (401) count too.
         .route_layer(middleware::from_fn_with_state(
-            state.metrics.clone(),
+            state.verifier.clone(),
+            auth::authenticate,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.http_metrics.clone(),
             track_request,
         ))
         .with_state(state.clone());
     Router::new()
         .merge(api)
+        // The monolith's paths: no bearer token (docs/adr/0013).
+        .merge(legacy::routes(state.clone()))
         .merge(SwaggerUi::new("/docs").url("/api-docs/openapi.json", openapi()))
         .merge(warmhouse_service_kit::admin_router(
             state.registry.clone(),
             state.readiness.clone(),
         ))
         .fallback(api::no_route)
-}
-
-/// Counts and times requests per route template, so the label set stays
-/// bounded whatever ids clients send.
-async fn track_request(
-    State(metrics): State<RegistryMetrics>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    metrics
-        .requests
-        .with_label_values(&[route.as_str(), response.status().as_str()])
-        .inc();
-    metrics
-        .request_seconds
-        .with_label_values(&[route.as_str()])
-        .observe(started.elapsed().as_secs_f64());
-    response
 }
 
 /// A running registry.
@@ -235,6 +291,13 @@ pub async fn start(
     config: RegistryConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningRegistry> {
+    // Before anything else: without a key there is nothing safe to serve.
+    let verifier = config
+        .auth
+        .verifier()
+        .context("configuring bearer-token verification")?;
+    let legacy = legacy::LegacyState::new(&config.legacy)
+        .context("configuring the legacy API's telemetry client")?;
     let pool = PgPoolOptions::new()
         .max_connections(config.pool_size)
         .acquire_timeout(Duration::from_millis(config.acquire_timeout_ms))
@@ -248,18 +311,33 @@ pub async fn start(
     let registry = Registry::new();
     let readiness = Readiness::new();
     readiness.set(READY_CHECK, true);
+    let messaging_metrics = messaging::MessagingMetrics::register(&registry)?;
     let state = RegistryState {
         pool,
-        metrics: RegistryMetrics::register(&registry)?,
+        http_metrics: HttpMetrics::register(&registry, "warmhouse_registry")?,
+        verifier,
         registry,
         readiness,
+        topics: config.topics(),
+        legacy,
+        identity: config.identity.load()?,
+        telemetry_store: config.onboarding.telemetry_store(),
+        onboarding: config.onboarding.clone(),
     };
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
+    let stop_rx = warmhouse_service_kit::stop_channel(shutdown);
+    messaging::spawn(
+        state.pool.clone(),
+        config.kafka(),
+        config.topics(),
+        messaging_metrics,
+        stop_rx.clone(),
+    );
+    tokio::spawn(onboarding::recover_forever(
+        state.clone(),
+        Duration::from_secs(10),
+        stop_rx.clone(),
+    ));
     tokio::spawn(watch_database(
         state.clone(),
         Duration::from_millis(config.ready_interval_ms.max(100)),
@@ -276,30 +354,21 @@ pub async fn start(
     })
 }
 
-/// Runs `SELECT 1` every `interval` to keep `/readyz` current.
+/// Runs `SELECT 1` every `interval` to keep `/readyz` current; closes the
+/// pool once stopped.
 async fn watch_database(state: RegistryState, interval: Duration, stop: watch::Receiver<bool>) {
-    let stop = stopped(stop);
-    tokio::pin!(stop);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                let up = sqlx::query("SELECT 1").execute(&state.pool).await.is_ok();
-                if up != state.readiness.is_ready() {
-                    tracing::info!(up, "PostgreSQL reachability changed");
-                }
-                state.readiness.set(READY_CHECK, up);
-            }
-            _ = &mut stop => {
-                state.pool.close().await;
-                return;
-            }
-        }
-    }
-}
-
-/// Resolves once shutdown was asked for (or its sender is gone).
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await;
+    let pool = state.pool.clone();
+    warmhouse_service_kit::probe_readiness(
+        state.readiness.clone(),
+        READY_CHECK,
+        "PostgreSQL",
+        interval,
+        stop,
+        move || {
+            let pool = pool.clone();
+            async move { sqlx::query("SELECT 1").execute(&pool).await.is_ok() }
+        },
+    )
+    .await;
+    state.pool.close().await;
 }

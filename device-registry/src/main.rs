@@ -1,10 +1,27 @@
 use clap::Parser;
-use warmhouse_device_registry::{start, RegistryConfig};
+use warmhouse_device_registry::{openapi, start, RegistryConfig};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "device-registry",
+    about = "Warmhouse device registry (REST over PostgreSQL)"
+)]
+struct Cli {
+    /// Print the OpenAPI document (JSON) and exit, e.g. for docs and CI.
+    #[arg(long)]
+    print_openapi: bool,
+    #[command(flatten)]
+    config: RegistryConfig,
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if cli.print_openapi {
+        println!("{}", openapi().to_pretty_json()?);
+        return Ok(());
+    }
     warmhouse_service_kit::init_tracing();
-    let config = RegistryConfig::parse();
-    let running = start(config, warmhouse_service_kit::shutdown_signal()).await?;
+    let running = start(cli.config, warmhouse_service_kit::shutdown_signal()).await?;
     running.wait().await
 }

@@ -153,7 +153,7 @@ pub struct HomePatch {
 }
 
 /// Body of `POST /api/v1/devices`.
-#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({
     "id": "dev-1", "home_id": "home-a", "kind": "thermostat", "name": "Hall",

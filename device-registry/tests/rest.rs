@@ -8,6 +8,23 @@ use reqwest::{Client, Method, StatusCode};
 use serde_json::{json, Value};
 use warmhouse_device_registry::{start, RegistryConfig, RunningRegistry};
 use warmhouse_devstack::Postgres;
+use warmhouse_service_kit::auth::testing::TestTokens;
+
+/// The service under test verifies HS256 tokens from an issuer.
+fn tokens() -> TestTokens {
+    TestTokens::new(
+        "registry-test-secret-0123456789abcdef",
+        Some("warmhouse-tests"),
+    )
+}
+
+fn admin_token() -> String {
+    tokens().admin().expect("signing a token")
+}
+
+fn home_token(homes: &[&str]) -> String {
+    tokens().for_homes(homes).expect("signing a token")
+}
 
 /// PostgreSQL must be started on the test's own thread: it is killed when
 /// the thread that spawned it exits (PR_SET_PDEATHSIG).
@@ -29,6 +46,7 @@ async fn registry(url: String) -> (RunningRegistry, tokio::sync::oneshot::Sender
     let mut config = RegistryConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), url);
     config.ready_interval_ms = 200;
     config.acquire_timeout_ms = 1_000;
+    config.auth = tokens().config();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let running = start(config, async {
         let _ = rx.await;
@@ -41,18 +59,39 @@ async fn registry(url: String) -> (RunningRegistry, tokio::sync::oneshot::Sender
 struct Api {
     client: Client,
     base: String,
+    /// Bearer token sent by `call` and `raw`; `None` sends none.
+    token: Option<String>,
 }
 
 impl Api {
+    /// A client with an admin's token.
     fn new(addr: SocketAddr) -> Self {
         Self {
             client: Client::new(),
             base: format!("http://{addr}"),
+            token: Some(admin_token()),
+        }
+    }
+
+    /// The same API, called with `token`.
+    fn with_token(&self, token: Option<String>) -> Self {
+        Self {
+            client: self.client.clone(),
+            base: self.base.clone(),
+            token,
+        }
+    }
+
+    fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
+        let request = self.client.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
         }
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
-        let mut request = self.client.request(method, format!("{}{path}", self.base));
+        let mut request = self.request(method, path);
         if let Some(body) = body {
             request = request.json(&body);
         }
@@ -81,10 +120,7 @@ impl Api {
         content_type: Option<&str>,
         body: String,
     ) -> (StatusCode, Value) {
-        let mut request = self
-            .client
-            .request(method, format!("{}{path}", self.base))
-            .body(body);
+        let mut request = self.request(method, path).body(body);
         if let Some(ct) = content_type {
             request = request.header("content-type", ct);
         }
@@ -96,6 +132,19 @@ impl Api {
             "{path}: {status}"
         );
         (status, response.json().await.expect("problem body"))
+    }
+}
+
+async fn create_homes(api: &Api, homes: &[&str]) {
+    for home in homes {
+        let (status, problem) = api
+            .call(
+                Method::POST,
+                "/api/v1/homes",
+                Some(json!({"id": home, "name": home})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{problem}");
     }
 }
 
@@ -171,7 +220,13 @@ fn homes_and_devices_round_trip() {
         assert_eq!(moved["status"], "disabled");
         assert_eq!(moved["kind"], "thermostat");
         assert_eq!(moved["metadata"]["fw"], "1.2");
-        let (_, got) = api.call(Method::GET, "/api/v1/devices/dev-1", None).await;
+        let (_, mut got) = api.call(Method::GET, "/api/v1/devices/dev-1", None).await;
+        // GET adds the device's state (shadow and presence) to the record.
+        let state = got
+            .as_object_mut()
+            .and_then(|o| o.remove("state"))
+            .expect("GET shows the device's state");
+        assert_eq!(state["presence"], "unknown", "{state}");
         assert_eq!(got, moved);
 
         // A home with devices cannot go.
@@ -196,16 +251,7 @@ fn filters_and_pagination() {
     runtime().block_on(async {
         let (running, _stop) = registry(url).await;
         let api = Api::new(running.addr);
-        for home in ["home-a", "home-b"] {
-            let (status, _) = api
-                .call(
-                    Method::POST,
-                    "/api/v1/homes",
-                    Some(json!({"id": home, "name": home})),
-                )
-                .await;
-            assert_eq!(status, StatusCode::CREATED);
-        }
+        create_homes(&api, &["home-a", "home-b"]).await;
         let kinds = ["thermostat", "relay", "light"];
         let statuses = ["provisioning", "active", "disabled"];
         for i in 0..120 {
@@ -478,4 +524,355 @@ async fn wait_for_ready(api: &Api, ready: bool) {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Every `/api/v1` endpoint wants a valid token; health, metrics and docs
+/// stay open.
+#[test]
+fn api_refuses_requests_without_a_valid_token() {
+    let (_dir, pg) = postgres();
+    let url = pg.create_database("authn").expect("createdb");
+    runtime().block_on(async {
+        let (running, _stop) = registry(url).await;
+        let admin = Api::new(running.addr);
+        let (status, _) = admin
+            .call(
+                Method::POST,
+                "/api/v1/homes",
+                Some(json!({"id": "home-a", "name": "A"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+        let (status, _) = admin
+            .call(
+                Method::POST,
+                "/api/v1/devices",
+                Some(device("dev-1", "home-a", "relay", "active")),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED);
+
+        let tokens = tokens().refused().expect("tokens");
+        let requests: [(Method, &str, Option<Value>); 8] = [
+            (Method::GET, "/api/v1/homes", None),
+            (
+                Method::POST,
+                "/api/v1/homes",
+                Some(json!({"id": "home-x", "name": "X"})),
+            ),
+            (Method::GET, "/api/v1/homes/home-a", None),
+            (Method::DELETE, "/api/v1/homes/home-a", None),
+            (Method::GET, "/api/v1/devices", None),
+            (
+                Method::POST,
+                "/api/v1/devices",
+                Some(device("dev-2", "home-a", "relay", "active")),
+            ),
+            (Method::GET, "/api/v1/devices/dev-1", None),
+            (
+                Method::PATCH,
+                "/api/v1/devices/dev-1",
+                Some(json!({"name": "x"})),
+            ),
+        ];
+        for (token, says) in &tokens {
+            let api = admin.with_token(token.clone());
+            for (method, path, body) in &requests {
+                let response = api
+                    .request(method.clone(), path)
+                    .json(body)
+                    .send()
+                    .await
+                    .expect("request");
+                assert_eq!(
+                    response.status(),
+                    StatusCode::UNAUTHORIZED,
+                    "{method} {path} {says}"
+                );
+                let challenge = response.headers()["www-authenticate"]
+                    .to_str()
+                    .expect("ASCII")
+                    .to_string();
+                assert!(challenge.starts_with("Bearer"), "{challenge}");
+                assert_eq!(
+                    challenge.contains("invalid_token"),
+                    token.is_some(),
+                    "{challenge}"
+                );
+                let problem: Value = response.json().await.expect("problem");
+                assert_eq!(problem["type"], "urn:warmhouse:problem:unauthorized");
+                let detail = problem["detail"].as_str().unwrap_or_default();
+                assert!(
+                    detail.contains(says),
+                    "{method} {path}: {detail:?} lacks {says:?}"
+                );
+            }
+        }
+        // Nothing of the above got through.
+        let (_, homes) = admin.call(Method::GET, "/api/v1/homes", None).await;
+        assert_eq!(homes["items"].as_array().map(Vec::len), Some(1));
+        let (_, got) = admin.call(Method::GET, "/api/v1/devices/dev-1", None).await;
+        assert_eq!(got["name"], "Device dev-1");
+
+        let anonymous = admin.with_token(None);
+        for open in [
+            "/healthz",
+            "/readyz",
+            "/metrics",
+            "/api-docs/openapi.json",
+            "/docs/",
+        ] {
+            let status = anonymous
+                .request(Method::GET, open)
+                .send()
+                .await
+                .expect("request")
+                .status();
+            assert_eq!(status, StatusCode::OK, "GET {open}");
+        }
+        let (status, doc) = anonymous
+            .call(Method::GET, "/api-docs/openapi.json", None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            doc["components"]["securitySchemes"]["bearer"]["scheme"],
+            "bearer"
+        );
+        assert!(doc["paths"]["/api/v1/devices/{id}"]["get"]["security"].is_array());
+        assert!(doc["paths"]["/api/v1/devices/{id}"]["get"]["responses"]["401"].is_object());
+    });
+}
+
+/// A token for home-a manages home-a and its devices and cannot see,
+/// create in or change home-b; an admin can do everything.
+#[test]
+fn a_token_uses_only_its_own_homes() {
+    let (_dir, pg) = postgres();
+    let url = pg.create_database("authz").expect("createdb");
+    runtime().block_on(async {
+        let (running, _stop) = registry(url).await;
+        let admin = Api::new(running.addr);
+        create_homes(&admin, &["home-a", "home-b"]).await;
+        for (id, home) in [("dev-a1", "home-a"), ("dev-b1", "home-b")] {
+            let (status, _) = admin
+                .call(
+                    Method::POST,
+                    "/api/v1/devices",
+                    Some(device(id, home, "relay", "active")),
+                )
+                .await;
+            assert_eq!(status, StatusCode::CREATED);
+        }
+        let a = admin.with_token(Some(home_token(&["home-a"])));
+
+        // Its own home and devices.
+        let (status, home) = a.call(Method::GET, "/api/v1/homes/home-a", None).await;
+        assert_eq!(status, StatusCode::OK, "{home}");
+        let (status, _) = a
+            .call(
+                Method::PATCH,
+                "/api/v1/homes/home-a",
+                Some(json!({"name": "Mine"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, created) = a
+            .call(
+                Method::POST,
+                "/api/v1/devices",
+                Some(device("dev-a2", "home-a", "light", "active")),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        let (status, _) = a.call(Method::GET, "/api/v1/devices/dev-a1", None).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = a
+            .call(
+                Method::PATCH,
+                "/api/v1/devices/dev-a2",
+                Some(json!({"name": "Lamp"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _) = a.call(Method::DELETE, "/api/v1/devices/dev-a2", None).await;
+        assert_eq!(status, StatusCode::NO_CONTENT);
+
+        // Lists hold only its home.
+        let (_, homes) = a.call(Method::GET, "/api/v1/homes", None).await;
+        assert_eq!(homes["items"].as_array().map(Vec::len), Some(1), "{homes}");
+        assert_eq!(homes["items"][0]["id"], "home-a");
+        let (_, devices) = a.call(Method::GET, "/api/v1/devices", None).await;
+        let ids: Vec<&str> = devices["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter_map(|d| d["id"].as_str())
+            .collect();
+        assert_eq!(ids, ["dev-a1"]);
+        let (status, mine) = a
+            .call(Method::GET, "/api/v1/devices?home_id=home-a", None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(mine["items"].as_array().map(Vec::len), Some(1));
+
+        // Home-b: 403 for the home, 404 for its device, as if it did not exist.
+        let forbidden: Vec<Case> = vec![
+            (
+                Method::GET,
+                "/api/v1/homes/home-b",
+                None,
+                403,
+                "forbidden",
+                None,
+            ),
+            (
+                Method::PATCH,
+                "/api/v1/homes/home-b",
+                Some(json!({"name": "Taken"})),
+                403,
+                "forbidden",
+                None,
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/homes/home-b",
+                None,
+                403,
+                "forbidden",
+                None,
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/homes/home-a",
+                None,
+                403,
+                "forbidden",
+                None,
+            ),
+            (
+                Method::POST,
+                "/api/v1/homes",
+                Some(json!({"id": "home-c", "name": "C"})),
+                403,
+                "forbidden",
+                None,
+            ),
+            (
+                Method::GET,
+                "/api/v1/devices?home_id=home-b",
+                None,
+                403,
+                "forbidden",
+                None,
+            ),
+            (
+                Method::POST,
+                "/api/v1/devices",
+                Some(device("dev-b2", "home-b", "relay", "active")),
+                403,
+                "forbidden",
+                None,
+            ),
+            (
+                Method::PATCH,
+                "/api/v1/devices/dev-a1",
+                Some(json!({"home_id": "home-b"})),
+                403,
+                "forbidden",
+                None,
+            ),
+            (
+                Method::GET,
+                "/api/v1/devices/dev-b1",
+                None,
+                404,
+                "not-found",
+                None,
+            ),
+            (
+                Method::PATCH,
+                "/api/v1/devices/dev-b1",
+                Some(json!({"name": "Mine now"})),
+                404,
+                "not-found",
+                None,
+            ),
+            (
+                Method::PATCH,
+                "/api/v1/devices/dev-b1",
+                Some(json!({"home_id": "home-a"})),
+                404,
+                "not-found",
+                None,
+            ),
+            (
+                Method::DELETE,
+                "/api/v1/devices/dev-b1",
+                None,
+                404,
+                "not-found",
+                None,
+            ),
+        ];
+        for (method, path, body, status, kind, _) in forbidden {
+            let (got, problem) = a.call(method.clone(), path, body).await;
+            assert_eq!(got.as_u16(), status, "{method} {path}: {problem}");
+            assert_eq!(
+                problem["type"],
+                format!("urn:warmhouse:problem:{kind}"),
+                "{method} {path}"
+            );
+        }
+        // The 404 of another home's device says no more than a missing one.
+        let (_, theirs) = a.call(Method::GET, "/api/v1/devices/dev-b1", None).await;
+        let (_, missing) = a.call(Method::GET, "/api/v1/devices/dev-zz", None).await;
+        assert_eq!(
+            theirs["detail"].as_str().map(|d| d.replace("dev-b1", "ID")),
+            missing["detail"]
+                .as_str()
+                .map(|d| d.replace("dev-zz", "ID"))
+        );
+
+        // None of that changed anything, as the admin sees.
+        let (_, b1) = admin
+            .call(Method::GET, "/api/v1/devices/dev-b1", None)
+            .await;
+        assert_eq!(
+            (b1["home_id"].as_str(), b1["name"].as_str()),
+            (Some("home-b"), Some("Device dev-b1"))
+        );
+        let (_, a1) = admin
+            .call(Method::GET, "/api/v1/devices/dev-a1", None)
+            .await;
+        assert_eq!(a1["home_id"], "home-a");
+        let (_, home_b) = admin.call(Method::GET, "/api/v1/homes/home-b", None).await;
+        assert_eq!(home_b["name"], "home-b");
+        let (status, _) = admin
+            .call(Method::GET, "/api/v1/devices/dev-b2", None)
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        // A token for both homes moves a device between them; an admin does anything.
+        let both = admin.with_token(Some(home_token(&["home-a", "home-b"])));
+        let (status, moved) = both
+            .call(
+                Method::PATCH,
+                "/api/v1/devices/dev-a1",
+                Some(json!({"home_id": "home-b"})),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{moved}");
+        let (status, _) = a.call(Method::GET, "/api/v1/devices/dev-a1", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "moved out of home-a's reach");
+        let (_, all) = admin.call(Method::GET, "/api/v1/devices", None).await;
+        assert_eq!(all["items"].as_array().map(Vec::len), Some(2));
+        for (method, path) in [
+            (Method::DELETE, "/api/v1/devices/dev-a1"),
+            (Method::DELETE, "/api/v1/devices/dev-b1"),
+            (Method::DELETE, "/api/v1/homes/home-b"),
+        ] {
+            let (status, problem) = admin.call(method, path, None).await;
+            assert_eq!(status, StatusCode::NO_CONTENT, "{path}: {problem}");
+        }
+    });
 }

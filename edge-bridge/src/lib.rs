@@ -7,6 +7,7 @@
 //! cannot be decoded goes to the dead-letter topic with the reason, so bad
 //! input never blocks good input. See docs/adr/0003-bridge-spool.md.
 
+pub mod commands;
 pub mod delivery;
 pub mod kafka;
 pub mod metrics;
@@ -49,6 +50,13 @@ pub struct BridgeConfig {
         default_value = "warmhouse-edge-bridge"
     )]
     pub mqtt_client_id: String,
+    /// MQTT username: the broker's service account on its internal listener
+    /// (`WARMHOUSE_BROKER_SERVICE_USERNAME`).
+    #[arg(long, env = "WARMHOUSE_BRIDGE_MQTT_USERNAME")]
+    pub mqtt_username: Option<String>,
+    /// MQTT password of that service account.
+    #[arg(long, env = "WARMHOUSE_BRIDGE_MQTT_PASSWORD", hide_env_values = true)]
+    pub mqtt_password: Option<String>,
     /// Kafka bootstrap servers, comma separated.
     #[arg(
         long,
@@ -62,6 +70,15 @@ pub struct BridgeConfig {
     pub device_events_topic: String,
     #[arg(long, env = "WARMHOUSE_TOPIC_DEAD_LETTERS", default_value = topics::DEAD_LETTERS)]
     pub dead_letters_topic: String,
+    #[arg(long, env = "WARMHOUSE_TOPIC_DEVICE_COMMANDS", default_value = topics::DEVICE_COMMANDS)]
+    pub device_commands_topic: String,
+    /// Consumer group reading `device-commands` (one per bridge deployment).
+    #[arg(
+        long,
+        env = "WARMHOUSE_BRIDGE_COMMANDS_GROUP",
+        default_value = "warmhouse-edge-bridge-commands"
+    )]
+    pub commands_group: String,
     /// How long Kafka may take to acknowledge a record before it is spooled.
     #[arg(
         long,
@@ -97,6 +114,13 @@ pub struct BridgeConfig {
 }
 
 impl BridgeConfig {
+    /// Username and password for the broker, when a username is set.
+    pub fn mqtt_credentials(&self) -> Option<(String, String)> {
+        self.mqtt_username
+            .clone()
+            .map(|user| (user, self.mqtt_password.clone().unwrap_or_default()))
+    }
+
     /// Defaults with the given endpoints: for tests and embedding.
     pub fn new(mqtt_port: u16, kafka_bootstrap: &str, spool_dir: PathBuf) -> Self {
         use clap::Parser;
@@ -157,6 +181,9 @@ pub async fn start(
         // us (and the dead-letter topic) instead of breaking the connection.
         .set_max_packet_size(4 << 20, 64 << 10)
         .set_request_channel_capacity(config.max_in_flight.max(1024));
+    if let Some((username, password)) = config.mqtt_credentials() {
+        options.set_credentials(username, password);
+    }
     let (client, eventloop) = AsyncClient::new(options, config.max_in_flight.max(1024));
 
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
@@ -182,6 +209,21 @@ pub async fn start(
         config.max_in_flight,
     )));
     tasks.push(tokio::spawn(delivery.clone().drain_forever(1000)));
+    tasks.extend(commands::spawn(
+        commands::CommandSettings {
+            mqtt_host: config.mqtt_host.clone(),
+            mqtt_port: config.mqtt_port,
+            mqtt_client_id: format!("{}-commands", config.mqtt_client_id),
+            mqtt_credentials: config.mqtt_credentials(),
+            kafka_bootstrap: config.kafka_bootstrap.clone(),
+            group_id: config.commands_group.clone(),
+            commands_topic: config.device_commands_topic.clone(),
+            device_events_topic: config.device_events_topic.clone(),
+            dead_letters_topic: config.dead_letters_topic.clone(),
+        },
+        delivery.clone(),
+        metrics.clone(),
+    )?);
     let kafka_readiness = readiness.clone();
     let kafka_delivery = delivery.clone();
     tasks.push(tokio::spawn(async move {

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub in_flight: IntGauge,
     pub acked: IntCounter,
     pub mqtt_reconnects: IntCounter,
+    pub commands: IntCounterVec,
 }
 
 impl Metrics {
@@ -104,6 +105,17 @@ impl Metrics {
                 IntCounter::new(
                     format!("{p}mqtt_reconnects_total"),
                     "MQTT connection losses",
+                )?,
+            )?,
+            commands: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        format!("{p}commands_total"),
+                        "Commands from device-commands, by outcome (published, delivered, \
+                         device_offline, expired, publish_failed, undecodable)",
+                    ),
+                    &["outcome"],
                 )?,
             )?,
         })

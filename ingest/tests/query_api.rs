@@ -12,15 +12,40 @@ use tempfile::TempDir;
 use warmhouse_devstack::{free_port, Influxd};
 use warmhouse_ingest::influx::{InfluxClient, InfluxSettings};
 use warmhouse_ingest::query::{start, QueryConfig, RunningQueryApi};
+use warmhouse_service_kit::auth::testing::TestTokens;
 
 /// 2025-11-24T10:00:00Z, on a minute boundary.
 const T0: i64 = 1_763_978_400_000;
+
+/// The service under test verifies HS256 tokens from an issuer.
+fn tokens() -> TestTokens {
+    TestTokens::new(
+        "query-api-test-secret-0123456789abcdef",
+        Some("warmhouse-tests"),
+    )
+}
+
+fn admin_token() -> String {
+    tokens().admin().expect("signing a token")
+}
+
+fn home_token(homes: &[&str]) -> String {
+    tokens().for_homes(homes).expect("signing a token")
+}
+
+fn config(influx_url: impl Into<String>) -> QueryConfig {
+    let mut config = QueryConfig::new("127.0.0.1:0".parse().expect("addr"), influx_url);
+    config.auth = tokens().config();
+    config
+}
 
 struct Stack {
     _dir: TempDir,
     influxd: Influxd,
     api: RunningQueryApi,
     http: reqwest::Client,
+    /// Sent with `get` (an admin's, so the data tests see everything).
+    token: String,
 }
 
 impl Stack {
@@ -38,7 +63,7 @@ impl Stack {
     }
 
     async fn with(dir: TempDir, influxd: Influxd) -> Stack {
-        let mut config = QueryConfig::new("127.0.0.1:0".parse().expect("addr"), influxd.url());
+        let mut config = config(influxd.url());
         config.ready_interval_ms = 100;
         let api = start(config, pending()).await.expect("API starts");
         Stack {
@@ -46,6 +71,7 @@ impl Stack {
             influxd,
             api,
             http: reqwest::Client::new(),
+            token: admin_token(),
         }
     }
 
@@ -68,11 +94,18 @@ impl Stack {
     }
 
     async fn get(&self, path_and_query: &str) -> reqwest::Response {
-        self.http
-            .get(format!("http://{}{path_and_query}", self.api.addr))
-            .send()
-            .await
-            .expect("request sent")
+        self.get_as(path_and_query, Some(&self.token)).await
+    }
+
+    /// GET with `token` as the bearer token, or with no Authorization.
+    async fn get_as(&self, path_and_query: &str, token: Option<&str>) -> reqwest::Response {
+        let mut request = self
+            .http
+            .get(format!("http://{}{path_and_query}", self.api.addr));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send().await.expect("request sent")
     }
 
     async fn json(&self, path_and_query: &str) -> Value {
@@ -436,8 +469,7 @@ async fn aggregates_over_minute_windows() {
 #[tokio::test]
 async fn bad_parameters_are_400_problems_naming_the_parameter() {
     let dead = format!("http://127.0.0.1:{}", free_port().expect("port"));
-    let config = QueryConfig::new("127.0.0.1:0".parse().expect("addr"), dead);
-    let api = start(config, pending())
+    let api = start(config(dead), pending())
         .await
         .expect("API starts without InfluxDB");
     let http = reqwest::Client::new();
@@ -564,9 +596,11 @@ async fn bad_parameters_are_400_problems_naming_the_parameter() {
             "duplicate field `metric`",
         ),
     ];
+    let token = admin_token();
     for (path, parameter, says) in cases {
         let response = http
             .get(format!("http://{}{path}", api.addr))
+            .bearer_auth(&token)
             .send()
             .await
             .expect("request sent");
@@ -593,6 +627,7 @@ async fn bad_parameters_are_400_problems_naming_the_parameter() {
 
     let response = http
         .get(format!("http://{}/api/v1/nothing-here", api.addr))
+        .bearer_auth(&token)
         .send()
         .await
         .expect("request sent");
@@ -711,4 +746,191 @@ async fn influxdb_down_is_503_and_not_ready_until_it_is_back() {
     stack
         .problem("/api/v1/devices/thermo-1/telemetry/latest", 404)
         .await;
+}
+
+/// Every `/api/v1` endpoint wants a valid token; the operational endpoints
+/// and the docs stay open.
+#[tokio::test]
+async fn api_refuses_requests_without_a_valid_token() {
+    let stack = Stack::with_data().await;
+    let cases = tokens().refused().expect("tokens");
+    for path in [
+        "/api/v1/devices/thermo-1/telemetry/latest",
+        "/api/v1/homes/home-a/telemetry/latest",
+        "/api/v1/devices/thermo-1/telemetry?metric=temperature",
+    ] {
+        for (token, says) in &cases {
+            let response = stack.get_as(path, token.as_deref()).await;
+            assert_eq!(response.status(), 401, "GET {path} with {token:?}");
+            let challenge = response.headers()["www-authenticate"]
+                .to_str()
+                .expect("ASCII")
+                .to_string();
+            assert!(challenge.starts_with("Bearer"), "{challenge}");
+            assert_eq!(
+                challenge.contains(r#"error="invalid_token""#),
+                token.is_some(),
+                "{challenge}"
+            );
+            assert_eq!(
+                response.headers()["content-type"],
+                "application/problem+json"
+            );
+            let body: Value = response.json().await.expect("problem JSON");
+            assert_eq!(body["type"], "urn:warmhouse:problem:unauthorized");
+            let detail = body["detail"].as_str().unwrap_or_default();
+            assert!(
+                detail.contains(says),
+                "GET {path}: {detail:?} lacks {says:?}"
+            );
+        }
+    }
+    // Not even the shape of the request is looked at without a token.
+    assert_eq!(
+        stack
+            .get_as("/api/v1/devices/bad.id/telemetry/latest", None)
+            .await
+            .status(),
+        401
+    );
+    for open in [
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/api-docs/openapi.json",
+        "/docs/",
+    ] {
+        assert_eq!(stack.get_as(open, None).await.status(), 200, "GET {open}");
+    }
+    let metrics = stack.get("/metrics").await.text().await.expect("metrics");
+    assert!(
+        metrics.contains(r#"warmhouse_query_requests_total{route="/api/v1/homes/{home_id}/telemetry/latest",status="401"} 6"#),
+        "{metrics}"
+    );
+}
+
+/// A token for home-a reads home-a and its devices, and nothing of home-b:
+/// home-b itself is 403, its device relay-9 looks like a device without
+/// data. An admin reads everything.
+#[tokio::test]
+async fn a_token_reads_only_its_own_homes() {
+    let stack = Stack::with_data().await;
+    let home_a = home_token(&["home-a"]);
+    let as_a = |path: &'static str| {
+        let (stack, token) = (&stack, home_a.clone());
+        async move { stack.get_as(path, Some(&token)).await }
+    };
+
+    let response = as_a("/api/v1/homes/home-a/telemetry/latest").await;
+    assert_eq!(response.status(), 200);
+    let home: Value = response.json().await.expect("JSON");
+    assert_eq!(home["devices"].as_array().map(Vec::len), Some(2));
+    let response = as_a("/api/v1/devices/thermo-1/telemetry/latest").await;
+    assert_eq!(response.status(), 200);
+    let thermo = stack
+        .json("/api/v1/devices/thermo-1/telemetry/latest")
+        .await;
+    assert_eq!(response.json::<Value>().await.expect("JSON"), thermo);
+    let own = format!(
+        "/api/v1/devices/thermo-1/telemetry?metric=temperature&{}",
+        range(T0, T0 + 3_600_000)
+    );
+    let response = stack.get_as(&own, Some(&home_a)).await;
+    assert_eq!(response.status(), 200);
+    let points: Value = response.json().await.expect("JSON");
+    assert_eq!(points["points"].as_array().map(Vec::len), Some(14));
+
+    let response = as_a("/api/v1/homes/home-b/telemetry/latest").await;
+    assert_eq!(response.status(), 403);
+    assert!(response.headers()["www-authenticate"]
+        .to_str()
+        .expect("ASCII")
+        .contains("insufficient_scope"));
+    let body: Value = response.json().await.expect("problem");
+    assert_eq!(body["type"], "urn:warmhouse:problem:forbidden");
+
+    let response = as_a("/api/v1/devices/relay-9/telemetry/latest").await;
+    assert_eq!(response.status(), 404);
+    let body: Value = response.json().await.expect("problem");
+    assert_eq!(body["type"], "urn:warmhouse:problem:no-data");
+    let other = format!(
+        "/api/v1/devices/relay-9/telemetry?{}",
+        range(T0 - 60_000, T0 + 3_600_000)
+    );
+    let response = stack.get_as(&other, Some(&home_a)).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["points"], json!([]), "{body}");
+    let aggregated = format!(
+        "/api/v1/devices/relay-9/telemetry?metric=heating_on&agg=count&every=1h&{}",
+        range(T0, T0 + 3_600_000)
+    );
+    let response = stack.get_as(&aggregated, Some(&home_a)).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.expect("JSON");
+    assert_eq!(body["windows"], json!([]), "{body}");
+
+    // A token for no home sees nothing at all.
+    let nobody = home_token(&[]);
+    let response = stack
+        .get_as("/api/v1/devices/thermo-1/telemetry/latest", Some(&nobody))
+        .await;
+    assert_eq!(response.status(), 404);
+    let response = stack
+        .get_as("/api/v1/homes/home-a/telemetry/latest", Some(&nobody))
+        .await;
+    assert_eq!(response.status(), 403);
+
+    // Both homes, or an admin: everything.
+    let both = home_token(&["home-b", "home-a"]);
+    for token in [both.as_str(), stack.token.as_str()] {
+        for path in [
+            "/api/v1/homes/home-b/telemetry/latest",
+            "/api/v1/devices/relay-9/telemetry/latest",
+            "/api/v1/homes/home-a/telemetry/latest",
+        ] {
+            assert_eq!(
+                stack.get_as(path, Some(token)).await.status(),
+                200,
+                "{path}"
+            );
+        }
+        let response = stack.get_as(&other, Some(token)).await;
+        let body: Value = response.json().await.expect("JSON");
+        assert_eq!(body["points"].as_array().map(Vec::len), Some(1), "{body}");
+    }
+}
+
+/// Readings belong to the home they were reported from: after a device
+/// moves from home-a to home-b, a home-a token still sees what it reported
+/// in home-a, and nothing it reports from home-b.
+#[tokio::test]
+async fn a_moved_device_shows_each_home_its_own_readings() {
+    let stack = Stack::empty().await;
+    stack
+        .write(&[
+            line("temperature", "mover", "home-a", "thermostat", 20.0, 1, T0),
+            line(
+                "temperature",
+                "mover",
+                "home-b",
+                "thermostat",
+                25.0,
+                2,
+                T0 + 1_000,
+            ),
+        ])
+        .await;
+    for (home, value) in [("home-a", 20.0), ("home-b", 25.0)] {
+        let token = home_token(&[home]);
+        let response = stack
+            .get_as("/api/v1/devices/mover/telemetry/latest", Some(&token))
+            .await;
+        assert_eq!(response.status(), 200, "{home}");
+        let body: Value = response.json().await.expect("JSON");
+        assert_eq!(body["metrics"][0]["value"], value, "{home}: {body}");
+        assert_eq!(body["metrics"][0]["home_id"], home, "{body}");
+    }
+    let latest = stack.json("/api/v1/devices/mover/telemetry/latest").await;
+    assert_eq!(latest["metrics"][0]["value"], 25.0, "admin sees the newest");
 }

@@ -1,10 +1,16 @@
 //! What every Warmhouse service shares: logging, Prometheus metrics, the
-//! `/healthz` and `/readyz` endpoints, and graceful shutdown.
+//! `/healthz` and `/readyz` endpoints, and graceful shutdown; for the REST
+//! APIs also problem+json errors ([`problem`]), request metrics
+//! ([`http_metrics`]) and bearer-token auth ([`auth`]).
+
+pub mod auth;
+pub mod http_metrics;
+pub mod problem;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
 use axum::extract::State;
@@ -14,7 +20,12 @@ use axum::routing::get;
 use axum::{Json, Router};
 use prometheus::{Encoder, Registry, TextEncoder};
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
+
+pub use auth::{AuthConfig, Caller};
+pub use http_metrics::{track_request, HttpMetrics};
+pub use problem::Problem;
 
 /// Initialises `tracing`. `RUST_LOG` filters (default `info`);
 /// `WARMHOUSE_LOG_FORMAT=json` switches to JSON lines for containers.
@@ -180,6 +191,56 @@ pub async fn serve(
     Ok((local, task))
 }
 
+/// Turns a service's `shutdown` future into a channel that every task of
+/// the service (server, probes, consumers) can wait on.
+pub fn stop_channel(
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> watch::Receiver<bool> {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    stop_rx
+}
+
+/// Resolves once `stop` says so (or its sender is gone).
+pub async fn stopped(mut stop: watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopped| *stopped).await;
+}
+
+/// Every `interval` until `stop`, asks `probe` whether the store behind
+/// readiness `check` answers and records it, so `/readyz` stays current;
+/// `store` names it in the log line written when that changes.
+pub async fn probe_readiness<F, Fut>(
+    readiness: Readiness,
+    check: &'static str,
+    store: &'static str,
+    interval: Duration,
+    stop: watch::Receiver<bool>,
+    mut probe: F,
+) where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let stop = stopped(stop);
+    tokio::pin!(stop);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let up = probe().await;
+                if readiness.snapshot().get(check) != Some(&up) {
+                    tracing::info!(up, store, "store reachability changed");
+                }
+                readiness.set(check, up);
+            }
+            _ = &mut stop => return,
+        }
+    }
+}
+
 /// Resolves on Ctrl-C or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -217,6 +278,39 @@ pub fn register<M: prometheus::core::Collector + Clone + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn probes_readiness_until_stopped() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let readiness = Readiness::new();
+        readiness.set("db", true);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let stop = stop_channel(async {
+            let _ = rx.await;
+        });
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let mut tx = Some(tx);
+        probe_readiness(
+            readiness.clone(),
+            "db",
+            "test database",
+            Duration::from_millis(1),
+            stop,
+            move || {
+                // Stop after the third probe.
+                if counted.fetch_add(1, Ordering::SeqCst) == 2 {
+                    if let Some(tx) = tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                async { false }
+            },
+        )
+        .await;
+        assert!(calls.load(Ordering::SeqCst) >= 3);
+        assert!(!readiness.is_ready());
+    }
 
     #[tokio::test]
     async fn serves_metrics_and_readiness() {

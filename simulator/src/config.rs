@@ -35,6 +35,18 @@ pub struct SimConfig {
     #[arg(long, env = "WARMHOUSE_SIM_PASSWORD", hide_env_values = true)]
     pub password: Option<String>,
 
+    /// JSON file of per-device credentials (device id to the registry's
+    /// answer: a password, or a client certificate and key, inline or as
+    /// files); every simulated device must be in it. Overrides
+    /// --username/--password.
+    #[arg(long, env = "WARMHOUSE_SIM_CREDENTIALS")]
+    pub credentials: Option<std::path::PathBuf>,
+
+    /// CA certificate (PEM) to trust: connect over TLS (devices with a
+    /// certificate in --credentials present it).
+    #[arg(long, env = "WARMHOUSE_SIM_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+
     /// Number of homes.
     #[arg(long, env = "WARMHOUSE_SIM_HOMES", default_value_t = 3,
           value_parser = clap::value_parser!(u32).range(1..))]
@@ -134,6 +146,8 @@ impl Default for SimConfig {
             port: DEFAULT_PORT,
             username: None,
             password: None,
+            credentials: None,
+            tls_ca: None,
             homes: 3,
             devices_per_home: 4,
             first_home: 1,
@@ -211,6 +225,50 @@ impl SimConfig {
         // Builds every id once so a bad prefix or run id fails here, naming the id.
         self.device_specs()?;
         Ok(())
+    }
+
+    /// Reads `--credentials` and `--tls-ca` and checks they cover `specs`.
+    pub fn load_identity(&self, specs: &[DeviceSpec]) -> anyhow::Result<crate::DeviceIdentity> {
+        let tls_ca = match &self.tls_ca {
+            Some(path) => Some(
+                std::fs::read(path)
+                    .with_context(|| format!("reading --tls-ca {}", path.display()))?,
+            ),
+            None => None,
+        };
+        let credentials = match &self.credentials {
+            Some(path) => Some(crate::credentials::Credentials::load(path)?),
+            None => None,
+        };
+        if let Some(credentials) = &credentials {
+            let missing: Vec<&str> = specs
+                .iter()
+                .filter(|spec| credentials.get(&spec.device_id).is_none())
+                .map(|spec| spec.device_id.as_str())
+                .take(5)
+                .collect();
+            if !missing.is_empty() {
+                bail!(
+                    "--credentials has nothing for device(s) {} (every simulated device needs credentials)",
+                    missing.join(", ")
+                );
+            }
+            let any_certificate = specs.iter().any(|spec| {
+                matches!(
+                    credentials.get(&spec.device_id),
+                    Some(crate::credentials::DeviceCredential::Certificate { .. })
+                )
+            });
+            if any_certificate && tls_ca.is_none() {
+                bail!(
+                    "devices with certificates connect over TLS: give --tls-ca (the platform CA)"
+                );
+            }
+        }
+        Ok(crate::DeviceIdentity {
+            credentials,
+            tls_ca,
+        })
     }
 
     /// Every device of the fleet, in a stable order.

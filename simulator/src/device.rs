@@ -112,7 +112,10 @@ pub(crate) async fn run_device(
     }
 
     let window = usize::from(config.inflight);
-    let (client, eventloop) = AsyncClient::new(mqtt_options(&spec, config), window + CHANNEL_SLACK);
+    let (client, eventloop) = AsyncClient::new(
+        mqtt_options(&spec, config, &shared.identity),
+        window + CHANNEL_SLACK,
+    );
     let mut events = event_stream(eventloop);
     let mut device = Device {
         sim: SimDevice::new(
@@ -224,7 +227,11 @@ async fn sleep_until_opt(at: Option<Instant>) {
     }
 }
 
-fn mqtt_options(spec: &DeviceSpec, config: &crate::SimConfig) -> MqttOptions {
+fn mqtt_options(
+    spec: &DeviceSpec,
+    config: &crate::SimConfig,
+    identity: &crate::DeviceIdentity,
+) -> MqttOptions {
     let id = &spec.device_id;
     let mut options = MqttOptions::new(id.as_str(), config.host.clone(), config.port);
     options
@@ -243,8 +250,31 @@ fn mqtt_options(spec: &DeviceSpec, config: &crate::SimConfig) -> MqttOptions {
             QoS::AtLeastOnce,
             true,
         ));
-    if let Some((user, password)) = config.credentials_for(id) {
-        options.set_credentials(user, password);
+    use crate::credentials::DeviceCredential;
+    let credential = identity.credentials.as_ref().and_then(|c| c.get(id));
+    let mut client_auth = None;
+    match credential {
+        Some(DeviceCredential::Password(password)) => {
+            // The broker takes the username as the device's tenant.
+            options.set_credentials(id.as_str(), password.as_str());
+        }
+        Some(DeviceCredential::Certificate { cert_pem, key_pem }) => {
+            client_auth = Some((cert_pem.clone(), key_pem.clone()));
+        }
+        None => {
+            if let Some((user, password)) = config.credentials_for(id) {
+                options.set_credentials(user, password);
+            }
+        }
+    }
+    if let Some(ca) = &identity.tls_ca {
+        options.set_transport(rumqttc::Transport::tls_with_config(
+            rumqttc::TlsConfiguration::Simple {
+                ca: ca.clone(),
+                alpn: None,
+                client_auth,
+            },
+        ));
     }
     options
 }

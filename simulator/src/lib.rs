@@ -22,6 +22,7 @@ use warmhouse_contracts::ids::{DeviceId, DeviceType, HomeId};
 use warmhouse_contracts::telemetry::Sample;
 
 pub mod config;
+pub mod credentials;
 mod device;
 pub mod model;
 pub mod tracker;
@@ -133,6 +134,15 @@ pub(crate) struct Stats {
 pub(crate) struct Shared {
     pub config: SimConfig,
     pub stats: Stats,
+    pub identity: DeviceIdentity,
+}
+
+/// How devices authenticate: per-device credentials and the CA to trust
+/// over TLS (`--credentials`, `--tls-ca`).
+#[derive(Debug, Clone, Default)]
+pub struct DeviceIdentity {
+    pub credentials: Option<credentials::Credentials>,
+    pub tls_ca: Option<Vec<u8>>,
 }
 
 /// Runs the fleet until every device reached `messages_per_device`,
@@ -144,6 +154,7 @@ pub async fn run(config: SimConfig, shutdown: impl Future<Output = ()>) -> anyho
         .validate()
         .context("invalid simulator configuration")?;
     let specs = config.device_specs()?;
+    let identity = config.load_identity(&specs)?;
     let devices = specs.len();
     let duration = (config.duration_secs > 0).then(|| Duration::from_secs(config.duration_secs));
     let progress = config.progress;
@@ -158,6 +169,7 @@ pub async fn run(config: SimConfig, shutdown: impl Future<Output = ()>) -> anyho
     let shared = Arc::new(Shared {
         config,
         stats: Stats::default(),
+        identity,
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = Instant::now();

@@ -80,8 +80,9 @@ const SUPPLY_ABOVE_TARGET: f64 = 3.0;
 /// Thermostat switches on below target - this and off above target + this.
 pub const HYSTERESIS: f64 = 0.3;
 pub const DEFAULT_TARGET: f64 = 21.0;
-/// Accepted range of `set_target_temperature`.
-pub const TARGET_RANGE: std::ops::RangeInclusive<f64> = 5.0..=30.0;
+/// Accepted range of `set_target_temperature` (the platform's catalog).
+pub const TARGET_RANGE: std::ops::RangeInclusive<f64> =
+    warmhouse_contracts::commands::TARGET_TEMPERATURE_RANGE;
 const HUMIDITY_RANGE: (f64, f64) = (30.0, 60.0);
 
 /// A room's air temperature.
@@ -398,9 +399,7 @@ pub fn largest_message_bytes(samples: usize) -> usize {
     .unwrap_or(usize::MAX)
 }
 
-pub const TURN_ON: &str = "turn_on";
-pub const TURN_OFF: &str = "turn_off";
-pub const SET_TARGET_TEMPERATURE: &str = "set_target_temperature";
+pub use warmhouse_contracts::commands::{SET_TARGET_TEMPERATURE, TURN_OFF, TURN_ON};
 
 /// What a command did.
 #[derive(Debug, Clone, PartialEq)]
@@ -449,22 +448,7 @@ fn execute(model: &mut DeviceModel, command: &Command) -> Result<(), String> {
             Ok(())
         }
         (SET_TARGET_TEMPERATURE, DeviceKind::Thermostat) => {
-            let target = command
-                .params
-                .get("temperature")
-                .and_then(Value::as_f64)
-                .filter(|t| TARGET_RANGE.contains(t))
-                .ok_or_else(|| {
-                    format!(
-                        "params.temperature must be a number from {} to {} (°C), got {}",
-                        TARGET_RANGE.start(),
-                        TARGET_RANGE.end(),
-                        command
-                            .params
-                            .get("temperature")
-                            .map_or_else(|| "nothing".to_string(), Value::to_string)
-                    )
-                })?;
+            let target = warmhouse_contracts::commands::target_temperature(&command.params)?;
             model.thermostat.target = target;
             model.thermostat.control(model.room.temperature);
             Ok(())

@@ -9,8 +9,9 @@ use std::time::Duration;
 
 use anyhow::Context;
 use warmhouse_contracts::kafka::topics;
-use warmhouse_devstack::{create_topics, free_port, Influxd, KafkaStorage, Tansu};
+use warmhouse_devstack::{create_topics, free_port, Influxd, KafkaStorage, Postgres, Tansu};
 
+pub mod fleet;
 pub mod verify;
 
 /// A future that resolves when `stop` says so.
@@ -35,6 +36,9 @@ pub struct StackOptions {
     /// Fixed ports for the local stack (MQTT, query API); free ones when `None`.
     pub mqtt_port: Option<u16>,
     pub query_port: Option<u16>,
+    /// Also start PostgreSQL and the device registry (commands, state).
+    pub registry: bool,
+    pub registry_port: Option<u16>,
 }
 
 impl Default for StackOptions {
@@ -47,6 +51,8 @@ impl Default for StackOptions {
             ingest_batch_max_delay: Duration::from_millis(50),
             mqtt_port: None,
             query_port: None,
+            registry: false,
+            registry_port: None,
         }
     }
 }
@@ -59,16 +65,25 @@ pub struct Stack {
     pub bridge: warmhouse_edge_bridge::RunningBridge,
     pub writer: warmhouse_ingest::writer::RunningWriter,
     pub query: warmhouse_ingest::query::RunningQueryApi,
+    pub registry: Option<warmhouse_device_registry::RunningRegistry>,
     pub broker: warmhouse_broker::RunningBroker,
     pub tansu: Tansu,
     pub influxd: Influxd,
+    pub postgres: Option<Postgres>,
     pub dir: PathBuf,
+    /// HS256 secret the APIs verify bearer tokens with; random per stack.
+    jwt_secret: String,
     stop: tokio::sync::watch::Sender<bool>,
 }
+
+/// Lifetime of the tokens [`Stack`] mints: a local stack runs for hours.
+pub const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl Stack {
     pub async fn start(dir: &Path, options: StackOptions) -> anyhow::Result<Self> {
         warmhouse_service_kit::init_tracing();
+        let jwt_secret = warmhouse_service_kit::auth::generate_secret();
+        let auth = warmhouse_service_kit::AuthConfig::with_secret(&jwt_secret);
         let tansu = Tansu::start(&dir.join("kafka"), options.kafka_storage)?;
         create_topics(
             &tansu.bootstrap(),
@@ -76,6 +91,7 @@ impl Stack {
                 topics::TELEMETRY,
                 topics::DEVICE_EVENTS,
                 topics::DEVICE_COMMANDS,
+                topics::REGISTRY_EVENTS,
             ],
             options.partitions,
         )
@@ -88,19 +104,40 @@ impl Stack {
             Some(port) => port,
             None => free_port()?,
         };
-        let broker = warmhouse_broker::start(warmhouse_broker::BrokerConfig::for_tests(
-            loopback(mqtt_port),
-            loopback(free_port()?),
-            loopback(0),
-        ))
-        .await
-        .context("starting the MQTT broker")?;
+        // Device listeners stay open here (the simulator and mosquitto
+        // clients connect anonymously); the bridge uses the internal
+        // listener with a service password, as in production
+        // (docs/adr/0010-device-identity.md).
+        let service_password = warmhouse_broker::Secret::new(format!(
+            "stack-{}-{}",
+            std::process::id(),
+            warmhouse_service_kit::now_ms()
+        ));
+        let broker_config = warmhouse_broker::BrokerConfig {
+            internal_addr: loopback(free_port()?),
+            service_password: Some(service_password.clone()),
+            ..warmhouse_broker::BrokerConfig::for_tests(
+                loopback(mqtt_port),
+                loopback(free_port()?),
+                loopback(0),
+            )
+        };
+        let service_username = broker_config.service_username.clone();
+        let broker = warmhouse_broker::start(broker_config)
+            .await
+            .context("starting the MQTT broker")?;
+        let internal_port = broker
+            .internal_addr
+            .context("the broker has no internal listener")?
+            .port();
 
         let mut bridge_config = warmhouse_edge_bridge::BridgeConfig::new(
-            mqtt_port,
+            internal_port,
             &tansu.bootstrap(),
             dir.join("bridge-spool"),
         );
+        bridge_config.mqtt_username = Some(service_username);
+        bridge_config.mqtt_password = Some(service_password.expose().to_string());
         bridge_config.kafka_timeout_ms = options.bridge_kafka_timeout.as_millis() as u64;
         let (stop, _) = tokio::sync::watch::channel(false);
         let bridge = warmhouse_edge_bridge::start(bridge_config, stopped(&stop))
@@ -115,16 +152,46 @@ impl Stack {
             .await
             .context("starting the ingest writer")?;
 
-        let query_config = warmhouse_ingest::query::QueryConfig::new(
+        let mut query_config = warmhouse_ingest::query::QueryConfig::new(
             loopback(options.query_port.unwrap_or(0)),
             influxd.url(),
         );
+        query_config.auth = auth.clone();
         let query = warmhouse_ingest::query::start(query_config, stopped(&stop))
             .await
             .context("starting the query API")?;
 
+        let (postgres, registry) = if options.registry {
+            let postgres = Postgres::start(&dir.join("postgres"))?;
+            let url = postgres.create_database("warmhouse")?;
+            let mut config = warmhouse_device_registry::RegistryConfig::new(
+                loopback(options.registry_port.unwrap_or(0)),
+                url,
+            )
+            .with_kafka(tansu.bootstrap());
+            config.auth = auth.clone();
+            // The legacy /api/heating endpoints read temperatures from the
+            // query API, as a service with its own token.
+            config.legacy.telemetry_url = Some(format!("http://{}", query.addr));
+            config.legacy.telemetry_token = Some(warmhouse_service_kit::auth::issue_hs256(
+                &jwt_secret,
+                &warmhouse_service_kit::auth::Claims::admin("device-registry", TOKEN_TTL),
+            )?);
+            // Onboarding registers devices in the telemetry store.
+            config.onboarding.influx_url = Some(influxd.url());
+            let registry = warmhouse_device_registry::start(config, stopped(&stop))
+                .await
+                .context("starting the device registry")?;
+            (Some(postgres), Some(registry))
+        } else {
+            (None, None)
+        };
+
         Ok(Self {
             dir: dir.to_path_buf(),
+            jwt_secret,
+            postgres,
+            registry,
             tansu,
             influxd,
             broker,
@@ -143,9 +210,11 @@ impl Stack {
             bridge,
             writer,
             query,
+            registry,
             broker,
             tansu,
             influxd,
+            postgres,
             ..
         } = self;
         if tokio::time::timeout(Duration::from_secs(10), writer.join())
@@ -156,9 +225,53 @@ impl Stack {
         }
         drop(bridge);
         drop(query);
+        if let Some(registry) = registry {
+            let _ = tokio::time::timeout(Duration::from_secs(5), registry.wait()).await;
+        }
         broker.shutdown().await;
         drop(tansu);
         drop(influxd);
+        drop(postgres);
+    }
+
+    /// Base URL of the device registry, when the stack runs one.
+    pub fn registry_url(&self) -> Option<String> {
+        self.registry.as_ref().map(|r| format!("http://{}", r.addr))
+    }
+
+    /// The HS256 secret the stack's APIs verify tokens with (for
+    /// `warmhouse-token --secret`).
+    pub fn jwt_secret(&self) -> &str {
+        &self.jwt_secret
+    }
+
+    /// A bearer token of an administrator (every home), valid for
+    /// [`TOKEN_TTL`].
+    pub fn admin_token(&self) -> anyhow::Result<String> {
+        use warmhouse_service_kit::auth::{issue_hs256, Claims};
+        issue_hs256(
+            &self.jwt_secret,
+            &Claims::admin("warmhouse-stack", TOKEN_TTL),
+        )
+    }
+
+    /// A bearer token for `homes` only, valid for [`TOKEN_TTL`].
+    pub fn token_for_homes(&self, homes: &[&str]) -> anyhow::Result<String> {
+        use warmhouse_service_kit::auth::{issue_hs256, Claims};
+        let claims = Claims::for_homes("warmhouse-stack", homes.iter().copied(), TOKEN_TTL);
+        issue_hs256(&self.jwt_secret, &claims)
+    }
+
+    /// An HTTP client that sends the admin token with every request (add a
+    /// timeout and build it).
+    pub fn api_client_builder(&self) -> anyhow::Result<reqwest::ClientBuilder> {
+        let mut value =
+            reqwest::header::HeaderValue::try_from(format!("Bearer {}", self.admin_token()?))
+                .context("bearer token as a header value")?;
+        value.set_sensitive(true);
+        let headers =
+            reqwest::header::HeaderMap::from_iter([(reqwest::header::AUTHORIZATION, value)]);
+        Ok(reqwest::Client::builder().default_headers(headers))
     }
 
     pub fn mqtt_port(&self) -> u16 {

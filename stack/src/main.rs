@@ -33,6 +33,9 @@ struct UpArgs {
     /// Port of the telemetry query API.
     #[arg(long, default_value_t = 8081)]
     query_port: u16,
+    /// Port of the device registry (devices, state, commands).
+    #[arg(long, default_value_t = 8082)]
+    registry_port: u16,
     /// Simulated homes (0: start no simulator).
     #[arg(long, default_value_t = 5)]
     homes: u32,
@@ -68,12 +71,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         kafka_storage: KafkaStorage::Sqlite,
         mqtt_port: Some(args.mqtt_port),
         query_port: Some(args.query_port),
+        registry: true,
+        registry_port: Some(args.registry_port),
         bridge_kafka_timeout: Duration::from_secs(10),
         ..StackOptions::default()
     };
     let stack = Stack::start(&dir, options).await?;
 
     let (stop_sim, sim_stopped) = tokio::sync::oneshot::channel::<()>();
+    let registry = stack
+        .registry_url()
+        .context("the local stack runs a registry")?;
     let simulator = if args.homes > 0 {
         let homes = args.homes.to_string();
         let devices = args.devices_per_home.to_string();
@@ -87,6 +95,17 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
             &interval,
             "--progress",
         ]);
+        // The simulated homes are registered like real ones, so the
+        // registry shows their state and can command them.
+        let registered = warmhouse_stack::fleet::register_fleet(
+            &reqwest::Client::new(),
+            &registry,
+            &stack.admin_token()?,
+            &config,
+        )
+        .await
+        .context("registering the simulated homes")?;
+        println!("registered {registered} simulated devices in the device registry");
         Some(tokio::spawn(warmhouse_simulator::run(config, async {
             let _ = sim_stopped.await;
         })))
@@ -95,13 +114,22 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
 
     let query = stack.query_url();
+    let token = stack.admin_token()?;
     println!(
         "\nWarmhouse is running (data and logs in {dir}).\n\
+         \n  The REST APIs want a bearer token. An admin's, valid {ttl_h} h:\
+         \n    export TOKEN={token}\
+         \n  Tokens for single homes: WARMHOUSE_JWT_SECRET={secret} warmhouse-token --home home-0001\
+         \n    (cargo run -p warmhouse-service-kit --bin warmhouse-token -- --help)\n\
          \n  MQTT broker        127.0.0.1:{mqtt}   e.g. mosquitto_sub -p {mqtt} -t '/tenants/+/telemetry' -v\
-         \n  Telemetry API      {query}/docs/   (Swagger UI)\
-         \n  Latest of a home   curl -s {query}/api/v1/homes/home-0001/telemetry/latest\
-         \n  Last hour, 1-min   curl -s '{query}/api/v1/devices/home-0001-dev-01/telemetry?metric=temperature&agg=mean&every=1m'\
-         \n  Metrics            http://{broker}/metrics (broker)  http://{bridge}/metrics (bridge)  http://{writer}/metrics (ingest)  {query}/metrics (query)\
+         \n  Telemetry API      {query}/docs/   (Swagger UI: Authorize with the token)\
+         \n  Latest of a home   curl -s -H \"Authorization: Bearer $TOKEN\" {query}/api/v1/homes/home-0001/telemetry/latest\
+         \n  Last hour, 1-min   curl -s -H \"Authorization: Bearer $TOKEN\" '{query}/api/v1/devices/home-0001-dev-01/telemetry?metric=temperature&agg=mean&every=1m'\
+         \n  Devices            {registry}/docs/   (Swagger UI)\
+         \n  A device + state   curl -s -H \"Authorization: Bearer $TOKEN\" {registry}/api/v1/devices/home-0001-dev-01\
+         \n  Send a command     curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"name\":\"set_target_temperature\",\"params\":{{\"temperature\":22.5}}}}' {registry}/api/v1/devices/home-0001-dev-01/commands\
+         \n  Its progress       curl -s -H \"Authorization: Bearer $TOKEN\" {registry}/api/v1/devices/home-0001-dev-01/commands\
+         \n  Metrics            http://{broker}/metrics (broker)  http://{bridge}/metrics (bridge)  http://{writer}/metrics (ingest)  {query}/metrics (query)  {registry}/metrics (registry)\
          \n  InfluxDB           influx -host 127.0.0.1 -port {influx_port} -database warmhouse -execute 'SHOW MEASUREMENTS'\
          \n\nCtrl-C stops everything.\n",
         dir = dir.display(),
@@ -110,11 +138,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         bridge = stack.bridge.admin_addr,
         writer = stack.writer.admin_addr,
         influx_port = stack.influxd.addr().port(),
+        ttl_h = warmhouse_stack::TOKEN_TTL.as_secs() / 3600,
+        secret = stack.jwt_secret(),
     );
     if simulator.is_some() {
-        tokio::spawn(show_first_telemetry(format!(
-            "{query}/api/v1/homes/home-0001/telemetry/latest"
-        )));
+        tokio::spawn(show_first_telemetry(
+            format!("{query}/api/v1/homes/home-0001/telemetry/latest"),
+            token,
+        ));
     }
 
     warmhouse_service_kit::shutdown_signal().await;
@@ -137,13 +168,15 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
 
 /// Waits until the first readings are queryable and prints them, so whoever
 /// started the stack sees telemetry flowing end to end.
-async fn show_first_telemetry(url: String) {
+async fn show_first_telemetry(url: String, token: String) {
     let http = reqwest::Client::new();
     for _ in 0..120 {
-        if let Ok(response) = http.get(&url).send().await {
+        if let Ok(response) = http.get(&url).bearer_auth(&token).send().await {
             if response.status().is_success() {
                 if let Ok(body) = response.text().await {
-                    println!("\nTelemetry is flowing. curl -s {url}\n{body}\n");
+                    println!(
+                        "\nTelemetry is flowing. curl -s -H \"Authorization: Bearer $TOKEN\" {url}\n{body}\n"
+                    );
                     return;
                 }
             }

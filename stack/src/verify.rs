@@ -48,7 +48,8 @@ struct RawPoint {
     ts_ms: i64,
 }
 
-/// Every stored reading of `device` between `from_ms` and `to_ms` (inclusive).
+/// Every stored reading of `device` between `from_ms` and `to_ms`
+/// (inclusive); `http` must send a bearer token that may read the device.
 pub async fn fetch_readings(
     http: &reqwest::Client,
     query_url: &str,
@@ -92,15 +93,20 @@ pub async fn fetch_readings(
     Ok(readings)
 }
 
-/// Polls the query API until every device holds exactly what was published,
-/// or fails after `timeout` with what differs.
+/// Polls the stack's query API (as an admin) until every device holds
+/// exactly what was published, or fails after `timeout` with what differs.
 pub async fn wait_for_exactly(
-    query_url: &str,
+    stack: &crate::Stack,
     published: &[PublishedMessage],
     timeout: Duration,
 ) -> anyhow::Result<usize> {
     let expected = expected_readings(published);
-    let http = reqwest::Client::new();
+    let http = stack
+        .api_client_builder()?
+        .build()
+        .context("building the HTTP client")?;
+    let query_url = stack.query_url();
+    let query_url = query_url.as_str();
     let deadline = Instant::now() + timeout;
     loop {
         let mut differences = Vec::new();

@@ -47,7 +47,7 @@ async fn every_acknowledged_reading_is_queryable_exactly_once() {
     .await;
     assert_eq!(summary.messages_acked, 3 * 3 * 20);
     assert_eq!(summary.published.len(), 3 * 3 * 20);
-    let total = wait_for_exactly(&stack.query_url(), &summary.published, SETTLE)
+    let total = wait_for_exactly(&stack, &summary.published, SETTLE)
         .await
         .unwrap();
     assert_eq!(total as u64, summary.readings_acked);
@@ -55,6 +55,42 @@ async fn every_acknowledged_reading_is_queryable_exactly_once() {
         total >= 3 * 3 * 20 * 2 * 2,
         "every sample has at least two metrics"
     );
+    homes_see_only_their_own_devices(&stack, &summary.published).await;
+}
+
+/// Through the whole pipeline, a token for one home reads that home's
+/// devices and nothing of the others; without a token nothing at all.
+async fn homes_see_only_their_own_devices(
+    stack: &Stack,
+    published: &[warmhouse_simulator::PublishedMessage],
+) {
+    let mine = &published[0];
+    let theirs = published
+        .iter()
+        .find(|m| m.home_id != mine.home_id)
+        .expect("more than one home");
+    let token = stack
+        .token_for_homes(&[mine.home_id.as_str()])
+        .expect("token");
+    let http = reqwest::Client::new();
+    let get = |path: String, token: Option<String>| {
+        let request = http.get(format!("{}{path}", stack.query_url()));
+        let request = match token {
+            Some(token) => request.bearer_auth(token),
+            None => request,
+        };
+        async move { request.send().await.expect("query API answers").status() }
+    };
+    let own_home = format!("/api/v1/homes/{}/telemetry/latest", mine.home_id);
+    let own_device = format!("/api/v1/devices/{}/telemetry/latest", mine.device_id);
+    assert_eq!(get(own_home.clone(), Some(token.clone())).await, 200);
+    assert_eq!(get(own_device.clone(), Some(token.clone())).await, 200);
+    assert_eq!(get(own_home, None).await, 401);
+    assert_eq!(get(own_device, None).await, 401);
+    let other_home = format!("/api/v1/homes/{}/telemetry/latest", theirs.home_id);
+    let other_device = format!("/api/v1/devices/{}/telemetry/latest", theirs.device_id);
+    assert_eq!(get(other_home, Some(token.clone())).await, 403);
+    assert_eq!(get(other_device, Some(token)).await, 404);
 }
 
 fn mosquitto_pub(port: u16, topic: &str, payload_file: &std::path::Path) {
@@ -155,7 +191,7 @@ async fn bad_payloads_go_to_the_dead_letter_topic_while_good_ones_flow() {
 
     let summary = sim.await.unwrap().unwrap();
     assert_eq!(summary.messages_acked, 2 * 2 * 30);
-    wait_for_exactly(&stack.query_url(), &summary.published, SETTLE)
+    wait_for_exactly(&stack, &summary.published, SETTLE)
         .await
         .unwrap();
     let dead = stack
@@ -203,7 +239,7 @@ async fn through_outage(
         ),
     };
     assert_eq!(summary.messages_acked, 2 * 2 * 100);
-    wait_for_exactly(&stack.query_url(), &summary.published, SETTLE)
+    wait_for_exactly(stack, &summary.published, SETTLE)
         .await
         .unwrap();
 }

@@ -7,14 +7,16 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
+use warmhouse_contracts::ids::HomeId;
 use warmhouse_contracts::points::device_ms_of_point;
+use warmhouse_service_kit::auth::{self, Caller};
 
 use super::influxql::{self, LatestRow, TelemetryQuery};
 use super::params::{self, Aggregate, RangeRequest, TelemetryParams};
-use super::problem::Problem;
 use super::timefmt::format_ms;
 use super::QueryState;
 use crate::influx::StatementResult;
+use warmhouse_service_kit::Problem;
 
 /// Latest reading of one metric.
 #[derive(Debug, Clone, Serialize, ToSchema)]
@@ -116,8 +118,12 @@ pub enum Telemetry {
     info(
         title = "Warmhouse telemetry query API",
         description = "Read side of telemetry (CQRS): latest values and time ranges of device \
-                       readings stored in InfluxDB by ingest-writer. Errors are RFC 9457 \
-                       problem details (application/problem+json)."
+                       readings stored in InfluxDB by ingest-writer. Every /api/v1 endpoint \
+                       needs a bearer token (JWT) naming the caller's homes, or an admin's: a \
+                       home's readings need the home in the token (else 403); a device's \
+                       readings are those it reported from the caller's homes (none: 404 or \
+                       an empty range). Errors are RFC 9457 problem details \
+                       (application/problem+json)."
     ),
     paths(device_latest, home_latest, device_telemetry),
     components(schemas(Problem, Aggregate)),
@@ -134,6 +140,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     let mut doc = ApiDoc::openapi();
     doc.info.version = env!("CARGO_PKG_VERSION").to_string();
     warmhouse_service_kit::document_admin_endpoints(&mut doc, "InfluxDB answers its ping");
+    auth::document_bearer_auth(&mut doc, "/api/");
     doc
 }
 
@@ -149,17 +156,23 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
             {"metric": "humidity", "value": 51.0, "ts": "2025-11-24T10:01:50.000Z", "ts_ms": 1763978510000_i64, "seq": 111, "home_id": "home-a", "device_type": "thermostat"},
             {"metric": "temperature", "value": 21.5, "ts": "2025-11-24T10:02:30.000Z", "ts_ms": 1763978550000_i64, "seq": 201, "home_id": "home-a", "device_type": "thermostat"}]})),
         (status = 400, description = "Invalid device id", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No telemetry stored for the device", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No telemetry stored for the device in the caller's homes", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "InfluxDB answered with an error", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "InfluxDB unreachable", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub async fn device_latest(
+    caller: Caller,
     State(state): State<QueryState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DeviceLatest>, Problem> {
     let device = params::device_id(&path_value(path, "device_id")?)?;
-    let results = run(&state, TelemetryQuery::LatestOfDevice(device.clone())).await?;
+    let results = run(
+        &state,
+        TelemetryQuery::LatestOfDevice(device.clone()),
+        home_scope(&caller).as_deref(),
+    )
+    .await?;
     let rows = influxql::latest_rows(&results).map_err(shape_problem)?;
     // The WHERE clause leaves only this device's series.
     group_by_device(rows)
@@ -181,17 +194,20 @@ pub async fn device_latest(
             {"device_id": "sensor-2", "metrics": [
                 {"metric": "temperature", "value": 19.25, "ts": "2025-11-24T10:00:05.000Z", "ts_ms": 1763978405000_i64, "seq": 1234567891_i64, "home_id": "home-a", "device_type": "climate_sensor"}]}]})),
         (status = 400, description = "Invalid home id", body = Problem, content_type = "application/problem+json"),
+        (status = 403, description = "The token does not grant this home", body = Problem, content_type = "application/problem+json"),
         (status = 404, description = "No telemetry stored for the home", body = Problem, content_type = "application/problem+json"),
         (status = 502, description = "InfluxDB answered with an error", body = Problem, content_type = "application/problem+json"),
         (status = 503, description = "InfluxDB unreachable", body = Problem, content_type = "application/problem+json")
     )
 )]
 pub async fn home_latest(
+    caller: Caller,
     State(state): State<QueryState>,
     path: Result<Path<String>, PathRejection>,
 ) -> Result<Json<HomeLatest>, Problem> {
     let home = params::home_id(&path_value(path, "home_id")?)?;
-    let results = run(&state, TelemetryQuery::LatestOfHome(home.clone())).await?;
+    caller.require_home(home.as_str())?;
+    let results = run(&state, TelemetryQuery::LatestOfHome(home.clone()), None).await?;
     let rows = influxql::latest_rows(&results).map_err(shape_problem)?;
     let devices = group_by_device(rows);
     if devices.is_empty() {
@@ -216,7 +232,7 @@ pub async fn home_latest(
         TelemetryParams
     ),
     responses(
-        (status = 200, description = "Raw points (RawTelemetry) or, with agg and every, windows (AggregatedTelemetry). An empty range gives an empty list, not 404.", body = Telemetry,
+        (status = 200, description = "Raw points (RawTelemetry) or, with agg and every, windows (AggregatedTelemetry), of readings from the caller's homes. An empty range gives an empty list, not 404.", body = Telemetry,
          examples(
             ("raw" = (summary = "Raw points", value = json!({"device_id": "thermo-1", "metric": "temperature",
                 "from": "2025-11-24T10:00:00.000Z", "to": "2025-11-24T11:00:00.000Z", "limit": 1000, "truncated": false,
@@ -231,6 +247,7 @@ pub async fn home_latest(
     )
 )]
 pub async fn device_telemetry(
+    caller: Caller,
     State(state): State<QueryState>,
     path: Result<Path<String>, PathRejection>,
     query: Result<Query<TelemetryParams>, QueryRejection>,
@@ -238,6 +255,7 @@ pub async fn device_telemetry(
     let device = params::device_id(&path_value(path, "device_id")?)?;
     let Query(query) = query.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
     let request = params::range_request(&query, warmhouse_service_kit::now_ms(), state.max_points)?;
+    let scope = home_scope(&caller);
     match request {
         RangeRequest::Raw {
             metric,
@@ -253,6 +271,7 @@ pub async fn device_telemetry(
                     range,
                     limit: limit.saturating_add(1),
                 },
+                scope.as_deref(),
             )
             .await?;
             let mut rows = influxql::raw_rows(&results).map_err(shape_problem)?;
@@ -295,6 +314,7 @@ pub async fn device_telemetry(
                     agg,
                     every,
                 },
+                scope.as_deref(),
             )
             .await?;
             let rows = influxql::window_rows(&results).map_err(shape_problem)?;
@@ -331,10 +351,31 @@ fn path_value(path: Result<Path<String>, PathRejection>, name: &str) -> Result<S
         .map_err(|rejection| Problem::invalid_parameter(name, rejection.body_text()))
 }
 
-/// Runs a query, turning InfluxDB's failures into problems and keeping
-/// readiness in step with what queries see.
-async fn run(state: &QueryState, query: TelemetryQuery) -> Result<Vec<StatementResult>, Problem> {
-    let influxql = query.influxql();
+/// The homes whose readings the caller may see (`None`: all). Home ids
+/// that are not valid ids cannot name stored points and are dropped here,
+/// before anything reaches InfluxQL.
+fn home_scope(caller: &Caller) -> Option<Vec<HomeId>> {
+    caller.home_scope().map(|homes| {
+        homes
+            .iter()
+            .filter_map(|home| HomeId::new(home.as_str()).ok())
+            .collect()
+    })
+}
+
+/// Runs a query within `homes` (see [`home_scope`]), turning InfluxDB's
+/// failures into problems and keeping readiness in step with what queries
+/// see.
+async fn run(
+    state: &QueryState,
+    query: TelemetryQuery,
+    homes: Option<&[HomeId]>,
+) -> Result<Vec<StatementResult>, Problem> {
+    if homes.is_some_and(|homes| homes.is_empty()) {
+        // A token for no home sees nothing; InfluxDB need not be asked.
+        return Ok(Vec::new());
+    }
+    let influxql = query.influxql_within(homes);
     let started = Instant::now();
     let outcome = state.influx.query(&influxql).await;
     state
@@ -430,6 +471,15 @@ mod tests {
         }
         let json = serde_json::to_string(&doc).unwrap();
         assert!(json.contains("application/problem+json"));
+        let value = serde_json::to_value(&doc).unwrap();
+        assert_eq!(
+            value["components"]["securitySchemes"]["bearer"]["bearerFormat"],
+            "JWT"
+        );
+        let latest = &value["paths"]["/api/v1/homes/{home_id}/telemetry/latest"]["get"];
+        assert!(latest["security"].is_array(), "{latest}");
+        assert!(latest["responses"]["401"].is_object(), "{latest}");
+        assert!(value["paths"]["/healthz"]["get"].get("security").is_none());
     }
 
     #[test]

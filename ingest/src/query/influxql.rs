@@ -42,8 +42,18 @@ pub enum TelemetryQuery {
 }
 
 impl TelemetryQuery {
-    /// The InfluxQL statement, reading the `raw` retention policy.
+    /// The statement over every home (what an admin's query reads).
+    #[cfg(test)]
     pub fn influxql(&self) -> String {
+        self.influxql_within(None)
+    }
+
+    /// The InfluxQL statement, reading the `raw` retention policy, limited
+    /// to points reported from `homes` (`None`: every home). Points carry the home they were reported from, so a caller
+    /// sees a device's readings from its own homes and nothing of others.
+    /// `Some(&[])` matches nothing; callers skip the query instead.
+    pub fn influxql_within(&self, homes: Option<&[HomeId]>) -> String {
+        let scope = home_condition(homes);
         // `last(value), seq`: one selector plus a plain field returns the
         // selected point's own timestamp and seq (with two selectors,
         // InfluxDB 1.x would report time 0).
@@ -51,10 +61,12 @@ impl TelemetryQuery {
         const BY_SERIES: &str = r#"GROUP BY "device_id", "home_id", "device_type""#;
         match self {
             TelemetryQuery::LatestOfDevice(device) => format!(
-                r#"{LATEST} FROM "{RAW_RP}"./.*/ WHERE "device_id" = '{device}' {BY_SERIES}"#
+                r#"{LATEST} FROM "{RAW_RP}"./.*/ WHERE "device_id" = '{device}'{scope} {BY_SERIES}"#
             ),
             TelemetryQuery::LatestOfHome(home) => {
-                format!(r#"{LATEST} FROM "{RAW_RP}"./.*/ WHERE "home_id" = '{home}' {BY_SERIES}"#)
+                format!(
+                    r#"{LATEST} FROM "{RAW_RP}"./.*/ WHERE "home_id" = '{home}'{scope} {BY_SERIES}"#
+                )
             }
             TelemetryQuery::Raw {
                 device,
@@ -62,7 +74,7 @@ impl TelemetryQuery {
                 range,
                 limit,
             } => format!(
-                r#"SELECT "value", "seq" FROM {} WHERE "device_id" = '{device}' AND {} ORDER BY time ASC LIMIT {limit}"#,
+                r#"SELECT "value", "seq" FROM {} WHERE "device_id" = '{device}'{scope} AND {} ORDER BY time ASC LIMIT {limit}"#,
                 measurement(metric.as_ref()),
                 time_condition(*range)
             ),
@@ -73,12 +85,28 @@ impl TelemetryQuery {
                 agg,
                 every,
             } => format!(
-                r#"SELECT {}("value") AS "value" FROM {} WHERE "device_id" = '{device}' AND {} GROUP BY time({}) fill(none)"#,
+                r#"SELECT {}("value") AS "value" FROM {} WHERE "device_id" = '{device}'{scope} AND {} GROUP BY time({}) fill(none)"#,
                 agg.name(),
                 measurement(Some(metric)),
                 time_condition(*range),
                 every.literal()
             ),
+        }
+    }
+}
+
+/// ` AND ("home_id" = 'a' OR ...)`, or nothing for every home. Tag
+/// equality, not a regex, so InfluxDB answers from its series index.
+fn home_condition(homes: Option<&[HomeId]>) -> String {
+    match homes {
+        None => String::new(),
+        Some([]) => r#" AND "home_id" = '' AND "home_id" != ''"#.to_string(),
+        Some(homes) => {
+            let any: Vec<String> = homes
+                .iter()
+                .map(|home| format!(r#""home_id" = '{home}'"#))
+                .collect();
+            format!(" AND ({})", any.join(" OR "))
         }
     }
 }
@@ -267,6 +295,33 @@ mod tests {
             TelemetryQuery::LatestOfHome(HomeId::new("home_1").unwrap()).influxql(),
             r#"SELECT last("value") AS "value", "seq" FROM "raw"./.*/ WHERE "home_id" = 'home_1' GROUP BY "device_id", "home_id", "device_type""#
         );
+    }
+
+    #[test]
+    fn limits_queries_to_the_callers_homes() {
+        let homes = [
+            HomeId::new("home-a").unwrap(),
+            HomeId::new("home-b").unwrap(),
+        ];
+        assert_eq!(
+            TelemetryQuery::LatestOfDevice(device()).influxql_within(Some(&homes)),
+            r#"SELECT last("value") AS "value", "seq" FROM "raw"./.*/ WHERE "device_id" = 'dev-1' AND ("home_id" = 'home-a' OR "home_id" = 'home-b') GROUP BY "device_id", "home_id", "device_type""#
+        );
+        let raw = TelemetryQuery::Raw {
+            device: device(),
+            metric: None,
+            range: RANGE,
+            limit: 5,
+        };
+        assert_eq!(
+            raw.influxql_within(Some(&homes[..1])),
+            r#"SELECT "value", "seq" FROM "raw"./.*/ WHERE "device_id" = 'dev-1' AND ("home_id" = 'home-a') AND time >= 1763978400000000000 AND time < 1763982000000000000 ORDER BY time ASC LIMIT 5"#
+        );
+        assert_eq!(raw.influxql_within(None), raw.influxql());
+        // No home at all can match nothing, not everything.
+        assert!(raw
+            .influxql_within(Some(&[]))
+            .contains(r#""home_id" = '' AND "home_id" != ''"#));
     }
 
     #[test]

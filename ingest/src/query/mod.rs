@@ -8,6 +8,11 @@
 //! * `/docs` (Swagger UI), `/api-docs/openapi.json`, `/metrics`, `/healthz`,
 //!   `/readyz` (InfluxDB answers its ping).
 //!
+//! Every `/api/v1` endpoint needs a bearer token
+//! ([`warmhouse_service_kit::auth`]): a home's readings need the home in the
+//! token (else 403); a device's readings are those it reported from the
+//! caller's homes, so a device of another home looks like one without data.
+//!
 //! Times in and out are device milliseconds: a point's timestamp carries
 //! `seq % 1e6` in its sub-millisecond nanoseconds (see
 //! `warmhouse_contracts::points`), which the API strips again.
@@ -15,24 +20,23 @@
 mod api;
 mod influxql;
 mod params;
-mod problem;
 mod timefmt;
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
-use axum::extract::{MatchedPath, Request, State};
-use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::middleware;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Histogram, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
-use tokio::sync::watch;
+use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use tokio::task::JoinHandle;
 use utoipa_swagger_ui::SwaggerUi;
-use warmhouse_service_kit::Readiness;
+use warmhouse_service_kit::auth::{self, AuthConfig, Verifier};
+use warmhouse_service_kit::{
+    probe_readiness, stop_channel, stopped, track_request, HttpMetrics, Readiness,
+};
 
 use crate::influx::{InfluxClient, InfluxSettings};
 
@@ -41,7 +45,7 @@ pub use api::{
     Window,
 };
 pub use params::{Aggregate, TelemetryParams};
-pub use problem::Problem;
+pub use warmhouse_service_kit::Problem;
 
 /// Name of the readiness check `/readyz` reports.
 pub const READY_CHECK: &str = "influxdb";
@@ -85,10 +89,14 @@ pub struct QueryConfig {
         default_value_t = 2_000
     )]
     pub ready_interval_ms: u64,
+    /// How bearer tokens are verified.
+    #[command(flatten)]
+    pub auth: AuthConfig,
 }
 
 impl QueryConfig {
     /// Defaults with another InfluxDB and listen address (tests, embedding).
+    /// Set `auth` before starting: without a key the API refuses to start.
     pub fn new(listen: SocketAddr, influx_url: impl Into<String>) -> Self {
         Self {
             listen,
@@ -97,6 +105,7 @@ impl QueryConfig {
             max_points: 10_000,
             influx_timeout_ms: 10_000,
             ready_interval_ms: 2_000,
+            auth: AuthConfig::default(),
         }
     }
 }
@@ -104,8 +113,7 @@ impl QueryConfig {
 /// Prometheus metrics of the API.
 #[derive(Clone)]
 pub struct QueryMetrics {
-    requests: IntCounterVec,
-    request_seconds: HistogramVec,
+    http: HttpMetrics,
     influx_seconds: Histogram,
     influx_errors: IntCounterVec,
 }
@@ -114,26 +122,7 @@ impl QueryMetrics {
     fn register(registry: &Registry) -> anyhow::Result<Self> {
         use warmhouse_service_kit::register;
         Ok(Self {
-            requests: register(
-                registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "warmhouse_query_requests_total",
-                        "HTTP requests answered, by route and status",
-                    ),
-                    &["route", "status"],
-                )?,
-            )?,
-            request_seconds: register(
-                registry,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "warmhouse_query_request_duration_seconds",
-                        "Time to answer an HTTP request, by route",
-                    ),
-                    &["route"],
-                )?,
-            )?,
+            http: HttpMetrics::register(registry, "warmhouse_query")?,
             influx_seconds: register(
                 registry,
                 Histogram::with_opts(HistogramOpts::new(
@@ -163,11 +152,17 @@ pub struct QueryState {
     metrics: QueryMetrics,
     registry: Registry,
     readiness: Readiness,
+    verifier: Verifier,
 }
 
 impl QueryState {
     /// A state with its own Prometheus registry; InfluxDB is not contacted.
+    /// Fails without a token verification key.
     pub fn new(config: &QueryConfig) -> anyhow::Result<Self> {
+        let verifier = config
+            .auth
+            .verifier()
+            .context("configuring bearer-token verification")?;
         let mut settings = InfluxSettings::new(&config.influx_url, &config.influx_database);
         settings.timeout = Duration::from_millis(config.influx_timeout_ms);
         let registry = Registry::new();
@@ -180,6 +175,7 @@ impl QueryState {
             metrics: QueryMetrics::register(&registry)?,
             registry,
             readiness,
+            verifier,
         })
     }
 
@@ -208,8 +204,14 @@ pub fn router(state: QueryState) -> Router {
             "/api/v1/devices/{device_id}/telemetry",
             get(api::device_telemetry),
         )
+        // The layer added last runs first: metrics wrap authenticate, so
+        // refused requests (401) are counted too.
         .route_layer(middleware::from_fn_with_state(
-            state.metrics.clone(),
+            state.verifier.clone(),
+            auth::authenticate,
+        ))
+        .route_layer(middleware::from_fn_with_state(
+            state.metrics.http.clone(),
             track_request,
         ))
         .with_state(state.clone());
@@ -226,31 +228,6 @@ pub fn router(state: QueryState) -> Router {
 /// The OpenAPI document served at `/api-docs/openapi.json`.
 pub fn openapi() -> utoipa::openapi::OpenApi {
     api::openapi()
-}
-
-/// Counts and times requests per route template, so the label set stays
-/// bounded whatever ids clients send.
-async fn track_request(
-    State(metrics): State<QueryMetrics>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".into());
-    let started = Instant::now();
-    let response = next.run(request).await;
-    metrics
-        .requests
-        .with_label_values(&[route.as_str(), response.status().as_str()])
-        .inc();
-    metrics
-        .request_seconds
-        .with_label_values(&[route.as_str()])
-        .observe(started.elapsed().as_secs_f64());
-    response
 }
 
 /// A running query API.
@@ -280,15 +257,18 @@ pub async fn start(
     // Know readiness before the first /readyz, instead of one interval later.
     state.readiness.set(READY_CHECK, state.influx.ping().await);
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    tokio::spawn(watch_influx(
-        state.clone(),
+    let stop_rx = stop_channel(shutdown);
+    let influx = state.influx.clone();
+    tokio::spawn(probe_readiness(
+        state.readiness.clone(),
+        READY_CHECK,
+        "InfluxDB",
         Duration::from_millis(config.ready_interval_ms.max(100)),
         stop_rx.clone(),
+        move || {
+            let influx = influx.clone();
+            async move { influx.ping().await }
+        },
     ));
     let (addr, server) =
         warmhouse_service_kit::serve(config.listen, router(state.clone()), stopped(stop_rx))
@@ -299,29 +279,4 @@ pub async fn start(
         state,
         server,
     })
-}
-
-/// Pings InfluxDB every `interval` to keep `/readyz` current.
-async fn watch_influx(state: QueryState, interval: Duration, stop: watch::Receiver<bool>) {
-    let stop = stopped(stop);
-    tokio::pin!(stop);
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                let up = state.influx.ping().await;
-                if up != state.readiness.is_ready() {
-                    tracing::info!(up, "InfluxDB reachability changed");
-                }
-                state.readiness.set(READY_CHECK, up);
-            }
-            _ = &mut stop => return,
-        }
-    }
-}
-
-/// Resolves once shutdown was asked for (or its sender is gone).
-async fn stopped(mut stop: watch::Receiver<bool>) {
-    let _ = stop.wait_for(|stopped| *stopped).await;
 }

@@ -6,8 +6,8 @@ use serde::{Deserialize, Serialize};
 use utoipa::{IntoParams, ToSchema};
 use warmhouse_contracts::ids::{DeviceId, HomeId, MetricName};
 
-use super::problem::Problem;
 use super::timefmt::{format_ms, parse_rfc3339_ms, MAX_MS};
+use warmhouse_service_kit::Problem;
 
 /// Range used when the client gives neither `from` nor `to`.
 pub const DEFAULT_RANGE_MS: i64 = 3_600_000;

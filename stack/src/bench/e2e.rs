@@ -231,7 +231,9 @@ async fn drive(stack: &Stack, dir: &Path, options: &E2eOptions) -> anyhow::Resul
     // One reading through the idle pipeline first, so Kafka producer and
     // consumer group, InfluxDB database and query API are all up before the
     // clock starts; its latency is the cold-start figure.
+    // The probes read as an admin: their devices belong to no real home.
     let warm_up = warm_up(
+        stack.api_client_builder()?,
         stack.mqtt_port(),
         &stack.query_url(),
         &format!("warmup-{run_id}"),
@@ -240,8 +242,15 @@ async fn drive(stack: &Stack, dir: &Path, options: &E2eOptions) -> anyhow::Resul
     let probe_device = format!("probe-{run_id}");
     let probe_connection = Connected::connect(stack.mqtt_port(), &probe_device).await;
     let load_end = Instant::now() + Duration::from_secs(duration_secs);
+    let probe_http = stack.api_client_builder()?;
     let probe = probe_connection.map(|connection| {
-        tokio::spawn(probe(connection, stack.query_url(), probe_device, load_end))
+        tokio::spawn(probe(
+            connection,
+            probe_http,
+            stack.query_url(),
+            probe_device,
+            load_end,
+        ))
     });
     let perf = if options.perf {
         // Profile the middle of the load, not the start-up.
@@ -509,8 +518,13 @@ impl Connected {
 /// Publishes two readings on `device`, one after the other, each time
 /// waiting until the query API returns it: the first goes through the
 /// pipeline just after it started (cold), the second through a warm one.
-async fn warm_up(mqtt_port: u16, query_url: &str, device: &str) -> anyhow::Result<WarmUp> {
-    let http = reqwest::Client::builder()
+async fn warm_up(
+    http: reqwest::ClientBuilder,
+    mqtt_port: u16,
+    query_url: &str,
+    device: &str,
+) -> anyhow::Result<WarmUp> {
+    let http = http
         .timeout(Duration::from_secs(2))
         .build()
         .context("HTTP client")?;
@@ -573,15 +587,13 @@ pub struct WarmUp {
 /// timed from just before the publish until the query API returns its seq.
 async fn probe(
     connection: Connected,
+    http: reqwest::ClientBuilder,
     query_url: String,
     device: String,
     load_end: Instant,
 ) -> Latency {
     let mut latency = Latency::default();
-    let http = match reqwest::Client::builder()
-        .timeout(Duration::from_secs(2))
-        .build()
-    {
+    let http = match http.timeout(Duration::from_secs(2)).build() {
         Ok(http) => http,
         Err(err) => {
             latency.first_error = Some(format!("HTTP client: {err}"));

@@ -12,6 +12,7 @@
 //! goes on with the next one.
 
 mod brokers;
+mod commands;
 mod cpu;
 mod e2e;
 mod influx;
@@ -37,8 +38,13 @@ pub struct Args {
     /// Also write the report (Markdown) to this file.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Phases to run, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "influx,brokers,e2e")]
+    /// Phases to run, comma separated. With `--out` pointing at an existing
+    /// report and only `commands`, just that section of the report is replaced.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "influx,brokers,e2e,commands"
+    )]
     pub phases: Vec<Phase>,
 
     /// Concurrent writers of the InfluxDB ceiling.
@@ -76,6 +82,15 @@ pub struct Args {
     /// The ingest writer's batch size end to end.
     #[arg(long, default_value_t = 20_000)]
     pub e2e_batch_points: usize,
+    /// Homes (4 devices each, one thermostat) in the command phase.
+    #[arg(long, default_value_t = 50)]
+    pub command_homes: u32,
+    /// Telemetry interval of those devices (the load meanwhile), ms.
+    #[arg(long, default_value_t = 100)]
+    pub command_interval_ms: u64,
+    /// Commands a second in the command phase.
+    #[arg(long, default_value_t = 50)]
+    pub command_rate: u32,
     /// Skip the `perf record` profile of the bench process.
     #[arg(long)]
     pub no_perf: bool,
@@ -86,6 +101,7 @@ pub enum Phase {
     Influx,
     Brokers,
     E2e,
+    Commands,
 }
 
 /// What the run measured; a failed phase keeps its error.
@@ -103,6 +119,10 @@ pub struct Results {
     pub e2e_options: e2e::E2eOptions,
     /// Phase 3 again at higher loads.
     pub e2e_more: Vec<(e2e::E2eOptions, anyhow::Result<e2e::E2eResult>)>,
+    pub commands: Option<(
+        commands::CommandOptions,
+        anyhow::Result<commands::CommandResult>,
+    )>,
 }
 
 pub fn main() -> ExitCode {
@@ -179,6 +199,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         e2e: None,
         e2e_options: e2e_options.clone(),
         e2e_more: Vec::new(),
+        commands: None,
     };
     // Generous outer limits: every wait inside has its own deadline.
     let phase_limit = duration * 3 + Duration::from_secs(300);
@@ -262,8 +283,37 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
+    if args.phases.contains(&Phase::Commands) {
+        let options = commands::CommandOptions {
+            duration,
+            homes: args.command_homes,
+            interval_ms: args.command_interval_ms,
+            rate: args.command_rate,
+        };
+        eprintln!(
+            "== phase 5: command round trip, {}/s to {} thermostats ({duration:?})",
+            options.rate, options.homes
+        );
+        let t = Instant::now();
+        let result = limit(
+            phase_limit,
+            commands::run(&dir.path().join("commands"), &options),
+        )
+        .await;
+        log_outcome(&result, t);
+        results.commands = Some((options, result));
+    }
+
     results.total = started.elapsed();
-    let markdown = report::render(&results);
+    let only_commands = args.phases == [Phase::Commands];
+    let existing = args
+        .out
+        .as_ref()
+        .and_then(|out| std::fs::read_to_string(out).ok());
+    let markdown = match existing {
+        Some(existing) if only_commands => report::splice_commands(&existing, &results),
+        _ => report::render(&results),
+    };
     println!("{markdown}");
     if let Some(out) = &args.out {
         std::fs::write(out, &markdown).with_context(|| format!("writing {}", out.display()))?;

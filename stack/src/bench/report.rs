@@ -432,8 +432,92 @@ pub fn render(results: &Results) -> String {
     render_ceiling(&mut md, results);
     render_brokers(&mut md, results);
     render_e2e(&mut md, results, ceiling);
+    render_commands(&mut md, results);
     render_limits(&mut md, results, ceiling);
     md
+}
+
+const COMMANDS_HEADING: &str = "## 5. Command round trip";
+
+/// `existing` with its command section replaced by this run's (or added
+/// before "What limits us"); the other sections keep their figures.
+pub fn splice_commands(existing: &str, results: &Results) -> String {
+    let mut section = String::new();
+    render_commands(&mut section, results);
+    let start = existing.find(COMMANDS_HEADING);
+    let (before, after) = match start {
+        Some(start) => {
+            let rest = &existing[start + COMMANDS_HEADING.len()..];
+            let end = rest
+                .find("\n## ")
+                .map_or(existing.len(), |i| start + COMMANDS_HEADING.len() + i + 1);
+            (&existing[..start], &existing[end..])
+        }
+        None => match existing.find("## What limits us") {
+            Some(at) => (&existing[..at], &existing[at..]),
+            None => (existing, ""),
+        },
+    };
+    format!("{before}{section}{after}")
+}
+
+fn render_commands(md: &mut String, results: &Results) {
+    let Some((options, result)) = &results.commands else {
+        return;
+    };
+    let _ = writeln!(md, "{COMMANDS_HEADING}\n");
+    let _ = writeln!(
+        md,
+        "REST in, device ack visible through REST: `POST /api/v1/devices/{{id}}/commands`, then \
+         `GET` of the command every 2 ms until it is `acked`. The path is registry → outbox → \
+         tansu → edge bridge → our broker → simulated thermostat → ack → bridge → tansu → \
+         registry. Meanwhile {} homes of 4 simulated devices publish telemetry every {} ms \
+         (the load). Target (DESIGN.md): p99 under 50 ms.\n",
+        options.homes, options.interval_ms
+    );
+    let _ = writeln!(
+        md,
+        "Run {}, commit {}, {} x {}:\n\n```sh\n{}\n```\n",
+        results.started_utc,
+        results.machine.commit,
+        results.machine.cores,
+        results.machine.cpu,
+        results.command
+    );
+    match result {
+        Err(err) => {
+            let _ = writeln!(md, "Failed: {}\n", one_line(err));
+        }
+        Ok(r) => {
+            let ms = |q: f64| {
+                r.p(q)
+                    .map_or_else(|| "-".to_string(), |v| format!("{v:.1} ms"))
+            };
+            let _ = writeln!(md, "| | |\n|---|---|");
+            let _ = writeln!(
+                md,
+                "| commands sent | {} ({}/s for {}) |",
+                r.sent,
+                options.rate,
+                secs(options.duration)
+            );
+            let _ = writeln!(md, "| acked | {} |", r.acked);
+            let _ = writeln!(md, "| not acked | {} |", r.not_acked);
+            let _ = writeln!(md, "| p50 | {} |", ms(50.0));
+            let _ = writeln!(md, "| p90 | {} |", ms(90.0));
+            let _ = writeln!(md, "| p99 | {} |", ms(99.0));
+            let _ = writeln!(md, "| max | {} |", ms(100.0));
+            let _ = writeln!(
+                md,
+                "| telemetry meanwhile | {} readings/s from {} devices |\n",
+                thousands(r.readings_per_sec),
+                r.devices
+            );
+            if let Some(problem) = &r.first_problem {
+                let _ = writeln!(md, "First problem: {problem}\n");
+            }
+        }
+    }
 }
 
 fn render_ceiling(md: &mut String, results: &Results) {

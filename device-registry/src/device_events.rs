@@ -1,0 +1,137 @@
+//! Consumes `device-events` (what the bridge heard from devices) and hands
+//! each event to its owner: command acks and delivery receipts to the
+//! command state machine (write side, [`crate::commands`]); reported state
+//! and presence to the read model ([`crate::read_model`]). The offset is
+//! stored only after PostgreSQL has the result, so a crash replays events;
+//! every handler is idempotent.
+
+use std::time::Duration;
+
+use rdkafka::consumer::{Consumer, StreamConsumer};
+use rdkafka::Message;
+use sqlx::PgPool;
+use tokio::sync::watch;
+use warmhouse_contracts::kafka::{DeviceEvent, DeviceEventKind};
+
+use crate::kafka::{KafkaSettings, Topics};
+use crate::messaging::MessagingMetrics;
+use crate::{commands, read_model};
+
+pub async fn run(
+    pool: PgPool,
+    kafka: KafkaSettings,
+    topics: Topics,
+    metrics: MessagingMetrics,
+    mut stop: watch::Receiver<bool>,
+) {
+    let consumer = match kafka.consumer() {
+        Ok(consumer) => consumer,
+        Err(err) => {
+            tracing::error!(error = %format!("{err:#}"), "cannot create the device-events consumer");
+            return;
+        }
+    };
+    if let Err(err) = consumer.subscribe(&[topics.device_events.as_str()]) {
+        tracing::error!(%err, "cannot subscribe to device-events");
+        return;
+    }
+    loop {
+        let message = tokio::select! {
+            message = consumer.recv() => message,
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        let message = match message {
+            Ok(message) => message,
+            Err(err) => {
+                tracing::warn!(%err, "device-events consumer error");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+        };
+        let event = match DeviceEvent::decode(message.payload().unwrap_or_default()) {
+            Ok(event) => Some(event),
+            Err(err) => {
+                metrics
+                    .device_events
+                    .with_label_values(&["undecodable"])
+                    .inc();
+                tracing::warn!(%err, offset = message.offset(), "skipping an undecodable device event");
+                None
+            }
+        };
+        if let Some(event) = event {
+            // Retry until PostgreSQL takes it: skipping would lose an ack.
+            let mut backoff = Duration::from_millis(100);
+            while let Err(err) = apply(&pool, &topics, &metrics, &event).await {
+                tracing::warn!(error = %err, "cannot apply a device event; retrying in {backoff:?}");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = stop.wait_for(|s| *s) => return close(consumer),
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(5));
+            }
+        }
+        if let Err(err) = consumer.store_offset_from_message(&message) {
+            tracing::warn!(%err, "cannot store a device-events offset");
+        }
+    }
+    close(consumer);
+}
+
+/// librdkafka's close can block on a gone broker; never on a runtime worker.
+fn close(consumer: StreamConsumer) {
+    std::thread::spawn(move || drop(consumer));
+}
+
+async fn apply(
+    pool: &PgPool,
+    topics: &Topics,
+    metrics: &MessagingMetrics,
+    event: &DeviceEvent,
+) -> Result<(), String> {
+    let device = event.device_id.as_str();
+    let at = event.received_at_ms;
+    let label = match &event.event {
+        DeviceEventKind::CommandAck { ack } => {
+            commands::record_ack(pool, topics, device, ack)
+                .await
+                .map_err(|p| p.detail)?;
+            read_model::touch(pool, device, at)
+                .await
+                .map_err(|e| e.to_string())?;
+            "command_ack"
+        }
+        DeviceEventKind::CommandDelivered { command_id } => {
+            commands::mark_delivered(pool, topics, device, command_id)
+                .await
+                .map_err(|p| p.detail)?;
+            "command_delivered"
+        }
+        DeviceEventKind::State { state } => {
+            read_model::apply_reported(pool, device, state, at)
+                .await
+                .map_err(|e| e.to_string())?;
+            "state"
+        }
+        DeviceEventKind::Status { status } => {
+            let came_online = read_model::apply_presence(pool, device, status, at)
+                .await
+                .map_err(|e| e.to_string())?;
+            if came_online {
+                let resent = commands::redeliver_open(pool, topics, device)
+                    .await
+                    .map_err(|p| p.detail)?;
+                if resent > 0 {
+                    tracing::info!(
+                        device,
+                        resent,
+                        "device back online: open commands published again"
+                    );
+                }
+            }
+            "status"
+        }
+    };
+    metrics.device_events.with_label_values(&[label]).inc();
+    Ok(())
+}

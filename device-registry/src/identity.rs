@@ -1,0 +1,552 @@
+//! Device identity (docs/adr/0010-device-identity.md): the registry issues
+//! each device its credentials and tells the broker, at every connect,
+//! whether the device may connect.
+//!
+//! * `POST /api/v1/devices/{id}/credentials` with `{"kind":"certificate"}`
+//!   or `{"kind":"password"}`: a client certificate signed by the platform
+//!   CA (subject `O = CN = device id`) with its private key and the CA
+//!   certificate, or a random password. The secret is in this answer only:
+//!   the registry keeps the certificate's SHA-256 or the password's Argon2id
+//!   hash. Issuing again replaces the device's current credential of that
+//!   kind (rotation: the old one stops working).
+//! * `POST /internal/v1/device-access` (administrators: the broker): the
+//!   question the broker asks on every device connect
+//!   ([`warmhouse_device_identity::access`]). Unknown, disabled or deleted
+//!   devices, wrong passwords and certificates that are not a current
+//!   credential are refused.
+//!
+//! [`issue_credentials`] and [`revoke_credentials`] take a connection (or a
+//! transaction), so the onboarding saga can issue inside its own
+//! transaction and revoke as its compensation.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use axum::extract::rejection::{JsonRejection, PathRejection};
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::post;
+use axum::{Json, Router};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use sqlx::{PgConnection, PgPool, Row};
+use utoipa::{OpenApi, ToSchema};
+use warmhouse_contracts::ids::DeviceId;
+use warmhouse_device_identity::access::{AccessDecision, AccessRequest, DEVICE_ACCESS_PATH};
+use warmhouse_device_identity::{password, PlatformCa};
+use warmhouse_service_kit::auth::Caller;
+
+use crate::model::DeviceStatus;
+use crate::problem::Problem;
+use crate::store::db_problem;
+use crate::RegistryState;
+
+/// Default lifetime of an issued device certificate, in days.
+pub const DEFAULT_CERT_DAYS: u64 = 365;
+
+/// What the registry needs to issue credentials.
+pub struct Identity {
+    ca: Option<PlatformCa>,
+    cert_validity: Duration,
+}
+
+impl Identity {
+    /// Loads the platform CA when both paths are given. Without a CA the
+    /// registry still issues passwords; certificate requests answer 503.
+    pub fn load(
+        ca_cert: Option<&std::path::Path>,
+        ca_key: Option<&std::path::Path>,
+        cert_days: u64,
+    ) -> anyhow::Result<Self> {
+        let ca = match (ca_cert, ca_key) {
+            (Some(cert), Some(key)) => Some(PlatformCa::load(cert, key)?),
+            (None, None) => None,
+            _ => anyhow::bail!(
+                "set both WARMHOUSE_REGISTRY_CA_CERT and WARMHOUSE_REGISTRY_CA_KEY, or neither"
+            ),
+        };
+        if cert_days == 0 {
+            anyhow::bail!("device certificates must be valid for at least one day");
+        }
+        Ok(Self {
+            ca,
+            cert_validity: Duration::from_secs(cert_days.saturating_mul(24 * 3600)),
+        })
+    }
+
+    /// An identity with this CA (tests, embedding).
+    pub fn with_ca(ca: PlatformCa, cert_validity: Duration) -> Self {
+        Self {
+            ca: Some(ca),
+            cert_validity,
+        }
+    }
+
+    /// The platform CA certificate (PEM), when configured.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.ca.as_ref().map(PlatformCa::cert_pem)
+    }
+}
+
+/// Command-line / environment settings of device identity (flattened into
+/// the registry's configuration).
+#[derive(clap::Args, Debug, Clone)]
+pub struct IdentityConfig {
+    /// Platform CA certificate (PEM file) that signs device certificates.
+    #[arg(long, env = "WARMHOUSE_REGISTRY_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Platform CA private key (PEM file). Without the CA, only password
+    /// credentials can be issued.
+    #[arg(long, env = "WARMHOUSE_REGISTRY_CA_KEY")]
+    pub ca_key: Option<PathBuf>,
+    /// Lifetime of issued device certificates, in days.
+    #[arg(long, env = "WARMHOUSE_REGISTRY_DEVICE_CERT_DAYS", default_value_t = DEFAULT_CERT_DAYS)]
+    pub device_cert_days: u64,
+}
+
+impl Default for IdentityConfig {
+    /// No CA (passwords only), certificates valid for a year.
+    fn default() -> Self {
+        Self {
+            ca_cert: None,
+            ca_key: None,
+            device_cert_days: DEFAULT_CERT_DAYS,
+        }
+    }
+}
+
+impl IdentityConfig {
+    pub fn load(&self) -> anyhow::Result<Arc<Identity>> {
+        Identity::load(
+            self.ca_cert.as_deref(),
+            self.ca_key.as_deref(),
+            self.device_cert_days,
+        )
+        .map(Arc::new)
+        .context("loading the platform CA")
+    }
+}
+
+/// Which credential to issue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum CredentialKind {
+    /// A TLS client certificate for the broker's mTLS listener.
+    Certificate,
+    /// A username (the device id) and password for the plain listeners, for
+    /// devices that cannot do TLS.
+    Password,
+}
+
+impl CredentialKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            CredentialKind::Certificate => "certificate",
+            CredentialKind::Password => "password",
+        }
+    }
+}
+
+/// Body of `POST /api/v1/devices/{id}/credentials`.
+#[derive(Debug, Clone, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialRequest {
+    pub kind: CredentialKind,
+}
+
+/// Freshly issued credentials. The secret (private key or password) is in
+/// this answer only.
+#[derive(Clone, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum IssuedCredentials {
+    Certificate {
+        device_id: String,
+        /// Client certificate (PEM), subject `O = CN = device id`.
+        certificate_pem: String,
+        /// Its private key (PEM, PKCS#8, ECDSA P-256).
+        private_key_pem: String,
+        /// The platform CA (PEM): the broker's server certificate chains to it.
+        ca_pem: String,
+        /// SHA-256 of the certificate (DER), lowercase hex.
+        certificate_sha256: String,
+        not_after: DateTime<Utc>,
+    },
+    Password {
+        device_id: String,
+        /// MQTT username: the device id.
+        username: String,
+        /// MQTT password (43 characters, base64url of 32 random bytes).
+        password: String,
+    },
+}
+
+/// Secrets stay out of logs and panics.
+impl std::fmt::Debug for IssuedCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            IssuedCredentials::Certificate {
+                device_id,
+                certificate_sha256,
+                ..
+            } => f
+                .debug_struct("Certificate")
+                .field("device_id", device_id)
+                .field("certificate_sha256", certificate_sha256)
+                .finish_non_exhaustive(),
+            IssuedCredentials::Password { device_id, .. } => f
+                .debug_struct("Password")
+                .field("device_id", device_id)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Issues `kind` credentials to `device_id` on `conn` (a transaction of the
+/// caller's, or a plain connection), replacing its current credential of
+/// that kind. The device row is locked until the caller's transaction ends,
+/// so two concurrent issuances cannot both stay current. 404 for an unknown
+/// device, 409 for a disabled one, 503 for a certificate without a CA.
+pub async fn issue_credentials(
+    conn: &mut PgConnection,
+    identity: &Identity,
+    device_id: &str,
+    kind: CredentialKind,
+) -> Result<IssuedCredentials, Problem> {
+    let device = DeviceId::new(device_id)
+        .map_err(|err| Problem::invalid_parameter("id", err.to_string()))?;
+    // Prepare the secret before touching the database: hashing and key
+    // generation are CPU work that should not hold a row lock.
+    let prepared = match kind {
+        CredentialKind::Password => {
+            let secret = password::generate();
+            let to_hash = secret.clone();
+            let hash = tokio::task::spawn_blocking(move || password::hash(&to_hash))
+                .await
+                .map_err(|err| internal("hashing task failed", err))?
+                .map_err(|err| internal("hashing a password", err))?;
+            Prepared::Password { secret, hash }
+        }
+        CredentialKind::Certificate => {
+            let ca = identity.ca.as_ref().ok_or_else(|| {
+                Problem::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "no-certificate-authority",
+                    "No certificate authority",
+                    "this registry has no platform CA (WARMHOUSE_REGISTRY_CA_CERT and \
+                     WARMHOUSE_REGISTRY_CA_KEY); issue a password instead",
+                )
+            })?;
+            let issued = ca
+                .issue_device_certificate(&device, identity.cert_validity)
+                .map_err(|err| internal("issuing a device certificate", err))?;
+            let not_after = DateTime::<Utc>::from_timestamp(issued.not_after.unix_timestamp(), 0)
+                .ok_or_else(|| internal("certificate end date", "out of range"))?;
+            Prepared::Certificate {
+                ca_pem: ca.cert_pem().to_string(),
+                issued,
+                not_after,
+            }
+        }
+    };
+
+    let status: Option<String> = sqlx::query("SELECT status FROM devices WHERE id = $1 FOR UPDATE")
+        .bind(device_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(|e| db_problem(e, "device"))?
+        .map(|row| row.get("status"));
+    match status.as_deref().and_then(DeviceStatus::parse) {
+        None => return Err(Problem::not_found(format!("no device {device_id:?}"))),
+        Some(DeviceStatus::Disabled) => {
+            return Err(Problem::conflict(format!(
+                "device {device_id:?} is disabled; enable it before issuing credentials"
+            )))
+        }
+        Some(_) => {}
+    }
+    sqlx::query(
+        "UPDATE device_credentials SET revoked_at = now() \
+         WHERE device_id = $1 AND kind = $2 AND revoked_at IS NULL",
+    )
+    .bind(device_id)
+    .bind(kind.as_str())
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| db_problem(e, "credential"))?;
+    let (sha256, hash, not_after) = match &prepared {
+        Prepared::Password { hash, .. } => (None, Some(hash.as_str()), None),
+        Prepared::Certificate {
+            issued, not_after, ..
+        } => (Some(issued.sha256.as_str()), None, Some(*not_after)),
+    };
+    sqlx::query(
+        "INSERT INTO device_credentials (device_id, kind, certificate_sha256, password_hash, not_after) \
+         VALUES ($1, $2, $3, $4, $5)",
+    )
+    .bind(device_id)
+    .bind(kind.as_str())
+    .bind(sha256)
+    .bind(hash)
+    .bind(not_after)
+    .execute(&mut *conn)
+    .await
+    .map_err(|e| db_problem(e, "credential"))?;
+    tracing::info!(device_id, kind = kind.as_str(), "device credentials issued");
+
+    Ok(match prepared {
+        Prepared::Password { secret, .. } => IssuedCredentials::Password {
+            device_id: device_id.to_string(),
+            username: device_id.to_string(),
+            password: secret,
+        },
+        Prepared::Certificate {
+            ca_pem,
+            issued,
+            not_after,
+        } => IssuedCredentials::Certificate {
+            device_id: device_id.to_string(),
+            certificate_pem: issued.cert_pem,
+            private_key_pem: issued.key_pem,
+            ca_pem,
+            certificate_sha256: issued.sha256,
+            not_after,
+        },
+    })
+}
+
+enum Prepared {
+    Password {
+        secret: String,
+        hash: String,
+    },
+    Certificate {
+        ca_pem: String,
+        issued: warmhouse_device_identity::IssuedCertificate,
+        not_after: DateTime<Utc>,
+    },
+}
+
+/// Revokes every current credential of `device_id` (the onboarding saga's
+/// compensation); returns how many. The broker refuses the device's next
+/// connect; a live connection stays until then unless the device is also
+/// disabled or deleted (whose events make the broker drop it).
+pub async fn revoke_credentials(conn: &mut PgConnection, device_id: &str) -> Result<u64, Problem> {
+    let done = sqlx::query(
+        "UPDATE device_credentials SET revoked_at = now() \
+         WHERE device_id = $1 AND revoked_at IS NULL",
+    )
+    .bind(device_id)
+    .execute(conn)
+    .await
+    .map_err(|e| db_problem(e, "credential"))?;
+    if done.rows_affected() > 0 {
+        tracing::info!(
+            device_id,
+            revoked = done.rows_affected(),
+            "device credentials revoked"
+        );
+    }
+    Ok(done.rows_affected())
+}
+
+/// Whether the device in `request` may connect now.
+pub async fn check_access(
+    pool: &PgPool,
+    request: &AccessRequest,
+) -> Result<AccessDecision, Problem> {
+    let device_id = request.device_id();
+    if DeviceId::new(device_id).is_err() {
+        return Ok(AccessDecision::refuse("not a valid device id"));
+    }
+    let status: Option<String> = sqlx::query("SELECT status FROM devices WHERE id = $1")
+        .bind(device_id)
+        .fetch_optional(pool)
+        .await
+        .map_err(|e| db_problem(e, "device"))?
+        .map(|row| row.get("status"));
+    match status.as_deref().and_then(DeviceStatus::parse) {
+        None => return Ok(AccessDecision::refuse("unknown device")),
+        Some(DeviceStatus::Disabled) => return Ok(AccessDecision::refuse("device is disabled")),
+        Some(_) => {}
+    }
+    match request {
+        AccessRequest::Password { password, .. } => {
+            let hash: Option<String> = sqlx::query(
+                "SELECT password_hash FROM device_credentials \
+                 WHERE device_id = $1 AND kind = 'password' AND revoked_at IS NULL",
+            )
+            .bind(device_id)
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| db_problem(e, "credential"))?
+            .map(|row| row.get("password_hash"));
+            let Some(hash) = hash else {
+                return Ok(AccessDecision::refuse("no password issued"));
+            };
+            let password = password.clone();
+            let matches = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
+                .await
+                .map_err(|err| internal("password check task failed", err))?
+                .map_err(|err| internal("checking a password", err))?;
+            Ok(if matches {
+                AccessDecision::allow()
+            } else {
+                AccessDecision::refuse("wrong password")
+            })
+        }
+        AccessRequest::Certificate {
+            certificate_sha256, ..
+        } => {
+            let current = sqlx::query(
+                "SELECT 1 FROM device_credentials WHERE device_id = $1 AND kind = 'certificate' \
+                 AND certificate_sha256 = $2 AND revoked_at IS NULL AND not_after > now()",
+            )
+            .bind(device_id)
+            .bind(certificate_sha256.to_ascii_lowercase())
+            .fetch_optional(pool)
+            .await
+            .map_err(|e| db_problem(e, "credential"))?
+            .is_some();
+            Ok(if current {
+                AccessDecision::allow()
+            } else {
+                AccessDecision::refuse("certificate is not a current credential of the device")
+            })
+        }
+    }
+}
+
+fn internal(what: &str, err: impl std::fmt::Display) -> Problem {
+    tracing::error!(error = %err, "{what}");
+    Problem::internal()
+}
+
+/// The routes of this module; they sit behind the registry's bearer-token
+/// layer like every `/api/v1` route.
+pub fn routes() -> Router<RegistryState> {
+    Router::new()
+        .route("/api/v1/devices/{id}/credentials", post(create_credentials))
+        .route(DEVICE_ACCESS_PATH, post(device_access))
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    paths(create_credentials, device_access),
+    components(schemas(CredentialRequest, CredentialKind, IssuedCredentials)),
+    tags(
+        (name = "identity", description = "Device credentials and the broker's access check")
+    )
+)]
+pub struct IdentityDoc;
+
+/// This module's OpenAPI paths, with `/internal/` marked as needing a
+/// bearer token too (the registry marks `/api/`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    let mut doc = IdentityDoc::openapi();
+    warmhouse_service_kit::auth::document_bearer_auth(&mut doc, "/internal/");
+    doc
+}
+
+#[utoipa::path(post, path = "/api/v1/devices/{id}/credentials", tag = "identity",
+    request_body = CredentialRequest,
+    params(("id" = String, Path, description = "Device id")),
+    responses(
+        (status = 201, description = "Issued; the secret is in this answer only. Replaces the device's current credential of this kind.", body = IssuedCredentials),
+        (status = 400, description = "Malformed JSON or id", body = Problem, content_type = "application/problem+json"),
+        (status = 404, description = "No such device (or not in the caller's homes)", body = Problem, content_type = "application/problem+json"),
+        (status = 409, description = "The device is disabled", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Unknown kind", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "No platform CA configured (certificates only), or PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn create_credentials(
+    caller: Caller,
+    State(state): State<RegistryState>,
+    id: Result<Path<String>, PathRejection>,
+    body: Result<Json<CredentialRequest>, JsonRejection>,
+) -> Result<Response, Problem> {
+    let Path(id) = id.map_err(|r| Problem::invalid_parameter("id", r.body_text()))?;
+    DeviceId::new(id.as_str()).map_err(|err| Problem::invalid_parameter("id", err.to_string()))?;
+    let Json(request) = body?;
+    // A device of a home outside the token is "not found", as elsewhere.
+    let device = crate::store::get_device(state.pool(), &id).await?;
+    if !caller.may_use_home(&device.home_id) {
+        return Err(Problem::not_found(format!("no device {id:?}")));
+    }
+    let mut tx = state
+        .pool()
+        .begin()
+        .await
+        .map_err(|e| db_problem(e, "credential"))?;
+    let issued = issue_credentials(&mut tx, state.identity(), &id, request.kind).await?;
+    tx.commit().await.map_err(|e| db_problem(e, "credential"))?;
+    let mut response = (StatusCode::CREATED, Json(issued)).into_response();
+    // Secrets: no cache may keep this answer.
+    response
+        .headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+#[utoipa::path(post, path = "/internal/v1/device-access", tag = "identity",
+    request_body(content = Object, description = "`{\"method\":\"password\",\"device_id\":..,\"password\":..}` or `{\"method\":\"certificate\",\"device_id\":..,\"certificate_sha256\":..}`"),
+    responses(
+        (status = 200, description = "`{\"allowed\":bool,\"reason\":string?}`; the broker refuses the connect unless allowed", body = Object),
+        (status = 403, description = "Not an administrator's token", body = Problem, content_type = "application/problem+json"),
+        (status = 422, description = "Malformed question", body = Problem, content_type = "application/problem+json"),
+        (status = 503, description = "PostgreSQL unavailable (the broker refuses the connect)", body = Problem, content_type = "application/problem+json"),
+    ))]
+pub async fn device_access(
+    caller: Caller,
+    State(state): State<RegistryState>,
+    body: Result<Json<AccessRequest>, JsonRejection>,
+) -> Result<Json<AccessDecision>, Problem> {
+    caller.require_admin()?;
+    let Json(request) = body?;
+    if let AccessRequest::Password { password, .. } = &request {
+        if password.len() > password::MAX_PASSWORD_BYTES {
+            return Ok(Json(AccessDecision::refuse("wrong password")));
+        }
+    }
+    let decision = check_access(state.pool(), &request).await?;
+    tracing::debug!(
+        device_id = request.device_id(),
+        method = request.method(),
+        allowed = decision.allowed,
+        reason = decision.reason.as_deref().unwrap_or(""),
+        "device access decided"
+    );
+    Ok(Json(decision))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn issued_credentials_are_tagged_and_keep_secrets_out_of_debug() {
+        let issued = IssuedCredentials::Password {
+            device_id: "d".into(),
+            username: "d".into(),
+            password: "secret-password".into(),
+        };
+        let json = serde_json::to_value(&issued).unwrap();
+        assert_eq!(json["kind"], "password");
+        assert_eq!(json["password"], "secret-password");
+        assert!(!format!("{issued:?}").contains("secret-password"));
+        let request: CredentialRequest = serde_json::from_str(r#"{"kind":"certificate"}"#).unwrap();
+        assert_eq!(request.kind, CredentialKind::Certificate);
+        assert!(serde_json::from_str::<CredentialRequest>(r#"{"kind":"token"}"#).is_err());
+    }
+
+    #[test]
+    fn the_ca_is_all_or_nothing() {
+        let path = std::path::Path::new("/nonexistent");
+        assert!(Identity::load(Some(path), None, 1).is_err());
+        let none = Identity::load(None, None, 1).unwrap();
+        assert!(none.ca_pem().is_none());
+        assert!(Identity::load(None, None, 0).is_err());
+    }
+}

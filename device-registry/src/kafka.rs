@@ -1,0 +1,67 @@
+//! Kafka clients of the registry: the outbox relay's producer and the
+//! `device-events` consumer.
+
+use anyhow::Context;
+use rdkafka::consumer::StreamConsumer;
+use rdkafka::producer::FutureProducer;
+use rdkafka::ClientConfig;
+use warmhouse_contracts::kafka::topics;
+
+/// Topic names (each overridable by the operator).
+#[derive(Debug, Clone)]
+pub struct Topics {
+    pub device_commands: String,
+    pub device_events: String,
+    pub registry_events: String,
+}
+
+impl Default for Topics {
+    fn default() -> Self {
+        Self {
+            device_commands: topics::DEVICE_COMMANDS.into(),
+            device_events: topics::DEVICE_EVENTS.into(),
+            registry_events: topics::REGISTRY_EVENTS.into(),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct KafkaSettings {
+    pub bootstrap: String,
+    pub group_id: String,
+}
+
+impl KafkaSettings {
+    /// Not idempotent on purpose: an idempotent producer that lived through
+    /// a broker restart can be refused forever (see the edge bridge's
+    /// kafka.rs). One request in flight keeps each key in order through
+    /// retries; duplicates after a crash are absorbed by the consumers.
+    pub fn producer(&self) -> anyhow::Result<FutureProducer> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("acks", "all")
+            .set("enable.idempotence", "false")
+            .set("max.in.flight.requests.per.connection", "1")
+            .set("linger.ms", "0")
+            .set("message.timeout.ms", "10000")
+            .set("reconnect.backoff.max.ms", "1000")
+            .create()
+            .context("creating the outbox Kafka producer")
+    }
+
+    /// Offsets are stored by hand once an event is applied to PostgreSQL.
+    pub fn consumer(&self) -> anyhow::Result<StreamConsumer> {
+        ClientConfig::new()
+            .set("bootstrap.servers", &self.bootstrap)
+            .set("group.id", &self.group_id)
+            .set("enable.auto.commit", "true")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.commit.interval.ms", "500")
+            .set("auto.offset.reset", "earliest")
+            // Command round trips wait on this consumer: keep fetches short.
+            .set("fetch.wait.max.ms", "5")
+            .set("reconnect.backoff.max.ms", "1000")
+            .create()
+            .context("creating the device-events Kafka consumer")
+    }
+}

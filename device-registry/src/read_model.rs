@@ -1,0 +1,185 @@
+//! The query side of device state: what each device last reported and
+//! whether it is online, projected from `device-events` into
+//! `device_views`. Nothing here is written by a REST request; see
+//! docs/adr/0011-cqrs-device-state.md.
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use sqlx::{PgPool, Row};
+use utoipa::ToSchema;
+use warmhouse_contracts::commands::delta;
+use warmhouse_contracts::device::{ReportedState, StatusMessage};
+
+use crate::problem::Problem;
+
+/// A device's shadow and presence, as `GET /api/v1/devices/{id}` shows it.
+#[derive(Debug, Clone, Serialize, ToSchema)]
+pub struct DeviceState {
+    /// What the platform asked for (set by commands).
+    #[schema(value_type = Object)]
+    pub desired: Map<String, Value>,
+    /// Bumped by every change of `desired`.
+    pub desired_version: i64,
+    /// What the device last reported about itself.
+    #[schema(value_type = Object)]
+    pub reported: Map<String, Value>,
+    /// The device's own time of `reported`.
+    pub reported_at: Option<DateTime<Utc>>,
+    /// The desired keys the device does not report (yet).
+    #[schema(value_type = Object)]
+    pub delta: Map<String, Value>,
+    /// `online`, `offline`, or `unknown` before the device said anything.
+    pub presence: String,
+    pub presence_changed_at: Option<DateTime<Utc>>,
+    /// Last time any event of the device arrived.
+    pub last_seen_at: Option<DateTime<Utc>>,
+}
+
+impl DeviceState {
+    pub fn new(
+        desired: Map<String, Value>,
+        desired_version: i64,
+        view: Option<DeviceView>,
+    ) -> Self {
+        let view = view.unwrap_or_default();
+        Self {
+            delta: delta(&desired, &view.reported),
+            desired,
+            desired_version,
+            reported: view.reported,
+            reported_at: view.reported_at,
+            presence: match view.online {
+                Some(true) => "online",
+                Some(false) => "offline",
+                None => "unknown",
+            }
+            .into(),
+            presence_changed_at: view.presence_changed_at,
+            last_seen_at: view.last_seen_at,
+        }
+    }
+}
+
+/// One row of `device_views`.
+#[derive(Debug, Clone, Default)]
+pub struct DeviceView {
+    pub reported: Map<String, Value>,
+    pub reported_at: Option<DateTime<Utc>>,
+    pub online: Option<bool>,
+    pub presence_changed_at: Option<DateTime<Utc>>,
+    pub last_seen_at: Option<DateTime<Utc>>,
+}
+
+pub async fn view(pool: &PgPool, device_id: &str) -> Result<Option<DeviceView>, Problem> {
+    let row = sqlx::query(
+        "SELECT reported, reported_at, online, presence_changed_at, last_seen_at \
+         FROM device_views WHERE device_id = $1",
+    )
+    .bind(device_id)
+    .fetch_optional(pool)
+    .await
+    .map_err(db_problem)?;
+    let Some(row) = row else { return Ok(None) };
+    let reported: sqlx::types::Json<Map<String, Value>> =
+        row.try_get("reported").map_err(db_problem)?;
+    Ok(Some(DeviceView {
+        reported: reported.0,
+        reported_at: row.try_get("reported_at").map_err(db_problem)?,
+        online: row.try_get("online").map_err(db_problem)?,
+        presence_changed_at: row.try_get("presence_changed_at").map_err(db_problem)?,
+        last_seen_at: row.try_get("last_seen_at").map_err(db_problem)?,
+    }))
+}
+
+/// Applies a reported state; an older report than the stored one (events
+/// redelivered, or overtaken) changes nothing.
+pub async fn apply_reported(
+    pool: &PgPool,
+    device_id: &str,
+    state: &ReportedState,
+    received_at_ms: i64,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO device_views (device_id, reported, reported_at, last_seen_at) \
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (device_id) DO UPDATE SET \
+           reported = CASE WHEN device_views.reported_at IS NULL OR device_views.reported_at <= EXCLUDED.reported_at \
+                      THEN EXCLUDED.reported ELSE device_views.reported END, \
+           reported_at = GREATEST(device_views.reported_at, EXCLUDED.reported_at), \
+           last_seen_at = GREATEST(device_views.last_seen_at, EXCLUDED.last_seen_at), \
+           updated_at = now()",
+    )
+    .bind(device_id)
+    .bind(sqlx::types::Json(&state.reported))
+    .bind(millis(state.ts))
+    .bind(millis(received_at_ms))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Applies a presence message (a status, or the last will the broker
+/// published for a dead connection). Returns whether the device went from
+/// not-online to online, which is when it gets its open commands again.
+pub async fn apply_presence(
+    pool: &PgPool,
+    device_id: &str,
+    status: &StatusMessage,
+    received_at_ms: i64,
+) -> sqlx::Result<bool> {
+    // A last will carries no time of its own: it happened when it arrived.
+    let at = millis(status.ts.unwrap_or(received_at_ms));
+    let row = sqlx::query(
+        "WITH before AS (SELECT online FROM device_views WHERE device_id = $1) \
+         INSERT INTO device_views (device_id, online, presence_changed_at, last_seen_at) \
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (device_id) DO UPDATE SET \
+           online = CASE WHEN device_views.presence_changed_at IS NULL OR device_views.presence_changed_at <= EXCLUDED.presence_changed_at \
+                    THEN EXCLUDED.online ELSE device_views.online END, \
+           presence_changed_at = GREATEST(device_views.presence_changed_at, EXCLUDED.presence_changed_at), \
+           last_seen_at = GREATEST(device_views.last_seen_at, EXCLUDED.last_seen_at), \
+           updated_at = now() \
+         RETURNING (SELECT online FROM before) AS was_online, online",
+    )
+    .bind(device_id)
+    .bind(status.online)
+    .bind(at)
+    .bind(millis(received_at_ms))
+    .fetch_one(pool)
+    .await?;
+    let was_online: Option<bool> = row.try_get("was_online")?;
+    let online: Option<bool> = row.try_get("online")?;
+    Ok(online == Some(true) && was_online != Some(true))
+}
+
+/// Any other event still says the device is alive.
+pub async fn touch(pool: &PgPool, device_id: &str, received_at_ms: i64) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO device_views (device_id, last_seen_at) VALUES ($1, $2) \
+         ON CONFLICT (device_id) DO UPDATE SET \
+           last_seen_at = GREATEST(device_views.last_seen_at, EXCLUDED.last_seen_at), updated_at = now()",
+    )
+    .bind(device_id)
+    .bind(millis(received_at_ms))
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Forgets a deleted device.
+pub async fn forget(pool: &PgPool, device_id: &str) -> sqlx::Result<()> {
+    sqlx::query("DELETE FROM device_views WHERE device_id = $1")
+        .bind(device_id)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+fn millis(ms: i64) -> Option<DateTime<Utc>> {
+    Utc.timestamp_millis_opt(ms).single()
+}
+
+fn db_problem(err: sqlx::Error) -> Problem {
+    crate::store::db_problem(err, "device state")
+}

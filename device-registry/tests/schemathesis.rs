@@ -1,0 +1,258 @@
+//! schemathesis (PyPI, pinned in tools/schemathesis/requirements.txt,
+//! installed into .tools/venv by scripts/install-deps.sh) fuzzes the
+//! registry's committed OpenAPI document against the real registry on a real
+//! PostgreSQL: no request may get a 5xx, and every answer must match the
+//! document's response schemas.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use reqwest::{Client, StatusCode};
+use serde_json::{json, Value};
+use warmhouse_device_identity::PlatformCa;
+use warmhouse_device_registry::{start, RegistryConfig};
+use warmhouse_devstack::Postgres;
+use warmhouse_service_kit::auth::{issue_hs256, AuthConfig, Claims};
+
+const SECRET: &str = "schemathesis-test-secret-0123456789abcdef";
+const DOCUMENT: &str = "docs/api/device-registry.openapi.json";
+/// Test cases per operation and phase: enough to reach the validation
+/// branches, few enough to stay under two minutes on two cores (25 to 50 s
+/// here, most of it password hashing on the credential endpoints).
+const MAX_EXAMPLES: &str = "60";
+/// No 5xx, and every documented answer's body matches its schema.
+/// (`status_code_conformance` would also flag the 400 and 415 answers the
+/// document does not list yet.)
+const CHECKS: &str = "not_a_server_error,response_schema_conformance";
+/// `/readyz` is documented as a string but answers a JSON object
+/// (service-kit's `document_admin_endpoints`); drop it from here once fixed.
+const EXCLUDED: &[&str] = &["/readyz"];
+/// A fixed seed: a failure here reproduces, and CI does not flake.
+const SEED: &str = "20251124";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("device-registry/ has a parent")
+        .to_path_buf()
+}
+
+fn schemathesis() -> PathBuf {
+    let program = repo_root().join(".tools/venv/bin/schemathesis");
+    assert!(
+        program.is_file(),
+        "schemathesis is not installed ({} is missing): run scripts/install-deps.sh",
+        program.display()
+    );
+    program
+}
+
+/// PostgreSQL is started on the test's own thread: devstack children die
+/// with the thread that spawned them.
+#[test]
+fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
+    let program = schemathesis();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pg = Postgres::start(&dir.path().join("pg")).expect("starting PostgreSQL");
+    let url = pg.create_database("schemathesis").expect("createdb");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    runtime.block_on(async {
+        let mut config = RegistryConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), url);
+        config.auth = AuthConfig::with_secret(SECRET);
+        // Deployed with its platform CA, so certificate credentials (and
+        // onboarding, which issues them) work as in production; without
+        // one they answer 503 by design.
+        let ca = PlatformCa::generate("schemathesis test CA", Duration::from_secs(86_400))
+            .expect("generating a CA");
+        let (ca_cert, ca_key) = (dir.path().join("ca.pem"), dir.path().join("ca.key"));
+        ca.save(&ca_cert, &ca_key).expect("saving the CA");
+        config.identity.ca_cert = Some(ca_cert);
+        config.identity.ca_key = Some(ca_key);
+        config.acquire_timeout_ms = 2_000;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let running = start(config, async {
+            let _ = stopped.await;
+        })
+        .await
+        .expect("starting the registry");
+        let base = format!("http://{}", running.addr);
+        let token = issue_hs256(
+            SECRET,
+            &Claims::admin("schemathesis", Duration::from_secs(3600)),
+        )
+        .expect("signing a token");
+        seed(&base, &token).await;
+        nul_is_refused(&base, &token).await;
+
+        let output = tokio::process::Command::new(&program)
+            // Its hypothesis database and any report stay in the temp dir.
+            .current_dir(dir.path())
+            .arg("run")
+            .arg(repo_root().join(DOCUMENT))
+            .args(["--url", &base])
+            .args(["--header", &format!("Authorization: Bearer {token}")])
+            .args(["--checks", CHECKS])
+            .args(EXCLUDED.iter().flat_map(|path| ["--exclude-path", path]))
+            .args(["--max-examples", MAX_EXAMPLES, "--seed", SEED])
+            .args(["--generation-database", "none", "--request-timeout", "10"])
+            .args(["--no-color", "--suppress-health-check", "all"])
+            .kill_on_drop(true)
+            .output()
+            .await
+            .expect("running schemathesis");
+        let report = format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        // Shown on failure (and with --no-capture): what was tried and found.
+        eprintln!("{report}");
+        assert!(
+            output.status.success(),
+            "schemathesis found failures against the registry ({}); its report is above",
+            output.status
+        );
+        let statuses = api_statuses(&base).await;
+        eprintln!("API answers by status: {statuses:?}");
+        assert!(
+            statuses.get("200").is_some_and(|n| *n >= 10),
+            "the fuzzing hardly reached a successful answer: {statuses:?}"
+        );
+
+        let _ = stop.send(());
+        running.wait().await.expect("registry stops");
+    });
+}
+
+/// A few homes, devices and a command, so that lists have items and reads
+/// of existing resources answer 200 instead of only 404.
+async fn seed(base: &str, token: &str) {
+    let client = Client::new();
+    let post = |path: &str, body: Value| {
+        client
+            .post(format!("{base}{path}"))
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    for (id, name) in [("home-a", "Lake house"), ("home-b", "City flat")] {
+        let response = post(
+            "/api/v1/homes",
+            json!({"id": id, "name": name, "timezone": "Europe/Berlin", "metadata": {"floors": 2}}),
+        )
+        .await
+        .expect("POST home");
+        assert_eq!(response.status(), StatusCode::CREATED, "seeding home {id}");
+    }
+    for (id, home, kind, status) in [
+        ("thermo-1", "home-a", "thermostat", "active"),
+        ("relay-1", "home-a", "relay", "provisioning"),
+        ("sensor-1", "home-b", "climate_sensor", "disabled"),
+    ] {
+        let response = post(
+            "/api/v1/devices",
+            json!({"id": id, "home_id": home, "kind": kind, "name": format!("Device {id}"),
+                   "capabilities": ["temperature"], "status": status}),
+        )
+        .await
+        .expect("POST device");
+        assert_eq!(
+            response.status(),
+            StatusCode::CREATED,
+            "seeding device {id}"
+        );
+    }
+    let response = post(
+        "/api/v1/devices/thermo-1/commands",
+        json!({"name": "set_target_temperature", "params": {"temperature": 21.5}}),
+    )
+    .await
+    .expect("POST command");
+    assert!(
+        response.status().is_success(),
+        "seeding a command: {}",
+        response.status()
+    );
+}
+
+/// The first 500 schemathesis found: PostgreSQL cannot store NUL in text
+/// or jsonb, and the registry answered its refusal with a 500. Checked
+/// here directly, since the fuzzer reaches it only by chance.
+async fn nul_is_refused(base: &str, token: &str) {
+    let client = Client::new();
+    for (method, path, body) in [
+        (
+            "PATCH",
+            "/api/v1/homes/home-a",
+            r#"{"address": "a\u0000b"}"#,
+        ),
+        (
+            "PATCH",
+            "/api/v1/homes/home-a",
+            r#"{"metadata": {"k": "a\u0000b"}}"#,
+        ),
+        (
+            "POST",
+            "/api/v1/homes",
+            r#"{"id": "home-nul", "name": "n", "metadata": {"a\u0000b": 1}}"#,
+        ),
+        (
+            "PATCH",
+            "/api/v1/devices/thermo-1",
+            r#"{"metadata": {"k": "\u0000"}}"#,
+        ),
+    ] {
+        let response = client
+            .request(method.parse().expect("method"), format!("{base}{path}"))
+            .bearer_auth(token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(
+            response.status(),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "{method} {path} {body}"
+        );
+    }
+}
+
+/// Answers of the API routes by status, from the service's own metrics:
+/// proof that the fuzzing reached past authentication and validation.
+async fn api_statuses(base: &str) -> BTreeMap<String, u64> {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let mut statuses = BTreeMap::new();
+    for line in text.lines().filter(|l| l.contains("_requests_total{")) {
+        let label = |name: &str| {
+            let start = line
+                .find(&format!("{name}=\""))
+                .map(|i| i + name.len() + 2)?;
+            let end = line[start..].find('"')?;
+            Some(&line[start..start + end])
+        };
+        let (Some(route), Some(status)) = (label("route"), label("status")) else {
+            continue;
+        };
+        let count: f64 = line
+            .rsplit(' ')
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0.0);
+        if route.starts_with("/api/v1") {
+            *statuses.entry(status.to_string()).or_default() += count as u64;
+        }
+    }
+    statuses
+}
