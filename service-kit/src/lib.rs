@@ -100,7 +100,29 @@ pub fn admin_router(registry: Registry, readiness: Readiness) -> Router {
 pub fn document_admin_endpoints(doc: &mut utoipa::openapi::OpenApi, readiness: &str) {
     use utoipa::openapi::path::{HttpMethod, OperationBuilder, PathItem};
     use utoipa::openapi::response::ResponseBuilder;
+    use utoipa::openapi::schema::AdditionalProperties;
     use utoipa::openapi::{ContentBuilder, ObjectBuilder, Type};
+
+    // What `readyz` answers, 200 or 503 alike: {"ready": bool, "checks": {name: bool}}.
+    let readiness_body = || {
+        let boolean = || ObjectBuilder::new().schema_type(Type::Boolean).build();
+        let schema = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .property("ready", boolean())
+            .property(
+                "checks",
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .additional_properties(Some(AdditionalProperties::RefOr(
+                        utoipa::openapi::RefOr::T(utoipa::openapi::Schema::Object(boolean())),
+                    )))
+                    .build(),
+            )
+            .required("ready")
+            .required("checks")
+            .build();
+        ContentBuilder::new().schema(Some(schema)).build()
+    };
 
     let readyz = format!("Readiness: 200 when {readiness}, 503 otherwise");
     for (path, summary, content_type) in [
@@ -113,12 +135,14 @@ pub fn document_admin_endpoints(doc: &mut utoipa::openapi::OpenApi, readiness: &
         ("/metrics", "Prometheus metrics", "text/plain"),
     ] {
         let text = ObjectBuilder::new().schema_type(Type::String).build();
+        let body = if path == "/readyz" {
+            readiness_body()
+        } else {
+            ContentBuilder::new().schema(Some(text)).build()
+        };
         let ok = ResponseBuilder::new()
             .description("OK")
-            .content(
-                content_type,
-                ContentBuilder::new().schema(Some(text)).build(),
-            )
+            .content(content_type, body)
             .build();
         let mut operation = OperationBuilder::new()
             .tag("operations")
@@ -128,7 +152,10 @@ pub fn document_admin_endpoints(doc: &mut utoipa::openapi::OpenApi, readiness: &
         if path == "/readyz" {
             operation = operation.response(
                 "503",
-                ResponseBuilder::new().description("Not ready").build(),
+                ResponseBuilder::new()
+                    .description("Not ready; `checks` says which condition fails")
+                    .content(content_type, readiness_body())
+                    .build(),
             );
         }
         doc.paths.paths.insert(
