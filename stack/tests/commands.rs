@@ -391,3 +391,54 @@ async fn collect_statuses(
     }
     seen
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_connection_that_dies_turns_presence_offline_through_its_last_will() {
+    use rumqttc::{AsyncClient, Event, LastWill, MqttOptions, Outgoing, Packet, QoS};
+    let dir = tempfile::tempdir().unwrap();
+    let h = Harness::start(dir.path()).await;
+    let status_topic = format!("/tenants/{THERMOSTAT}/status");
+    let mut options = MqttOptions::new(THERMOSTAT, "127.0.0.1", h.stack.mqtt_port());
+    options.set_keep_alive(Duration::from_secs(5));
+    options.set_last_will(LastWill::new(
+        &status_topic,
+        r#"{"v":1,"online":false}"#,
+        QoS::AtLeastOnce,
+        true,
+    ));
+    let (client, mut eventloop) = AsyncClient::new(options, 10);
+    let online = format!(
+        r#"{{"v":1,"online":true,"ts":{}}}"#,
+        warmhouse_service_kit::now_ms()
+    );
+    client
+        .publish(&status_topic, QoS::AtLeastOnce, true, online)
+        .await
+        .unwrap();
+    let acked = tokio::time::timeout(PATIENCE, async {
+        loop {
+            match eventloop.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => return,
+                Ok(Event::Outgoing(Outgoing::Disconnect)) => panic!("disconnected"),
+                Ok(_) => {}
+                Err(err) => panic!("MQTT: {err}"),
+            }
+        }
+    })
+    .await;
+    assert!(acked.is_ok(), "the broker never acknowledged the status");
+    h.presence(THERMOSTAT, "online").await;
+
+    // No DISCONNECT: the socket just goes, as with a power cut.
+    drop(client);
+    drop(eventloop);
+    let state = h
+        .until(
+            &format!("/api/v1/devices/{THERMOSTAT}/state"),
+            "the last will to mark it offline",
+            |s| s["presence"] == "offline",
+        )
+        .await;
+    assert!(state["presence_changed_at"].is_string(), "{state}");
+    h.stack.stop().await;
+}

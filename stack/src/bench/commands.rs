@@ -35,9 +35,17 @@ pub struct CommandResult {
     pub first_problem: Option<String>,
     /// Round-trip latencies in milliseconds.
     pub latencies_ms: Vec<f64>,
+    /// Where the time went, from the registry's timestamps (ms): stored →
+    /// on Kafka (sent), → handed to the device (delivered), → ack applied.
+    pub to_sent_ms: Vec<f64>,
+    pub to_delivered_ms: Vec<f64>,
+    pub to_acked_ms: Vec<f64>,
     /// Readings/s the simulator published meanwhile.
     pub readings_per_sec: f64,
     pub devices: usize,
+    /// How long the first command to every thermostat took, all at once
+    /// (consumer groups joining): reported, not part of the figures.
+    pub warm_up: Duration,
 }
 
 impl CommandResult {
@@ -100,7 +108,31 @@ async fn drive(stack: &Stack, options: &CommandOptions) -> anyhow::Result<Comman
         wait_online(&http, &registry, &token, device).await?;
     }
 
+    // Warm-up, not measured: one command to each thermostat, so every
+    // consumer group has joined and every connection is open.
+    let warm_up = Instant::now();
+    let mut warmers = Vec::new();
+    for device in &thermostats {
+        let (http, registry, token, device) = (
+            http.clone(),
+            registry.clone(),
+            token.clone(),
+            device.clone(),
+        );
+        warmers.push(tokio::spawn(async move {
+            round_trip(&http, &registry, &token, &device, 20.0).await
+        }));
+    }
+    for warmer in warmers {
+        warmer
+            .await
+            .context("warm-up task")?
+            .context("warm-up command")?;
+    }
+    let warm_up = warm_up.elapsed();
+
     let result = Arc::new(Mutex::new(CommandResult {
+        warm_up,
         devices,
         ..CommandResult::default()
     }));
@@ -126,9 +158,14 @@ async fn drive(stack: &Stack, options: &CommandOptions) -> anyhow::Result<Comman
             let mut result = result.lock().unwrap_or_else(|e| e.into_inner());
             result.sent += 1;
             match outcome {
-                Ok(ms) => {
+                Ok((ms, stages)) => {
                     result.acked += 1;
                     result.latencies_ms.push(ms);
+                    if let Some([sent, delivered, acked]) = stages {
+                        result.to_sent_ms.push(sent);
+                        result.to_delivered_ms.push(delivered);
+                        result.to_acked_ms.push(acked);
+                    }
                 }
                 Err(err) => {
                     result.not_acked += 1;
@@ -150,14 +187,15 @@ async fn drive(stack: &Stack, options: &CommandOptions) -> anyhow::Result<Comman
     Ok(result)
 }
 
-/// POST a command, then GET it every 2 ms until it is acked.
+/// POST a command, then GET it every 2 ms until it is acked. Returns the
+/// latency and the registry's stage durations.
 async fn round_trip(
     http: &reqwest::Client,
     registry: &str,
     token: &str,
     device: &str,
     temperature: f64,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, Option<[f64; 3]>)> {
     let started = Instant::now();
     let response = http
         .post(format!("{registry}/api/v1/devices/{device}/commands"))
@@ -183,7 +221,9 @@ async fn round_trip(
             .json()
             .await?;
         match status["status"].as_str() {
-            Some("acked") => return Ok(started.elapsed().as_secs_f64() * 1000.0),
+            Some("acked") => {
+                return Ok((started.elapsed().as_secs_f64() * 1000.0, stages(&status)))
+            }
             Some("failed") | Some("expired") => bail!("command ended {status}"),
             _ if started.elapsed() > Duration::from_secs(10) => {
                 bail!("not acked within 10 s: {status}")
@@ -216,4 +256,21 @@ async fn wait_online(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// (created → sent, sent → delivered, delivered → completed) in ms.
+fn stages(command: &Value) -> Option<[f64; 3]> {
+    let at = |field: &str| {
+        command[field]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.timestamp_micros() as f64 / 1000.0)
+    };
+    let (created, sent, delivered, completed) = (
+        at("created_at")?,
+        at("sent_at")?,
+        at("delivered_at")?,
+        at("completed_at")?,
+    );
+    Some([sent - created, delivered - sent, completed - delivered])
 }

@@ -501,12 +501,27 @@ fn render_commands(md: &mut String, results: &Results) {
                 options.rate,
                 secs(options.duration)
             );
+            let _ = writeln!(
+                md,
+                "| warm-up (not counted) | first command to each thermostat, all at once: {} |",
+                secs(r.warm_up)
+            );
             let _ = writeln!(md, "| acked | {} |", r.acked);
             let _ = writeln!(md, "| not acked | {} |", r.not_acked);
             let _ = writeln!(md, "| p50 | {} |", ms(50.0));
             let _ = writeln!(md, "| p90 | {} |", ms(90.0));
             let _ = writeln!(md, "| p99 | {} |", ms(99.0));
             let _ = writeln!(md, "| max | {} |", ms(100.0));
+            let median = |v: &[f64]| {
+                percentile(v, 50.0).map_or_else(|| "-".to_string(), |x| format!("{x:.1} ms"))
+            };
+            let _ = writeln!(
+                md,
+                "| median stages (registry clock) | stored → on Kafka {}, → handed to the device {}, → ack applied {} |",
+                median(&r.to_sent_ms),
+                median(&r.to_delivered_ms),
+                median(&r.to_acked_ms)
+            );
             let _ = writeln!(
                 md,
                 "| telemetry meanwhile | {} readings/s from {} devices |\n",
