@@ -19,6 +19,17 @@ async fn registry(url: String, tokens: &TestTokens) -> RunningRegistry {
         .expect("starting the registry")
 }
 
+/// (what, method, path, token, body, Idempotency-Key, expected status)
+type Case<'a> = (
+    &'a str,
+    Method,
+    String,
+    Option<&'a str>,
+    Option<Value>,
+    Option<&'a str>,
+    u16,
+);
+
 async fn call(
     http: &Client,
     base: &str,
@@ -115,15 +126,7 @@ async fn command_endpoints_refuse_bad_input_with_the_right_status() {
 
     let long_key = "k".repeat(200);
     let big = json!({"name": "turn_on", "params": {"x": "y".repeat(70 * 1024)}});
-    let cases: Vec<(
-        &str,
-        Method,
-        String,
-        Option<&str>,
-        Option<Value>,
-        Option<&str>,
-        u16,
-    )> = vec![
+    let cases: Vec<Case> = vec![
         (
             "no token",
             Method::POST,
