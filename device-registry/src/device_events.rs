@@ -93,9 +93,12 @@ async fn apply(
     let at = event.received_at_ms;
     let label = match &event.event {
         DeviceEventKind::CommandAck { ack } => {
-            commands::record_ack(pool, topics, device, ack)
+            let changed = commands::record_ack(pool, topics, device, ack)
                 .await
                 .map_err(|p| p.detail)?;
+            if let Some(command) = changed {
+                metrics.command_finished(&command);
+            }
             read_model::touch(pool, device, at)
                 .await
                 .map_err(|e| e.to_string())?;

@@ -18,7 +18,9 @@ use anyhow::Context;
 use flate2::write::GzEncoder;
 use futures::stream::{FuturesOrdered, StreamExt};
 use influxdb_line_protocol::builder::LineProtocolBuilder;
-use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -93,6 +95,14 @@ pub struct WriterConfig {
         default_value_t = 2
     )]
     pub max_concurrent_writes: usize,
+    /// How often the consumer lag (`warmhouse_ingest_consumer_lag`) is read
+    /// from Kafka; 0 turns it off.
+    #[arg(
+        long,
+        env = "WARMHOUSE_INGEST_LAG_INTERVAL_MS",
+        default_value_t = 5_000
+    )]
+    pub lag_interval_ms: u64,
     #[arg(
         long,
         env = "WARMHOUSE_INGEST_ADMIN_LISTEN",
@@ -124,6 +134,7 @@ pub struct WriterMetrics {
     pub batch_seconds: Histogram,
     pub pending_writes: IntGauge,
     pub last_write_ms: IntGauge,
+    pub consumer_lag: IntGaugeVec,
 }
 
 impl WriterMetrics {
@@ -138,6 +149,7 @@ impl WriterMetrics {
             batch_seconds: register(registry, Histogram::with_opts(HistogramOpts::new(format!("{p}batch_write_seconds"), "Time to write one batch, retries included").buckets(prometheus::exponential_buckets(0.005, 2.0, 14)?))?)?,
             pending_writes: register(registry, IntGauge::new(format!("{p}pending_writes"), "Batches being written")?)?,
             last_write_ms: register(registry, IntGauge::new(format!("{p}last_write_timestamp_ms"), "When InfluxDB last accepted a batch")?)?,
+            consumer_lag: register(registry, IntGaugeVec::new(Opts::new(format!("{p}consumer_lag"), "Telemetry records in Kafka the writer's group has not committed (not yet in InfluxDB), by partition"), &["partition"])?)?,
         })
     }
 }
@@ -147,6 +159,7 @@ pub struct RunningWriter {
     pub metrics: WriterMetrics,
     task: tokio::task::JoinHandle<()>,
     admin: tokio::task::JoinHandle<()>,
+    lag: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningWriter {
@@ -160,6 +173,9 @@ impl Drop for RunningWriter {
     fn drop(&mut self) {
         self.task.abort();
         self.admin.abort();
+        if let Some(lag) = &self.lag {
+            lag.abort();
+        }
     }
 }
 
@@ -250,6 +266,20 @@ pub async fn start(
     )
     .await?;
     readiness.set("influxdb", true);
+    let lag = if config.lag_interval_ms > 0 {
+        let probe = crate::lag::LagProbe::new(
+            &config.kafka_bootstrap,
+            &config.group_id,
+            &config.telemetry_topic,
+        )?;
+        Some(crate::lag::spawn(
+            probe,
+            metrics.consumer_lag.clone(),
+            Duration::from_millis(config.lag_interval_ms),
+        ))
+    } else {
+        None
+    };
     let task_metrics = metrics.clone();
     let task = tokio::spawn(async move {
         let writer = Writer {
@@ -267,6 +297,7 @@ pub async fn start(
         metrics,
         task,
         admin,
+        lag,
     })
 }
 

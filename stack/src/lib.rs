@@ -9,9 +9,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use warmhouse_contracts::kafka::topics;
-use warmhouse_devstack::{create_topics, free_port, Influxd, KafkaStorage, Postgres, Tansu};
+use warmhouse_devstack::{
+    create_topics, free_port, Influxd, KafkaStorage, Postgres, Prometheus, ScrapeTarget, Tansu,
+};
 
 pub mod fleet;
+pub mod gateway;
 pub mod verify;
 
 /// A future that resolves when `stop` says so.
@@ -39,7 +42,19 @@ pub struct StackOptions {
     /// Also start PostgreSQL and the device registry (commands, state).
     pub registry: bool,
     pub registry_port: Option<u16>,
+    /// Also start the API gateway (nginx) in front of the registry and the
+    /// query API; needs `registry`.
+    pub gateway: bool,
+    pub gateway_port: Option<u16>,
+    pub gateway_rate_limit: gateway::RateLimit,
+    /// Also start Prometheus, scraping every service's `/metrics`.
+    pub prometheus: bool,
+    pub prometheus_port: Option<u16>,
 }
+
+/// How often the stack's Prometheus scrapes: short, so tests see metrics
+/// within seconds.
+pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(1);
 
 impl Default for StackOptions {
     fn default() -> Self {
@@ -53,6 +68,11 @@ impl Default for StackOptions {
             query_port: None,
             registry: false,
             registry_port: None,
+            gateway: false,
+            gateway_port: None,
+            gateway_rate_limit: gateway::RateLimit::GENEROUS,
+            prometheus: false,
+            prometheus_port: None,
         }
     }
 }
@@ -62,6 +82,8 @@ impl Default for StackOptions {
 /// clients never outlive the broker they talk to); [`Stack::stop`] does the
 /// same gracefully.
 pub struct Stack {
+    /// First, so it stops taking requests before the services go.
+    pub gateway: Option<warmhouse_devstack::Nginx>,
     pub bridge: warmhouse_edge_bridge::RunningBridge,
     pub writer: warmhouse_ingest::writer::RunningWriter,
     pub query: warmhouse_ingest::query::RunningQueryApi,
@@ -70,6 +92,7 @@ pub struct Stack {
     pub tansu: Tansu,
     pub influxd: Influxd,
     pub postgres: Option<Postgres>,
+    pub prometheus: Option<Prometheus>,
     pub dir: PathBuf,
     /// HS256 secret the APIs verify bearer tokens with; random per stack.
     jwt_secret: String,
@@ -148,6 +171,7 @@ impl Stack {
             warmhouse_ingest::writer::WriterConfig::new(&tansu.bootstrap(), &influxd.url());
         writer_config.batch_max_points = options.ingest_batch_max_points;
         writer_config.batch_max_delay_ms = options.ingest_batch_max_delay.as_millis() as u64;
+        writer_config.lag_interval_ms = SCRAPE_INTERVAL.as_millis() as u64;
         let writer = warmhouse_ingest::writer::start(writer_config, stopped(&stop))
             .await
             .context("starting the ingest writer")?;
@@ -187,8 +211,55 @@ impl Stack {
             (None, None)
         };
 
+        let gateway = match (&registry, options.gateway) {
+            (_, false) => None,
+            (None, true) => anyhow::bail!("the gateway routes to the registry: start it too"),
+            (Some(registry), true) => {
+                let port = match options.gateway_port {
+                    Some(port) => port,
+                    None => free_port()?,
+                };
+                let gateway_dir = dir.join("gateway");
+                let config = gateway::GatewayConfig {
+                    listen: loopback(port),
+                    registry: registry.addr,
+                    telemetry: query.addr,
+                    rate_limit: options.gateway_rate_limit,
+                    access_log: gateway_dir.join("access.log"),
+                    // Nothing stands in front of it here but local clients.
+                    real_ip_from: "127.0.0.1/32".into(),
+                };
+                Some(gateway::start(&gateway_dir, &config)?)
+            }
+        };
+
+        let prometheus = if options.prometheus {
+            let mut targets = vec![
+                ScrapeTarget::new("warmhouse-broker", broker.admin_addr),
+                ScrapeTarget::new("warmhouse-bridge", bridge.admin_addr),
+                ScrapeTarget::new("warmhouse-ingest-writer", writer.admin_addr),
+                ScrapeTarget::new("warmhouse-ingest-query", query.addr),
+            ];
+            if let Some(registry) = &registry {
+                targets.push(ScrapeTarget::new("warmhouse-registry", registry.addr));
+            }
+            let prometheus_dir = dir.join("prometheus");
+            let prometheus = match options.prometheus_port {
+                Some(port) => {
+                    Prometheus::start_on(&prometheus_dir, port, &targets, SCRAPE_INTERVAL)
+                }
+                None => Prometheus::start(&prometheus_dir, &targets, SCRAPE_INTERVAL),
+            }
+            .context("starting Prometheus")?;
+            Some(prometheus)
+        } else {
+            None
+        };
+
         Ok(Self {
             dir: dir.to_path_buf(),
+            gateway,
+            prometheus,
             jwt_secret,
             postgres,
             registry,
@@ -207,6 +278,7 @@ impl Stack {
     pub async fn stop(self) {
         let _ = self.stop.send(true);
         let Stack {
+            gateway,
             bridge,
             writer,
             query,
@@ -215,8 +287,10 @@ impl Stack {
             tansu,
             influxd,
             postgres,
+            prometheus,
             ..
         } = self;
+        drop(gateway);
         if tokio::time::timeout(Duration::from_secs(10), writer.join())
             .await
             .is_err()
@@ -232,11 +306,18 @@ impl Stack {
         drop(tansu);
         drop(influxd);
         drop(postgres);
+        drop(prometheus);
     }
 
     /// Base URL of the device registry, when the stack runs one.
     pub fn registry_url(&self) -> Option<String> {
         self.registry.as_ref().map(|r| format!("http://{}", r.addr))
+    }
+
+    /// Base URL of the API gateway, when the stack runs one: the entry
+    /// point to every REST API and its docs.
+    pub fn gateway_url(&self) -> Option<String> {
+        self.gateway.as_ref().map(warmhouse_devstack::Nginx::url)
     }
 
     /// The HS256 secret the stack's APIs verify tokens with (for
@@ -280,6 +361,11 @@ impl Stack {
 
     pub fn query_url(&self) -> String {
         format!("http://{}", self.query.addr)
+    }
+
+    /// Base URL of Prometheus, when the stack runs one.
+    pub fn prometheus_url(&self) -> Option<String> {
+        self.prometheus.as_ref().map(Prometheus::url)
     }
 
     /// A simulator configuration pointed at this stack.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use warmhouse_devstack::KafkaStorage;
+use warmhouse_stack::gateway::RateLimit;
 use warmhouse_stack::{Stack, StackOptions};
 
 #[derive(Parser)]
@@ -36,6 +37,13 @@ struct UpArgs {
     /// Port of the device registry (devices, state, commands).
     #[arg(long, default_value_t = 8082)]
     registry_port: u16,
+    /// Port of the API gateway (nginx): the entry point to every REST API.
+    #[arg(long, default_value_t = 8080)]
+    gateway_port: u16,
+    /// Port of Prometheus, which scrapes every service's /metrics (not
+    /// 9090: Debian's package starts a system Prometheus there).
+    #[arg(long, default_value_t = 9190)]
+    prometheus_port: u16,
     /// Simulated homes (0: start no simulator).
     #[arg(long, default_value_t = 5)]
     homes: u32,
@@ -73,6 +81,11 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         query_port: Some(args.query_port),
         registry: true,
         registry_port: Some(args.registry_port),
+        gateway: true,
+        gateway_port: Some(args.gateway_port),
+        gateway_rate_limit: RateLimit::RECOMMENDED,
+        prometheus: true,
+        prometheus_port: Some(args.prometheus_port),
         bridge_kafka_timeout: Duration::from_secs(10),
         ..StackOptions::default()
     };
@@ -114,6 +127,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     };
 
     let query = stack.query_url();
+    let api = stack
+        .gateway_url()
+        .context("the local stack runs the gateway")?;
+    let prometheus = stack
+        .prometheus_url()
+        .context("the local stack runs Prometheus")?;
     let token = stack.admin_token()?;
     println!(
         "\nWarmhouse is running (data and logs in {dir}).\n\
@@ -122,14 +141,15 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
          \n  Tokens for single homes: WARMHOUSE_JWT_SECRET={secret} warmhouse-token --home home-0001\
          \n    (cargo run -p warmhouse-service-kit --bin warmhouse-token -- --help)\n\
          \n  MQTT broker        127.0.0.1:{mqtt}   e.g. mosquitto_sub -p {mqtt} -t '/tenants/+/telemetry' -v\
-         \n  Telemetry API      {query}/docs/   (Swagger UI: Authorize with the token)\
-         \n  Latest of a home   curl -s -H \"Authorization: Bearer $TOKEN\" {query}/api/v1/homes/home-0001/telemetry/latest\
-         \n  Last hour, 1-min   curl -s -H \"Authorization: Bearer $TOKEN\" '{query}/api/v1/devices/home-0001-dev-01/telemetry?metric=temperature&agg=mean&every=1m'\
-         \n  Devices            {registry}/docs/   (Swagger UI)\
-         \n  A device + state   curl -s -H \"Authorization: Bearer $TOKEN\" {registry}/api/v1/devices/home-0001-dev-01\
-         \n  Send a command     curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"name\":\"set_target_temperature\",\"params\":{{\"temperature\":22.5}}}}' {registry}/api/v1/devices/home-0001-dev-01/commands\
-         \n  Its progress       curl -s -H \"Authorization: Bearer $TOKEN\" {registry}/api/v1/devices/home-0001-dev-01/commands\
+         \n  REST APIs          {api}   (gateway; Swagger UI of each API: {api}/docs/, Authorize with the token)\
+         \n  Latest of a home   curl -s -H \"Authorization: Bearer $TOKEN\" {api}/api/v1/homes/home-0001/telemetry/latest\
+         \n  Last hour, 1-min   curl -s -H \"Authorization: Bearer $TOKEN\" '{api}/api/v1/devices/home-0001-dev-01/telemetry?metric=temperature&agg=mean&every=1m'\
+         \n  A device + state   curl -s -H \"Authorization: Bearer $TOKEN\" {api}/api/v1/devices/home-0001-dev-01\
+         \n  Send a command     curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"name\":\"set_target_temperature\",\"params\":{{\"temperature\":22.5}}}}' {api}/api/v1/devices/home-0001-dev-01/commands\
+         \n  Its progress       curl -s -H \"Authorization: Bearer $TOKEN\" {api}/api/v1/devices/home-0001-dev-01/commands\
+         \n  Services directly  query API {query}   registry {registry}   (the gateway allows {rate} r/s per client, burst {burst})\
          \n  Metrics            http://{broker}/metrics (broker)  http://{bridge}/metrics (bridge)  http://{writer}/metrics (ingest)  {query}/metrics (query)  {registry}/metrics (registry)\
+         \n  Prometheus         {prometheus}   (every service scraped; Grafana dashboards in dashboards/)\
          \n  InfluxDB           influx -host 127.0.0.1 -port {influx_port} -database warmhouse -execute 'SHOW MEASUREMENTS'\
          \n\nCtrl-C stops everything.\n",
         dir = dir.display(),
@@ -140,10 +160,12 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         influx_port = stack.influxd.addr().port(),
         ttl_h = warmhouse_stack::TOKEN_TTL.as_secs() / 3600,
         secret = stack.jwt_secret(),
+        rate = RateLimit::RECOMMENDED.per_second,
+        burst = RateLimit::RECOMMENDED.burst,
     );
     if simulator.is_some() {
         tokio::spawn(show_first_telemetry(
-            format!("{query}/api/v1/homes/home-0001/telemetry/latest"),
+            format!("{api}/api/v1/homes/home-0001/telemetry/latest"),
             token,
         ));
     }
