@@ -59,7 +59,7 @@ impl KafkaSettings {
             .set("auto.commit.interval.ms", "500")
             .set("auto.offset.reset", "earliest")
             // Command round trips wait on this consumer: keep fetches short.
-            .set("fetch.wait.max.ms", "5")
+            .set("fetch.wait.max.ms", "1")
             .set("reconnect.backoff.max.ms", "1000")
             .create()
             .context("creating the device-events Kafka consumer")

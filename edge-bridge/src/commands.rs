@@ -84,7 +84,7 @@ pub fn spawn(
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "500")
         .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "5")
+        .set("fetch.wait.max.ms", "1")
         .set("reconnect.backoff.max.ms", "1000")
         .create()
         .context("creating the device-commands consumer")?;
@@ -104,7 +104,9 @@ pub fn spawn(
     if let Some((user, password)) = &settings.mqtt_credentials {
         options.set_credentials(user, password);
     }
-    let (client, eventloop) = AsyncClient::new(options, 1024);
+    let (client, mut eventloop) = AsyncClient::new(options, 1024);
+    // Small packets answered one by one: never wait on Nagle (see the broker).
+    eventloop.network_options.set_tcp_nodelay(true);
     let presence = Presence::default();
     let in_flight = InFlight::default();
 

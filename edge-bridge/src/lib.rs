@@ -184,7 +184,9 @@ pub async fn start(
     if let Some((username, password)) = config.mqtt_credentials() {
         options.set_credentials(username, password);
     }
-    let (client, eventloop) = AsyncClient::new(options, config.max_in_flight.max(1024));
+    let (client, mut eventloop) = AsyncClient::new(options, config.max_in_flight.max(1024));
+    // Acks are small and go out one by one: never wait on Nagle.
+    eventloop.network_options.set_tcp_nodelay(true);
 
     let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let (publish_tx, publish_rx) = mpsc::unbounded_channel();

@@ -112,10 +112,12 @@ pub(crate) async fn run_device(
     }
 
     let window = usize::from(config.inflight);
-    let (client, eventloop) = AsyncClient::new(
+    let (client, mut eventloop) = AsyncClient::new(
         mqtt_options(&spec, config, &shared.identity),
         window + CHANNEL_SLACK,
     );
+    // A device answers commands with one small packet: no Nagle delay.
+    eventloop.network_options.set_tcp_nodelay(true);
     let mut events = event_stream(eventloop);
     let mut device = Device {
         sim: SimDevice::new(

@@ -472,7 +472,11 @@ fn render_commands(md: &mut String, results: &Results) {
          `GET` of the command every 2 ms until it is `acked`. The path is registry → outbox → \
          tansu → edge bridge → our broker → simulated thermostat → ack → bridge → tansu → \
          registry. Meanwhile {} homes of 4 simulated devices publish telemetry every {} ms \
-         (the load). Target (DESIGN.md): p99 under 50 ms.\n",
+         (the load). Target (DESIGN.md): p99 under 50 ms. What the time is spent on: two \
+         trips through Kafka, each with a consumer fetch wait of up to 1 ms and, on the way \
+         back, the bridge producer's 5 ms linger (shared with telemetry, which it batches). \
+         Every MQTT socket has TCP_NODELAY: with Nagle's algorithm on (rumqttd's and \
+         rumqttc's default) the same run measured p50 71 ms, p99 88 ms.\n",
         options.homes, options.interval_ms
     );
     let _ = writeln!(

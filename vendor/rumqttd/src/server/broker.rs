@@ -416,6 +416,13 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                     continue;
                 }
             };
+            // WARMHOUSE PATCH (6): MQTT packets are small and answered
+            // one by one (PUBACK, then the next publish); with Nagle's
+            // algorithm on, each such exchange can wait for the peer's
+            // delayed ACK (40 ms on Linux). Upstream never turns it off.
+            if let Err(e) = stream.set_nodelay(true) {
+                warn!(error=?e, "Unable to set TCP_NODELAY.");
+            }
 
             // WARMHOUSE PATCH (4): upstream ran the TLS handshake here, in
             // the accept loop and without a time limit, so one client that
