@@ -4,15 +4,14 @@
 //! PostgreSQL: no request may get a 5xx, and every answer must match the
 //! document's response schemas.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use reqwest::{Client, StatusCode};
 use serde_json::{json, Value};
 use warmhouse_device_identity::PlatformCa;
 use warmhouse_device_registry::{start, RegistryConfig};
+use warmhouse_devstack::api_checks::{api_statuses, Schemathesis};
 use warmhouse_devstack::Postgres;
 use warmhouse_service_kit::auth::{issue_hs256, AuthConfig, Claims};
 
@@ -29,28 +28,10 @@ const CHECKS: &str = "not_a_server_error,response_schema_conformance";
 /// A fixed seed: a failure here reproduces, and CI does not flake.
 const SEED: &str = "20251124";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("device-registry/ has a parent")
-        .to_path_buf()
-}
-
-fn schemathesis() -> PathBuf {
-    let program = repo_root().join(".tools/venv/bin/schemathesis");
-    assert!(
-        program.is_file(),
-        "schemathesis is not installed ({} is missing): run scripts/install-deps.sh",
-        program.display()
-    );
-    program
-}
-
 /// PostgreSQL is started on the test's own thread: devstack children die
 /// with the thread that spawned them.
 #[test]
 fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
-    let program = schemathesis();
     let dir = tempfile::tempdir().expect("tempdir");
     let pg = Postgres::start(&dir.path().join("pg")).expect("starting PostgreSQL");
     let url = pg.create_database("schemathesis").expect("createdb");
@@ -87,21 +68,18 @@ fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
         seed(&base, &token).await;
         nul_is_refused(&base, &token).await;
 
-        let output = tokio::process::Command::new(&program)
-            // Its hypothesis database and any report stay in the temp dir.
-            .current_dir(dir.path())
-            .arg("run")
-            .arg(repo_root().join(DOCUMENT))
-            .args(["--url", &base])
-            .args(["--header", &format!("Authorization: Bearer {token}")])
-            .args(["--checks", CHECKS])
-            .args(["--max-examples", MAX_EXAMPLES, "--seed", SEED])
-            .args(["--generation-database", "none", "--request-timeout", "10"])
-            .args(["--no-color", "--suppress-health-check", "all"])
-            .kill_on_drop(true)
-            .output()
-            .await
-            .expect("running schemathesis");
+        let output = Schemathesis {
+            document: DOCUMENT,
+            base_url: &base,
+            token: &token,
+            checks: CHECKS,
+            max_examples: MAX_EXAMPLES,
+            seed: SEED,
+            workdir: dir.path(),
+        }
+        .run()
+        .await
+        .expect("running schemathesis (installed by scripts/install-deps.sh)");
         let report = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -114,7 +92,9 @@ fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
             "schemathesis found failures against the registry ({}); its report is above",
             output.status
         );
-        let statuses = api_statuses(&base).await;
+        let statuses = api_statuses(&base)
+            .await
+            .expect("reading the service's metrics");
         eprintln!("API answers by status: {statuses:?}");
         assert!(
             statuses.get("200").is_some_and(|n| *n >= 10),
@@ -218,37 +198,4 @@ async fn nul_is_refused(base: &str, token: &str) {
             "{method} {path} {body}"
         );
     }
-}
-
-/// Answers of the API routes by status, from the service's own metrics:
-/// proof that the fuzzing reached past authentication and validation.
-async fn api_statuses(base: &str) -> BTreeMap<String, u64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    let mut statuses = BTreeMap::new();
-    for line in text.lines().filter(|l| l.contains("_requests_total{")) {
-        let label = |name: &str| {
-            let start = line
-                .find(&format!("{name}=\""))
-                .map(|i| i + name.len() + 2)?;
-            let end = line[start..].find('"')?;
-            Some(&line[start..start + end])
-        };
-        let (Some(route), Some(status)) = (label("route"), label("status")) else {
-            continue;
-        };
-        let count: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0.0);
-        if route.starts_with("/api/v1") {
-            *statuses.entry(status.to_string()).or_default() += count as u64;
-        }
-    }
-    statuses
 }

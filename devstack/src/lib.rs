@@ -5,6 +5,7 @@
 //! Children are killed when their handle is dropped, so a failed test leaves
 //! nothing running (see [`ChildProcess`]).
 
+pub mod api_checks;
 mod influxd;
 mod kafka;
 mod nginx;

@@ -1,26 +1,13 @@
 //! The committed OpenAPI document (docs/api/ingest-query.openapi.json) is
 //! the one the code generates and the one the running query API serves.
 
-use std::path::PathBuf;
-
 use serde_json::Value;
+use warmhouse_devstack::api_checks::{compare_committed_document, repo_root};
 use warmhouse_devstack::Influxd;
 use warmhouse_ingest::query::{openapi, start, QueryConfig};
 use warmhouse_service_kit::auth::AuthConfig;
 
 const COMMITTED: &str = "docs/api/ingest-query.openapi.json";
-
-fn committed_path() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("..")
-        .join(COMMITTED)
-}
-
-fn committed_text() -> String {
-    std::fs::read_to_string(committed_path()).unwrap_or_else(|err| {
-        panic!("cannot read {COMMITTED} ({err}): run scripts/update-api-docs.sh")
-    })
-}
 
 #[test]
 fn committed_document_is_what_the_code_generates() {
@@ -29,20 +16,8 @@ fn committed_document_is_what_the_code_generates() {
         "{}\n",
         openapi().to_pretty_json().expect("OpenAPI serializes")
     );
-    let committed = committed_text();
-    if committed != generated {
-        let line = committed
-            .lines()
-            .zip(generated.lines())
-            .position(|(a, b)| a != b)
-            .unwrap_or_else(|| committed.lines().count().min(generated.lines().count()));
-        panic!(
-            "{COMMITTED} is not what the code generates (first difference at line {}: \
-             committed {:?}, generated {:?}): run scripts/update-api-docs.sh and commit the result",
-            line + 1,
-            committed.lines().nth(line).unwrap_or("<end of file>"),
-            generated.lines().nth(line).unwrap_or("<end of file>"),
-        );
+    if let Err(problem) = compare_committed_document(COMMITTED, &generated) {
+        panic!("{problem}");
     }
 }
 
@@ -73,8 +48,10 @@ fn running_query_api_serves_the_committed_document() {
             .expect("GET /api-docs/openapi.json");
         assert_eq!(response.status(), 200, "GET /api-docs/openapi.json");
         let served: Value = response.json().await.expect("JSON document");
-        let committed: Value =
-            serde_json::from_str(&committed_text()).expect("the committed document is JSON");
+        let committed: Value = serde_json::from_str(
+            &std::fs::read_to_string(repo_root().join(COMMITTED)).expect("committed document"),
+        )
+        .expect("the committed document is JSON");
         assert!(
             served == committed,
             "the query API serves another OpenAPI document than {COMMITTED}: \

@@ -4,11 +4,10 @@
 //! a real influxd holding a little telemetry: no request may get a 5xx, and
 //! every documented answer's body must match its schema.
 
-use std::collections::BTreeMap;
 use std::future::pending;
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use warmhouse_devstack::api_checks::{api_statuses, Schemathesis};
 use warmhouse_devstack::Influxd;
 use warmhouse_ingest::influx::{InfluxClient, InfluxSettings};
 use warmhouse_ingest::query::{start, QueryConfig};
@@ -27,23 +26,6 @@ const MAX_EXAMPLES: &str = "100";
 const SEED: &str = "20251124";
 /// 2025-11-24T10:00:00Z: the time the document's examples query.
 const T0_MS: i64 = 1_763_978_400_000;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("ingest/ has a parent")
-        .to_path_buf()
-}
-
-fn schemathesis() -> PathBuf {
-    let program = repo_root().join(".tools/venv/bin/schemathesis");
-    assert!(
-        program.is_file(),
-        "schemathesis is not installed ({} is missing): run scripts/install-deps.sh",
-        program.display()
-    );
-    program
-}
 
 /// Readings of the devices and home the document's examples name
 /// (`thermo-1`, `home-a`), in the hour they query, so the positive paths
@@ -77,7 +59,6 @@ fn seed_lines() -> Vec<String> {
 /// the thread that spawned them.
 #[test]
 fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
-    let program = schemathesis();
     let dir = tempfile::tempdir().expect("temp dir");
     let influxd = Influxd::start(&dir.path().join("influxd")).expect("influxd starts");
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -110,21 +91,18 @@ fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
         )
         .expect("signing a token");
 
-        let output = tokio::process::Command::new(&program)
-            // Its hypothesis database and any report stay in the temp dir.
-            .current_dir(dir.path())
-            .arg("run")
-            .arg(repo_root().join(DOCUMENT))
-            .args(["--url", &base])
-            .args(["--header", &format!("Authorization: Bearer {token}")])
-            .args(["--checks", CHECKS])
-            .args(["--max-examples", MAX_EXAMPLES, "--seed", SEED])
-            .args(["--generation-database", "none", "--request-timeout", "10"])
-            .args(["--no-color", "--suppress-health-check", "all"])
-            .kill_on_drop(true)
-            .output()
-            .await
-            .expect("running schemathesis");
+        let output = Schemathesis {
+            document: DOCUMENT,
+            base_url: &base,
+            token: &token,
+            checks: CHECKS,
+            max_examples: MAX_EXAMPLES,
+            seed: SEED,
+            workdir: dir.path(),
+        }
+        .run()
+        .await
+        .expect("running schemathesis (installed by scripts/install-deps.sh)");
         let report = format!(
             "{}{}",
             String::from_utf8_lossy(&output.stdout),
@@ -137,44 +115,13 @@ fn schemathesis_finds_no_server_errors_and_no_schema_violations() {
             "schemathesis found failures against the query API ({}); its report is above",
             output.status
         );
-        let statuses = api_statuses(&base).await;
+        let statuses = api_statuses(&base)
+            .await
+            .expect("reading the service's metrics");
         eprintln!("API answers by status: {statuses:?}");
         assert!(
             statuses.get("200").is_some_and(|n| *n >= 10),
             "the fuzzing hardly reached a successful answer: {statuses:?}"
         );
     });
-}
-
-/// Answers of the API routes by status, from the service's own metrics:
-/// proof that the fuzzing reached past authentication and validation.
-async fn api_statuses(base: &str) -> BTreeMap<String, u64> {
-    let text = reqwest::get(format!("{base}/metrics"))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
-    let mut statuses = BTreeMap::new();
-    for line in text.lines().filter(|l| l.contains("_requests_total{")) {
-        let label = |name: &str| {
-            let start = line
-                .find(&format!("{name}=\""))
-                .map(|i| i + name.len() + 2)?;
-            let end = line[start..].find('"')?;
-            Some(&line[start..start + end])
-        };
-        let (Some(route), Some(status)) = (label("route"), label("status")) else {
-            continue;
-        };
-        let count: f64 = line
-            .rsplit(' ')
-            .next()
-            .and_then(|n| n.parse().ok())
-            .unwrap_or(0.0);
-        if route.starts_with("/api/v1") {
-            *statuses.entry(status.to_string()).or_default() += count as u64;
-        }
-    }
-    statuses
 }
