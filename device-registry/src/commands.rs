@@ -328,7 +328,8 @@ pub async fn mark_delivered(
 ) -> Result<bool, Problem> {
     let mut tx = pool.begin().await.map_err(db_problem)?;
     let changed = sqlx::query_as::<_, CommandView>(&format!(
-        "UPDATE commands SET status = 'delivered', delivered_at = now(), updated_at = now() \
+        "UPDATE commands SET status = 'delivered', sent_at = COALESCE(sent_at, now()), \
+         delivered_at = now(), updated_at = now() \
          WHERE command_id = $1 AND device_id = $2 AND status IN ('queued', 'sent') RETURNING {COLUMNS}"
     ))
     .bind(command_id)
@@ -369,7 +370,9 @@ pub async fn record_ack(
     let detail = ack.detail.clone().or(default_detail.map(String::from));
     let mut tx = pool.begin().await.map_err(db_problem)?;
     let changed = sqlx::query_as::<_, CommandView>(&format!(
-        "UPDATE commands SET status = $3, detail = $4, completed_at = now(), updated_at = now() \
+        "UPDATE commands SET status = $3, detail = $4, completed_at = now(), updated_at = now(), \
+         sent_at = COALESCE(sent_at, now()), \
+         delivered_at = CASE WHEN $3 = 'expired' THEN delivered_at ELSE COALESCE(delivered_at, now()) END \
          WHERE command_id = $1 AND device_id = $2 AND (status IN {OPEN} \
            OR (status = 'expired' AND $3 = 'acked' AND expires_at >= to_timestamp($5 / 1000.0))) \
          RETURNING {COLUMNS}"
