@@ -61,6 +61,10 @@ impl KafkaSettings {
             // Command round trips wait on this consumer: keep fetches short.
             .set("fetch.wait.max.ms", "1")
             .set("reconnect.backoff.max.ms", "1000")
+            // tansu can keep a lost member as the group's leader, the group stuck
+            // rebalancing, until that member's session expires (docs/adr/0018):
+            // 10 s, Kafka's default before 3.0, not librdkafka's 45 s.
+            .set("session.timeout.ms", "10000")
             .create()
             .context("creating the device-events Kafka consumer")
     }

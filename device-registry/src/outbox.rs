@@ -122,14 +122,28 @@ async fn relay_round(
         }
     }
     tracing::info!("outbox relay publishing");
-    loop {
-        while publish_batch(pool, &producer, topics, metrics).await? == BATCH as usize {}
-        tokio::select! {
-            notification = listener.recv() => { notification.context("outbox notification")?; }
-            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-            _ = stop.wait_for(|s| *s) => return Ok(()),
+    let published = async {
+        loop {
+            while publish_batch(pool, &producer, topics, metrics).await? == BATCH as usize {}
+            tokio::select! {
+                notification = listener.recv() => { notification.context("outbox notification")?; }
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+            }
         }
     }
+    .await;
+    // Dropping the listener returns its session to the pool still holding
+    // the lock, and the next round would wait until the pool happens to hand
+    // that session out again (seconds to minutes after a failed Kafka send).
+    if let Err(err) = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(RELAY_LOCK)
+        .execute(&mut listener)
+        .await
+    {
+        tracing::warn!(%err, "cannot release the relay lock; its session will");
+    }
+    published
 }
 
 /// Publishes up to [`BATCH`] records in id order and deletes them; records

@@ -6,6 +6,7 @@
 //! nothing running (see [`ChildProcess`]).
 
 pub mod api_checks;
+mod front;
 mod influxd;
 mod kafka;
 mod nginx;

@@ -86,6 +86,10 @@ pub fn spawn(
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "1")
         .set("reconnect.backoff.max.ms", "1000")
+        // tansu can keep a lost member as the group's leader, the group stuck
+        // rebalancing, until that member's session expires (docs/adr/0018):
+        // 10 s, Kafka's default before 3.0, not librdkafka's 45 s.
+        .set("session.timeout.ms", "10000")
         .create()
         .context("creating the device-commands consumer")?;
     consumer
@@ -121,7 +125,7 @@ pub fn spawn(
         metrics.clone(),
     ));
     let commands = tokio::spawn(publish_commands(
-        consumer,
+        ClosedOffRuntime(Some(consumer)),
         client,
         presence,
         in_flight,
@@ -132,8 +136,30 @@ pub fn spawn(
     Ok(vec![events, commands])
 }
 
+/// The consumer, closed on a thread of its own when the task is aborted:
+/// closing waits for a last offset commit, forever if Kafka is gone by then
+/// (a broker of a cluster refusing it, then the cluster stopping), and must
+/// not hold a runtime worker.
+struct ClosedOffRuntime(Option<StreamConsumer>);
+
+impl std::ops::Deref for ClosedOffRuntime {
+    type Target = StreamConsumer;
+    fn deref(&self) -> &StreamConsumer {
+        // Only `drop` takes the consumer out.
+        self.0.as_ref().expect("consumer is present until drop")
+    }
+}
+
+impl Drop for ClosedOffRuntime {
+    fn drop(&mut self) {
+        if let Some(consumer) = self.0.take() {
+            std::thread::spawn(move || drop(consumer));
+        }
+    }
+}
+
 async fn publish_commands(
-    consumer: StreamConsumer,
+    consumer: ClosedOffRuntime,
     client: AsyncClient,
     presence: Presence,
     in_flight: InFlight,

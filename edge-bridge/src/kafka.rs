@@ -10,7 +10,7 @@ use anyhow::Context;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
@@ -38,11 +38,13 @@ impl ClientContext for BridgeContext {
 
 /// An idempotent producer that replaces itself when the broker rejects it.
 ///
-/// After an outage, messages that timed out make librdkafka bump the
-/// idempotent producer's epoch; a broker that lost or never kept producer
-/// state (tansu after a restart, for one) then refuses every record of that
-/// producer. A new producer gets a new id and starts clean; records it sends
-/// again may duplicate in Kafka, which idempotent storage absorbs.
+/// After a message timed out librdkafka bumps the idempotent producer's
+/// epoch on its own, and a broker that never handed out that epoch refuses
+/// the producer (tansu 0.6 worse: its storage task panics and the broker
+/// fails every request from then on; docs/adr/0018-kafka-cluster-locally.md).
+/// So a timeout or a refusal retires the producer before it sends again; a
+/// new one gets a new id and starts clean. Records it sends again may
+/// duplicate in Kafka, which idempotent storage absorbs.
 pub struct Producer {
     current: RwLock<Arc<FutureProducer<BridgeContext>>>,
     config: ClientConfig,
@@ -60,6 +62,14 @@ impl Producer {
         config
             .set("bootstrap.servers", bootstrap)
             .set("enable.idempotence", "true")
+            // A batch the broker refuses for good leaves a gap, and librdkafka
+            // then bumps the producer epoch on its own. tansu 0.6 has no row
+            // for an epoch it did not hand out and its storage task panics:
+            // the broker stays up but fails every request after that. With
+            // this a refused batch stops the producer instead (fatal error),
+            // and `send` replaces it. Several tansu brokers on one SQLite file
+            // refuse batches whenever they collide on the file's write lock.
+            .set("enable.gapless.guarantee", "true")
             .set("acks", "all")
             .set("linger.ms", linger.as_millis().to_string())
             .set("batch.num.messages", "10000")
@@ -111,8 +121,13 @@ impl Producer {
         if Arc::ptr_eq(&current, failed) {
             tracing::warn!(%error, "Kafka rejected the producer: replacing it with a new one");
             let old = std::mem::replace(&mut *current, Arc::new(fresh));
-            // Dropping purges and flushes for up to 500 ms: not on the runtime.
-            std::thread::spawn(move || drop(old));
+            // Purged at once, not when the last send holding it returns: what
+            // it still queues must not go out under a bumped epoch. Dropping
+            // flushes for up to 500 ms: not on the runtime.
+            std::thread::spawn(move || {
+                old.purge(PurgeConfig::default().queue().inflight());
+                drop(old)
+            });
         }
     }
 
@@ -152,13 +167,13 @@ impl Producer {
 }
 
 /// Errors that say Kafka is unreachable (retrying the same producer later
-/// works) as opposed to a broker that answered and refused.
+/// works) as opposed to a broker that answered and refused. Not a timed-out
+/// message: after one the producer bumps its epoch (see [`Producer`]).
 fn is_broker_rejection(err: &KafkaError) -> bool {
     !matches!(
         err.rdkafka_error_code(),
         Some(
-            RDKafkaErrorCode::MessageTimedOut
-                | RDKafkaErrorCode::QueueFull
+            RDKafkaErrorCode::QueueFull
                 | RDKafkaErrorCode::AllBrokersDown
                 | RDKafkaErrorCode::BrokerTransportFailure
                 | RDKafkaErrorCode::Resolve

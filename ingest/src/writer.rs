@@ -248,14 +248,22 @@ pub async fn start(
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", "20")
         .set("reconnect.backoff.max.ms", "1000")
+        // tansu can keep a lost member as the group's leader, the group stuck
+        // rebalancing, until that member's session expires (docs/adr/0018):
+        // 10 s, Kafka's default before 3.0, not librdkafka's 45 s.
+        .set("session.timeout.ms", "10000")
         .create()
         .context("creating Kafka consumer")?;
     consumer
         .subscribe(&[&config.telemetry_topic])
         .with_context(|| format!("subscribing to {}", config.telemetry_topic))?;
+    // Not idempotent: after a refused batch an idempotent producer bumps its
+    // epoch, which tansu cannot take (see the edge bridge's kafka.rs), and
+    // this one is never replaced. A dead letter sent twice is harmless.
     let producer: FutureProducer = ClientConfig::new()
         .set("bootstrap.servers", &config.kafka_bootstrap)
-        .set("enable.idempotence", "true")
+        .set("enable.idempotence", "false")
+        .set("acks", "all")
         .create()
         .context("creating dead-letter producer")?;
 

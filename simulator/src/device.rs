@@ -530,6 +530,12 @@ impl Device {
             Ok(command) => {
                 let outcome = self.commands.handle(&mut self.sim.model, &command, now);
                 self.shared.stats.commands.fetch_add(1, Ordering::Relaxed);
+                if outcome.duplicate {
+                    self.shared
+                        .stats
+                        .duplicate_commands
+                        .fetch_add(1, Ordering::Relaxed);
+                }
                 tracing::info!(
                     device = %self.spec.device_id,
                     command = %command.name,

@@ -66,6 +66,9 @@ pub struct Summary {
     pub retransmits: u64,
     /// Commands received and answered.
     pub commands: u64,
+    /// Of those, redeliveries of a command already executed: answered
+    /// again, not applied again.
+    pub duplicate_commands: u64,
     /// Sampling ticks skipped because a device's backlog was full.
     pub skipped_ticks: u64,
     pub elapsed: Duration,
@@ -103,7 +106,11 @@ impl fmt::Display for Summary {
             "reconnects:       {} ({} publishes resent)",
             self.reconnects, self.retransmits
         )?;
-        writeln!(f, "commands:         {}", self.commands)?;
+        writeln!(
+            f,
+            "commands:         {} ({} duplicates, not re-applied)",
+            self.commands, self.duplicate_commands
+        )?;
         if self.skipped_ticks > 0 {
             writeln!(f, "skipped samples:  {} (backlog full)", self.skipped_ticks)?;
         }
@@ -127,6 +134,7 @@ pub(crate) struct Stats {
     pub reconnects: AtomicU64,
     pub retransmits: AtomicU64,
     pub commands: AtomicU64,
+    pub duplicate_commands: AtomicU64,
     pub skipped_ticks: AtomicU64,
     pub connected: AtomicUsize,
 }
@@ -239,6 +247,7 @@ pub async fn run(config: SimConfig, shutdown: impl Future<Output = ()>) -> anyho
         reconnects: load(&stats.reconnects),
         retransmits: load(&stats.retransmits),
         commands: load(&stats.commands),
+        duplicate_commands: load(&stats.duplicate_commands),
         skipped_ticks: load(&stats.skipped_ticks),
         elapsed,
         published: Vec::new(),

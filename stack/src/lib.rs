@@ -10,7 +10,8 @@ use std::time::Duration;
 use anyhow::Context;
 use warmhouse_contracts::kafka::topics;
 use warmhouse_devstack::{
-    create_topics, free_port, Influxd, KafkaStorage, Postgres, Prometheus, ScrapeTarget, Tansu,
+    create_topics, free_port, Influxd, KafkaStorage, Postgres, Prometheus, ScrapeTarget,
+    TansuCluster,
 };
 
 pub mod fleet;
@@ -31,6 +32,10 @@ fn stopped(
 #[derive(Debug, Clone)]
 pub struct StackOptions {
     pub kafka_storage: KafkaStorage,
+    /// tansu brokers. More than one share one SQLite store (set
+    /// `kafka_storage` to `Sqlite`) and every client is bootstrapped with
+    /// all of them (docs/adr/0018-kafka-cluster-locally.md).
+    pub kafka_brokers: usize,
     pub partitions: i32,
     /// How long the bridge waits for Kafka before spooling a record.
     pub bridge_kafka_timeout: Duration,
@@ -60,6 +65,7 @@ impl Default for StackOptions {
     fn default() -> Self {
         Self {
             kafka_storage: KafkaStorage::Memory,
+            kafka_brokers: 1,
             partitions: 4,
             bridge_kafka_timeout: Duration::from_secs(3),
             ingest_batch_max_points: 20_000,
@@ -89,7 +95,8 @@ pub struct Stack {
     pub query: warmhouse_ingest::query::RunningQueryApi,
     pub registry: Option<warmhouse_device_registry::RunningRegistry>,
     pub broker: warmhouse_broker::RunningBroker,
-    pub tansu: Tansu,
+    /// The Kafka brokers; `bootstrap()` names all of them.
+    pub tansu: TansuCluster,
     pub influxd: Influxd,
     pub postgres: Option<Postgres>,
     pub prometheus: Option<Prometheus>,
@@ -107,7 +114,11 @@ impl Stack {
         warmhouse_service_kit::init_tracing();
         let jwt_secret = warmhouse_service_kit::auth::generate_secret();
         let auth = warmhouse_service_kit::AuthConfig::with_secret(&jwt_secret);
-        let tansu = Tansu::start(&dir.join("kafka"), options.kafka_storage)?;
+        let tansu = TansuCluster::start(
+            &dir.join("kafka"),
+            options.kafka_brokers,
+            options.kafka_storage,
+        )?;
         create_topics(
             &tansu.bootstrap(),
             &[

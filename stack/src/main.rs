@@ -52,6 +52,10 @@ struct UpArgs {
     /// Milliseconds between two messages of one device.
     #[arg(long, default_value_t = 1000)]
     interval_ms: u64,
+    /// tansu brokers; more than one form a cluster sharing one SQLite store,
+    /// and every client is given all of them (docs/adr/0018).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=9))]
+    kafka_brokers: u8,
 }
 
 #[tokio::main]
@@ -77,6 +81,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .context("resolving the stack directory")?;
     let options = StackOptions {
         kafka_storage: KafkaStorage::Sqlite,
+        kafka_brokers: usize::from(args.kafka_brokers),
         mqtt_port: Some(args.mqtt_port),
         query_port: Some(args.query_port),
         registry: true,
@@ -134,6 +139,7 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .prometheus_url()
         .context("the local stack runs Prometheus")?;
     let token = stack.admin_token()?;
+    print!("\n{}", kafka_brokers(&stack));
     println!(
         "\nWarmhouse is running (data and logs in {dir}).\n\
          \n  The REST APIs want a bearer token. An admin's, valid {ttl_h} h:\
@@ -186,6 +192,29 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     // while they retry a broker that is gone; everything that matters has
     // stopped, so end the process here.
     std::process::exit(0)
+}
+
+/// Where the Kafka brokers are, and with a cluster how to try a failover.
+fn kafka_brokers(stack: &Stack) -> String {
+    let brokers = &stack.tansu.brokers;
+    let list = brokers
+        .iter()
+        .map(|b| match b.pid() {
+            Some(pid) => format!("{} (pid {pid})", b.bootstrap()),
+            None => b.bootstrap(),
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut text = format!("  Kafka (tansu)      {list}");
+    if let Some(front) = stack.tansu.front() {
+        text.push_str(&format!(
+            "\n                     one SQLite store; clients bootstrap from all of them and \
+             reach one live broker through {front}:\n                     `kill -9` one \
+             and they move to another within a second"
+        ));
+    }
+    text.push('\n');
+    text
 }
 
 /// Waits until the first readings are queryable and prints them, so whoever
