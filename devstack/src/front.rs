@@ -144,3 +144,93 @@ fn copy(mut from: TcpStream, mut to: TcpStream) {
     let _ = from.shutdown(Shutdown::Both);
     let _ = to.shutdown(Shutdown::Both);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A server that answers each connection with its name, then closes;
+    /// dropping it closes its port.
+    struct NamedServer {
+        addr: SocketAddr,
+        stop: Arc<AtomicBool>,
+        thread: Option<JoinHandle<()>>,
+    }
+
+    impl NamedServer {
+        fn start(name: &'static str) -> Self {
+            Self::start_on("127.0.0.1:0", name)
+        }
+
+        fn start_on(addr: impl std::net::ToSocketAddrs, name: &'static str) -> Self {
+            let listener = TcpListener::bind(addr).unwrap();
+            listener.set_nonblocking(true).unwrap();
+            let addr = listener.local_addr().unwrap();
+            let stop = Arc::new(AtomicBool::new(false));
+            let stopped = stop.clone();
+            let thread = std::thread::spawn(move || {
+                while !stopped.load(Ordering::SeqCst) {
+                    match listener.accept() {
+                        Ok((mut stream, _)) => {
+                            let _ = stream.write_all(name.as_bytes());
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            });
+            Self {
+                addr,
+                stop,
+                thread: Some(thread),
+            }
+        }
+    }
+
+    impl Drop for NamedServer {
+        fn drop(&mut self) {
+            self.stop.store(true, Ordering::SeqCst);
+            if let Some(thread) = self.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+
+    fn ask(front: SocketAddr) -> String {
+        let mut stream = TcpStream::connect(front).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut answer = String::new();
+        let _ = stream.read_to_string(&mut answer);
+        answer
+    }
+
+    #[test]
+    fn stays_on_the_live_broker_and_moves_on_only_when_it_is_gone() {
+        let first = NamedServer::start("first");
+        let second = NamedServer::start("second");
+        // Bound, then closed: nothing listens there.
+        let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_addr = dead.local_addr().unwrap();
+        drop(dead);
+        let front = Front::start(
+            TcpListener::bind("127.0.0.1:0").unwrap(),
+            vec![dead_addr, first.addr, second.addr],
+        )
+        .unwrap();
+
+        assert_eq!(ask(front.addr()), "first");
+        assert_eq!(ask(front.addr()), "first");
+        let first_addr = first.addr;
+        drop(first);
+        assert_eq!(ask(front.addr()), "second");
+        // A broker that comes back does not take the traffic back.
+        let first_again = NamedServer::start_on(first_addr, "first again");
+        assert_eq!(ask(front.addr()), "second");
+        // Round the list, past the dead address.
+        drop(second);
+        assert_eq!(ask(front.addr()), "first again");
+        drop(first_again);
+        assert_eq!(ask(front.addr()), "", "no broker: the connection closes");
+    }
+}
