@@ -1,11 +1,14 @@
 //! Kafka clients of the registry: the outbox relay's producer and the
 //! `device-events` consumer.
 
+use std::time::Duration;
+
 use anyhow::Context;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::FutureProducer;
 use rdkafka::ClientConfig;
 use warmhouse_contracts::kafka::topics;
+use warmhouse_service_kit::kafka::group_consumer_config;
 
 /// Topic names (each overridable by the operator).
 #[derive(Debug, Clone)]
@@ -51,20 +54,8 @@ impl KafkaSettings {
 
     /// Offsets are stored by hand once an event is applied to PostgreSQL.
     pub fn consumer(&self) -> anyhow::Result<StreamConsumer> {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("group.id", &self.group_id)
-            .set("enable.auto.commit", "true")
-            .set("enable.auto.offset.store", "false")
-            .set("auto.commit.interval.ms", "500")
-            .set("auto.offset.reset", "earliest")
-            // Command round trips wait on this consumer: keep fetches short.
-            .set("fetch.wait.max.ms", "1")
-            .set("reconnect.backoff.max.ms", "1000")
-            // tansu can keep a lost member as the group's leader, the group stuck
-            // rebalancing, until that member's session expires (docs/adr/0018):
-            // 10 s, Kafka's default before 3.0, not librdkafka's 45 s.
-            .set("session.timeout.ms", "10000")
+        // Command round trips wait on this consumer: keep fetches short.
+        group_consumer_config(&self.bootstrap, &self.group_id, Duration::from_millis(1))
             .create()
             .context("creating the device-events Kafka consumer")
     }

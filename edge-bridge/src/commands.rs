@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message};
+use rdkafka::Message;
 use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
 use warmhouse_contracts::device::StatusMessage;
 use warmhouse_contracts::kafka::{CommandRecord, DeadLetter, DeviceEvent, DeviceEventKind};
 use warmhouse_contracts::topics::{Channel, DeviceTopic};
+use warmhouse_service_kit::kafka::{group_consumer_config, ClosedOffRuntime};
 use warmhouse_service_kit::now_ms;
 
 use crate::delivery::Delivery;
@@ -77,21 +78,13 @@ pub fn spawn(
     delivery: Arc<Delivery>,
     metrics: Metrics,
 ) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &settings.kafka_bootstrap)
-        .set("group.id", &settings.group_id)
-        .set("enable.auto.commit", "true")
-        .set("enable.auto.offset.store", "false")
-        .set("auto.commit.interval.ms", "500")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "1")
-        .set("reconnect.backoff.max.ms", "1000")
-        // tansu can keep a lost member as the group's leader, the group stuck
-        // rebalancing, until that member's session expires (docs/adr/0018):
-        // 10 s, Kafka's default before 3.0, not librdkafka's 45 s.
-        .set("session.timeout.ms", "10000")
-        .create()
-        .context("creating the device-commands consumer")?;
+    let consumer: StreamConsumer = group_consumer_config(
+        &settings.kafka_bootstrap,
+        &settings.group_id,
+        Duration::from_millis(1),
+    )
+    .create()
+    .context("creating the device-commands consumer")?;
     consumer
         .subscribe(&[settings.commands_topic.as_str()])
         .context("subscribing to device-commands")?;
@@ -125,7 +118,7 @@ pub fn spawn(
         metrics.clone(),
     ));
     let commands = tokio::spawn(publish_commands(
-        ClosedOffRuntime(Some(consumer)),
+        ClosedOffRuntime::new(consumer),
         client,
         presence,
         in_flight,
@@ -134,28 +127,6 @@ pub fn spawn(
         metrics,
     ));
     Ok(vec![events, commands])
-}
-
-/// The consumer, closed on a thread of its own when the task is aborted:
-/// closing waits for a last offset commit, forever if Kafka is gone by then
-/// (a broker of a cluster refusing it, then the cluster stopping), and must
-/// not hold a runtime worker.
-struct ClosedOffRuntime(Option<StreamConsumer>);
-
-impl std::ops::Deref for ClosedOffRuntime {
-    type Target = StreamConsumer;
-    fn deref(&self) -> &StreamConsumer {
-        // Only `drop` takes the consumer out.
-        self.0.as_ref().expect("consumer is present until drop")
-    }
-}
-
-impl Drop for ClosedOffRuntime {
-    fn drop(&mut self) {
-        if let Some(consumer) = self.0.take() {
-            std::thread::spawn(move || drop(consumer));
-        }
-    }
 }
 
 async fn publish_commands(

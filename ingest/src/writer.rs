@@ -29,6 +29,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use warmhouse_contracts::kafka::{topics, DeadLetter};
 use warmhouse_contracts::points::points;
 use warmhouse_contracts::telemetry::TelemetryEnvelope;
+use warmhouse_service_kit::kafka::{group_consumer_config, ClosedOffRuntime};
 use warmhouse_service_kit::{admin_router, now_ms, register, serve, Readiness};
 
 use crate::influx::{InfluxClient, InfluxSettings, WriteError};
@@ -238,22 +239,14 @@ pub async fn start(
         .await
         .context("preparing the InfluxDB database and retention policies")?;
 
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka_bootstrap)
-        .set("group.id", &config.group_id)
-        .set("enable.auto.commit", "true")
-        // Offsets are stored by hand, only after InfluxDB took the batch.
-        .set("enable.auto.offset.store", "false")
-        .set("auto.commit.interval.ms", "500")
-        .set("auto.offset.reset", "earliest")
-        .set("fetch.wait.max.ms", "20")
-        .set("reconnect.backoff.max.ms", "1000")
-        // tansu can keep a lost member as the group's leader, the group stuck
-        // rebalancing, until that member's session expires (docs/adr/0018):
-        // 10 s, Kafka's default before 3.0, not librdkafka's 45 s.
-        .set("session.timeout.ms", "10000")
-        .create()
-        .context("creating Kafka consumer")?;
+    // Offsets are stored by hand, only after InfluxDB took the batch.
+    let consumer: StreamConsumer = group_consumer_config(
+        &config.kafka_bootstrap,
+        &config.group_id,
+        Duration::from_millis(20),
+    )
+    .create()
+    .context("creating Kafka consumer")?;
     consumer
         .subscribe(&[&config.telemetry_topic])
         .with_context(|| format!("subscribing to {}", config.telemetry_topic))?;
@@ -292,7 +285,7 @@ pub async fn start(
     let task = tokio::spawn(async move {
         let writer = Writer {
             config,
-            consumer: ClosedOffRuntime(Some(consumer)),
+            consumer: ClosedOffRuntime::new(consumer),
             producer,
             influx,
             metrics: task_metrics,
@@ -507,29 +500,6 @@ impl Writer {
         // rebalance); their records are redelivered and overwrite themselves.
         if let Err(err) = self.consumer.store_offsets(&list) {
             tracing::warn!(%err, "cannot store offsets; the records will be written again");
-        }
-    }
-}
-
-/// The writer's consumer. Closing a consumer commits its stored offsets and
-/// leaves the group, and blocks until the broker answers: forever when the
-/// broker is gone. The writer task can be dropped anywhere (shutdown, abort,
-/// a runtime going away), so the close always happens on a thread of its own
-/// rather than on a runtime worker it would stall.
-struct ClosedOffRuntime(Option<StreamConsumer>);
-
-impl std::ops::Deref for ClosedOffRuntime {
-    type Target = StreamConsumer;
-    fn deref(&self) -> &StreamConsumer {
-        // Only `drop` takes the consumer out.
-        self.0.as_ref().expect("consumer is present until drop")
-    }
-}
-
-impl Drop for ClosedOffRuntime {
-    fn drop(&mut self) {
-        if let Some(consumer) = self.0.take() {
-            std::thread::spawn(move || drop(consumer));
         }
     }
 }

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod http_metrics;
+pub mod kafka;
 pub mod problem;
 
 use std::collections::BTreeMap;
