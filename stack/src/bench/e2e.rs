@@ -16,6 +16,7 @@ use warmhouse_ingest::influx::{InfluxClient, InfluxSettings};
 use warmhouse_simulator::DeviceKind;
 
 use super::cpu;
+use warmhouse_devstack::KafkaStorage;
 use warmhouse_stack::{Stack, StackOptions};
 
 #[derive(Debug, Clone)]
@@ -26,6 +27,9 @@ pub struct E2eOptions {
     pub samples: usize,
     pub batch_points: usize,
     pub perf: bool,
+    pub kafka_storage: KafkaStorage,
+    /// tansu brokers: more than one form a cluster (docs/adr/0018).
+    pub kafka_brokers: usize,
 }
 
 impl E2eOptions {
@@ -180,6 +184,8 @@ impl E2eResult {
 pub async fn run(dir: &Path, options: &E2eOptions) -> anyhow::Result<E2eResult> {
     let stack_options = StackOptions {
         ingest_batch_max_points: options.batch_points,
+        kafka_storage: options.kafka_storage,
+        kafka_brokers: options.kafka_brokers,
         ..StackOptions::default()
     };
     let stack = tokio::time::timeout(

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::Parser;
+use warmhouse_devstack::KafkaStorage;
 
 /// Benchmarks Warmhouse on this machine and writes docs/benchmarks.md.
 #[derive(Parser, Debug, Clone)]
@@ -39,11 +40,12 @@ pub struct Args {
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Phases to run, comma separated. With `--out` pointing at an existing
-    /// report and only `commands`, just that section of the report is replaced.
+    /// report and only `commands` and/or `kafka`, just those sections of the
+    /// report are replaced.
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "influx,brokers,e2e,commands"
+        default_value = "influx,brokers,e2e,commands,kafka"
     )]
     pub phases: Vec<Phase>,
 
@@ -91,6 +93,10 @@ pub struct Args {
     /// Commands a second in the command phase.
     #[arg(long, default_value_t = 50)]
     pub command_rate: u32,
+    /// Simulated devices of the Kafka comparison (phase 3's setup with tansu
+    /// in memory, on SQLite, and three brokers on SQLite).
+    #[arg(long, default_value_t = 140)]
+    pub kafka_devices: u32,
     /// Skip the `perf record` profile of the bench process.
     #[arg(long)]
     pub no_perf: bool,
@@ -102,6 +108,7 @@ pub enum Phase {
     Brokers,
     E2e,
     Commands,
+    Kafka,
 }
 
 /// What the run measured; a failed phase keeps its error.
@@ -122,6 +129,12 @@ pub struct Results {
     pub commands: Option<(
         commands::CommandOptions,
         anyhow::Result<commands::CommandResult>,
+    )>,
+    /// Phase 3's setup on each Kafka setup: (what it is, options, result).
+    pub kafka: Vec<(
+        &'static str,
+        e2e::E2eOptions,
+        anyhow::Result<e2e::E2eResult>,
     )>,
 }
 
@@ -185,6 +198,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         samples: args.e2e_samples,
         batch_points: args.e2e_batch_points,
         perf: !args.no_perf,
+        kafka_storage: KafkaStorage::Memory,
+        kafka_brokers: 1,
     };
     let mut results = Results {
         args: args.clone(),
@@ -200,6 +215,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         e2e_options: e2e_options.clone(),
         e2e_more: Vec::new(),
         commands: None,
+        kafka: Vec::new(),
     };
     // Generous outer limits: every wait inside has its own deadline.
     let phase_limit = duration * 3 + Duration::from_secs(300);
@@ -304,14 +320,51 @@ async fn run(args: Args) -> anyhow::Result<()> {
         results.commands = Some((options, result));
     }
 
+    if args.phases.contains(&Phase::Kafka) {
+        let setups = [
+            ("tansu, memory", KafkaStorage::Memory, 1),
+            ("tansu, SQLite", KafkaStorage::Sqlite, 1),
+            ("3 tansu brokers, one SQLite file", KafkaStorage::Sqlite, 3),
+        ];
+        for (label, kafka_storage, kafka_brokers) in setups {
+            let options = e2e::E2eOptions {
+                devices: args.kafka_devices,
+                perf: false,
+                kafka_storage,
+                kafka_brokers,
+                ..e2e_options.clone()
+            };
+            eprintln!(
+                "== phase 6: {label}, {} devices ({duration:?})",
+                options.devices
+            );
+            let t = Instant::now();
+            let result = limit(
+                phase_limit,
+                e2e::run(
+                    &dir.path()
+                        .join(format!("kafka-{kafka_brokers}-{kafka_storage:?}")),
+                    &options,
+                ),
+            )
+            .await;
+            log_outcome(&result, t);
+            results.kafka.push((label, options, result));
+        }
+    }
+
     results.total = started.elapsed();
-    let only_commands = args.phases == [Phase::Commands];
+    // Only the sections that can stand alone: splice them into the report.
+    let only_sections = args
+        .phases
+        .iter()
+        .all(|p| matches!(p, Phase::Commands | Phase::Kafka));
     let existing = args
         .out
         .as_ref()
         .and_then(|out| std::fs::read_to_string(out).ok());
     let markdown = match existing {
-        Some(existing) if only_commands => report::splice_commands(&existing, &results),
+        Some(existing) if only_sections => report::splice_sections(&existing, &results),
         _ => report::render(&results),
     };
     println!("{markdown}");

@@ -5,7 +5,7 @@ use std::fmt::Write;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::brokers::{BrokerKind, BrokerRun};
-use super::e2e::{percentile, E2eResult};
+use super::e2e::{percentile, E2eOptions, E2eResult};
 use super::influx::CeilingResult;
 use super::Results;
 
@@ -433,24 +433,41 @@ pub fn render(results: &Results) -> String {
     render_brokers(&mut md, results);
     render_e2e(&mut md, results, ceiling);
     render_commands(&mut md, results);
+    render_kafka(&mut md, results, ceiling);
     render_limits(&mut md, results, ceiling);
     md
 }
 
 const COMMANDS_HEADING: &str = "## 5. Command round trip";
 
-/// `existing` with its command section replaced by this run's (or added
-/// before "What limits us"); the other sections keep their figures.
-pub fn splice_commands(existing: &str, results: &Results) -> String {
-    let mut section = String::new();
-    render_commands(&mut section, results);
-    let start = existing.find(COMMANDS_HEADING);
-    let (before, after) = match start {
+const KAFKA_HEADING: &str = "## 6. Kafka: memory, SQLite, a three-broker cluster";
+
+/// `existing` with the sections of the phases that ran (commands, Kafka)
+/// replaced by this run's, or added before "What limits us"; the other
+/// sections keep their figures.
+pub fn splice_sections(existing: &str, results: &Results) -> String {
+    let mut text = existing.to_string();
+    if results.commands.is_some() {
+        let mut section = String::new();
+        render_commands(&mut section, results);
+        text = splice_section(&text, COMMANDS_HEADING, &section);
+    }
+    if !results.kafka.is_empty() {
+        let ceiling = results.ceiling.as_ref().and_then(|c| c.as_ref().ok());
+        let mut section = String::new();
+        render_kafka(&mut section, results, ceiling);
+        text = splice_section(&text, KAFKA_HEADING, &section);
+    }
+    text
+}
+
+fn splice_section(existing: &str, heading: &str, section: &str) -> String {
+    let (before, after) = match existing.find(heading) {
         Some(start) => {
-            let rest = &existing[start + COMMANDS_HEADING.len()..];
+            let rest = &existing[start + heading.len()..];
             let end = rest
                 .find("\n## ")
-                .map_or(existing.len(), |i| start + COMMANDS_HEADING.len() + i + 1);
+                .map_or(existing.len(), |i| start + heading.len() + i + 1);
             (&existing[..start], &existing[end..])
         }
         None => match existing.find("## What limits us") {
@@ -945,55 +962,90 @@ fn render_more(md: &mut String, results: &Results, ceiling: Option<&CeilingResul
     let _ = writeln!(
         md,
         "Higher loads, same setup with more devices (a fresh stack each):\n\n\
-         | devices | offered/s | stored/s | stored / ceiling | lost / duplicated | \
-         latency p50 / p99 (after 3 s), ms | machine busy |\n\
+         | devices | {SUMMARY_COLUMNS} |\n\
          |---|---|---|---|---|---|---|"
     );
     for (options, result) in &results.e2e_more {
-        match result {
-            Err(err) => {
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | failed: {} | | | | |",
-                    options.devices,
-                    options
-                        .offered_per_sec()
-                        .map_or_else(|| "max".to_string(), thousands),
-                    one_line(err)
-                );
-            }
-            Ok(e) => {
-                let check = match &e.verification {
-                    Ok(v) => format!(
-                        "{} / {}",
-                        (e.readings_acked as i64 - v.stored as i64).max(0),
-                        v.duplicates + v.gaps
-                    ),
-                    Err(_) => "check failed".to_string(),
-                };
-                let steady = e.latency.after(3.0);
-                let p = |q: f64| {
-                    percentile(&steady, q).map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}"))
-                };
-                let _ = writeln!(
-                    md,
-                    "| {} | {} | {} | {} | {check} | {} / {} | {} |",
-                    e.devices,
-                    e.offered_per_sec
-                        .map_or_else(|| "max".to_string(), thousands),
-                    thousands(e.stored_per_sec()),
-                    ceiling.map_or_else(
-                        || "n/a".to_string(),
-                        |c| ratio(e.stored_per_sec(), c.points_per_sec())
-                    ),
-                    p(50.0),
-                    p(99.0),
-                    opt_pct(e.cpu.machine_busy.map(|b| e.cpu.share(b)))
-                );
-            }
-        }
+        let _ = writeln!(
+            md,
+            "| {} | {} |",
+            options.devices,
+            summary_cells(options, result, ceiling)
+        );
     }
     let _ = writeln!(md);
+}
+
+fn render_kafka(md: &mut String, results: &Results, ceiling: Option<&CeilingResult>) {
+    let Some((_, first, _)) = results.kafka.first() else {
+        return;
+    };
+    let _ = writeln!(md, "{KAFKA_HEADING}\n");
+    let _ = writeln!(
+        md,
+        "Phase 3's setup with {} devices, a fresh stack each, on three Kafka setups: tansu \
+         keeping records in memory (every other phase), tansu on a SQLite file (durable, what \
+         the local stack runs), and three tansu brokers on one SQLite file that clients reach \
+         through the cluster's front ([ADR 0018](adr/0018-kafka-cluster-locally.md)).\n\n\
+         | Kafka | {SUMMARY_COLUMNS} |\n\
+         |---|---|---|---|---|---|---|",
+        first.devices
+    );
+    for (label, options, result) in &results.kafka {
+        let _ = writeln!(
+            md,
+            "| {label} | {} |",
+            summary_cells(options, result, ceiling)
+        );
+    }
+    let _ = writeln!(md);
+}
+
+const SUMMARY_COLUMNS: &str = "offered/s | stored/s | stored / ceiling | lost / duplicated | \
+                               latency p50 / p99 (after 3 s), ms | machine busy";
+
+/// One phase 3 run in the six [`SUMMARY_COLUMNS`].
+fn summary_cells(
+    options: &E2eOptions,
+    result: &anyhow::Result<E2eResult>,
+    ceiling: Option<&CeilingResult>,
+) -> String {
+    let e = match result {
+        Ok(e) => e,
+        Err(err) => {
+            return format!(
+                "{} | failed: {} | | | |",
+                options
+                    .offered_per_sec()
+                    .map_or_else(|| "max".to_string(), thousands),
+                one_line(err)
+            )
+        }
+    };
+    let check = match &e.verification {
+        Ok(v) => format!(
+            "{} / {}",
+            (e.readings_acked as i64 - v.stored as i64).max(0),
+            v.duplicates + v.gaps
+        ),
+        Err(_) => "check failed".to_string(),
+    };
+    let steady = e.latency.after(3.0);
+    let p =
+        |q: f64| percentile(&steady, q).map_or_else(|| "n/a".to_string(), |v| format!("{v:.0}"));
+    format!(
+        "{} | {} | {} | {check} | {} / {} | {}",
+        e.offered_per_sec
+            .map_or_else(|| "max".to_string(), thousands),
+        thousands(e.stored_per_sec()),
+        ceiling.map_or_else(
+            || "n/a".to_string(),
+            |c| ratio(e.stored_per_sec(), c.points_per_sec())
+        ),
+        p(50.0),
+        p(99.0),
+        opt_pct(e.cpu.machine_busy.map(|b| e.cpu.share(b)))
+    )
 }
 
 fn render_cpu(md: &mut String, e: &E2eResult) {
@@ -1154,4 +1206,24 @@ fn render_limits(md: &mut String, results: &Results, ceiling: Option<&CeilingRes
         text.push("No phase produced enough figures to say.".to_string());
     }
     let _ = writeln!(md, "{}", text.join(" "));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_section_is_replaced_in_place_or_added_before_the_limits() {
+        let report = "# B\n## 5. Command round trip\nold\n## What limits us\nx\n";
+        assert_eq!(
+            splice_section(report, COMMANDS_HEADING, "## 5. Command round trip\nnew\n"),
+            "# B\n## 5. Command round trip\nnew\n## What limits us\nx\n"
+        );
+        assert_eq!(
+            splice_section(report, KAFKA_HEADING, &format!("{KAFKA_HEADING}\nk\n")),
+            format!(
+                "# B\n## 5. Command round trip\nold\n{KAFKA_HEADING}\nk\n## What limits us\nx\n"
+            )
+        );
+    }
 }
