@@ -496,15 +496,7 @@ fn render_commands(md: &mut String, results: &Results) {
          rumqttc's default) the same run measured p50 71 ms, p99 88 ms.\n",
         options.homes, options.interval_ms
     );
-    let _ = writeln!(
-        md,
-        "Run {}, commit {}, {} x {}:\n\n```sh\n{}\n```\n",
-        results.started_utc,
-        results.machine.commit,
-        results.machine.cores,
-        results.machine.cpu,
-        results.command
-    );
+    render_run(md, results);
     match result {
         Err(err) => {
             let _ = writeln!(md, "Failed: {}\n", one_line(err));
@@ -976,11 +968,25 @@ fn render_more(md: &mut String, results: &Results, ceiling: Option<&CeilingResul
     let _ = writeln!(md);
 }
 
+/// When, where and how a section that can be re-run alone was measured.
+fn render_run(md: &mut String, results: &Results) {
+    let _ = writeln!(
+        md,
+        "Run {}, commit {}, {} x {}:\n\n```sh\n{}\n```\n",
+        results.started_utc,
+        results.machine.commit,
+        results.machine.cores,
+        results.machine.cpu,
+        results.command
+    );
+}
+
 fn render_kafka(md: &mut String, results: &Results, ceiling: Option<&CeilingResult>) {
     let Some((_, first, _)) = results.kafka.first() else {
         return;
     };
     let _ = writeln!(md, "{KAFKA_HEADING}\n");
+    render_run(md, results);
     let _ = writeln!(
         md,
         "Phase 3's setup with {} devices, a fresh stack each, on three Kafka setups: tansu \
@@ -996,6 +1002,21 @@ fn render_kafka(md: &mut String, results: &Results, ceiling: Option<&CeilingResu
             md,
             "| {label} | {} |",
             summary_cells(options, result, ceiling)
+        );
+    }
+    let stored: Vec<Option<f64>> = results
+        .kafka
+        .iter()
+        .map(|(_, _, r)| r.as_ref().ok().map(E2eResult::stored_per_sec))
+        .collect();
+    if let [Some(memory), Some(sqlite), Some(cluster)] = stored[..] {
+        let _ = writeln!(
+            md,
+            "\nStored per second, as a share of tansu in memory: one broker on SQLite {}, \
+             three brokers on SQLite {}; the cluster against one broker on SQLite: {}.",
+            ratio(sqlite, memory),
+            ratio(cluster, memory),
+            ratio(cluster, sqlite)
         );
     }
     let _ = writeln!(md);
