@@ -2,8 +2,10 @@
 //!
 //! Sources of revocations:
 //! * the registry's domain events on Kafka (`registry-events`):
-//!   `device.disabled` and `device.deleted` revoke, `device.enabled` and
-//!   `device.registered` lift;
+//!   `device.disabled`, `device.deleted` and `device.credentials_rotated`
+//!   revoke (the last one so that no connection made with replaced
+//!   credentials outlives them: the device reconnects with its new ones),
+//!   `device.enabled` and `device.registered` lift;
 //! * operators: `POST /admin/v1/devices/{id}/revoke` (and `DELETE` to lift)
 //!   on the admin port, with `Authorization: Bearer $WARMHOUSE_BROKER_ADMIN_TOKEN`.
 //!
@@ -69,7 +71,8 @@ struct Entry {
 /// Where a revocation came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Source {
-    /// `device.disabled` / `device.deleted` from the registry.
+    /// `device.disabled`, `device.deleted`, `device.credentials_rotated` from
+    /// the registry.
     RegistryEvent,
     /// `POST /admin/v1/devices/{id}/revoke`.
     Admin,
@@ -222,14 +225,19 @@ pub fn effect_of(payload: &[u8]) -> anyhow::Result<Effect> {
         .context("registry event is not a JSON object with a type")?;
     if !matches!(
         kind.as_str(),
-        "device.disabled" | "device.deleted" | "device.enabled" | "device.registered"
+        "device.disabled"
+            | "device.deleted"
+            | "device.credentials_rotated"
+            | "device.enabled"
+            | "device.registered"
     ) {
         return Ok(Effect::Ignore);
     }
     let event = DomainEvent::decode(payload).context("decoding a device lifecycle event")?;
     Ok(match event.event {
         DomainEventKind::DeviceDisabled { device_id, .. }
-        | DomainEventKind::DeviceDeleted { device_id, .. } => Effect::Revoke(device_id.into()),
+        | DomainEventKind::DeviceDeleted { device_id, .. }
+        | DomainEventKind::CredentialsRotated { device_id, .. } => Effect::Revoke(device_id.into()),
         DomainEventKind::DeviceEnabled { device_id, .. }
         | DomainEventKind::DeviceRegistered { device_id, .. } => Effect::Lift(device_id.into()),
         _ => Effect::Ignore,
@@ -553,6 +561,15 @@ mod tests {
             effect_of(&event(DomainEventKind::DeviceDeleted {
                 device_id: device.clone(),
                 home_id: home.clone()
+            }))
+            .unwrap(),
+            Effect::Revoke("dev-1".into())
+        );
+        assert_eq!(
+            effect_of(&event(DomainEventKind::CredentialsRotated {
+                device_id: device.clone(),
+                home_id: home.clone(),
+                kind: "password".into()
             }))
             .unwrap(),
             Effect::Revoke("dev-1".into())

@@ -104,6 +104,15 @@ pub enum DomainEventKind {
         device_id: DeviceId,
         home_id: HomeId,
     },
+    /// New credentials of `kind` (`password` or `certificate`) replaced the
+    /// device's current ones, which no longer let it in: connections made
+    /// with them are to be dropped.
+    #[serde(rename = "device.credentials_rotated")]
+    CredentialsRotated {
+        device_id: DeviceId,
+        home_id: HomeId,
+        kind: String,
+    },
     /// Someone changed what the device should be doing (the desired half
     /// of its shadow).
     #[serde(rename = "device.desired_changed")]
@@ -134,6 +143,7 @@ impl DomainEventKind {
             | DomainEventKind::DeviceDisabled { device_id, .. }
             | DomainEventKind::DeviceEnabled { device_id, .. }
             | DomainEventKind::DeviceDeleted { device_id, .. }
+            | DomainEventKind::CredentialsRotated { device_id, .. }
             | DomainEventKind::DesiredChanged { device_id, .. }
             | DomainEventKind::CommandStatusChanged { device_id, .. } => device_id.as_str(),
         }
@@ -148,6 +158,7 @@ impl DomainEventKind {
             DomainEventKind::DeviceDisabled { .. } => "device.disabled",
             DomainEventKind::DeviceEnabled { .. } => "device.enabled",
             DomainEventKind::DeviceDeleted { .. } => "device.deleted",
+            DomainEventKind::CredentialsRotated { .. } => "device.credentials_rotated",
             DomainEventKind::DesiredChanged { .. } => "device.desired_changed",
             DomainEventKind::CommandStatusChanged { .. } => "command.status_changed",
         }

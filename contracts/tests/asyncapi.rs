@@ -377,6 +377,11 @@ fn enums_and_tagged_unions_list_every_variant() {
             device_id: device.clone(),
             home_id: home.clone(),
         },
+        DomainEventKind::CredentialsRotated {
+            device_id: device.clone(),
+            home_id: home.clone(),
+            kind: "certificate".into(),
+        },
         DomainEventKind::DesiredChanged {
             device_id: device.clone(),
             home_id: home.clone(),
@@ -399,6 +404,7 @@ fn enums_and_tagged_unions_list_every_variant() {
             | DomainEventKind::DeviceDisabled { .. }
             | DomainEventKind::DeviceEnabled { .. }
             | DomainEventKind::DeviceDeleted { .. }
+            | DomainEventKind::CredentialsRotated { .. }
             | DomainEventKind::DesiredChanged { .. }
             | DomainEventKind::CommandStatusChanged { .. } => {}
         }

@@ -34,12 +34,15 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, Row};
 use utoipa::{OpenApi, ToSchema};
-use warmhouse_contracts::ids::DeviceId;
+use warmhouse_contracts::domain::DomainEventKind;
+use warmhouse_contracts::ids::{DeviceId, HomeId};
 use warmhouse_device_identity::access::{AccessDecision, AccessRequest, DEVICE_ACCESS_PATH};
 use warmhouse_device_identity::{password, PlatformCa};
 use warmhouse_service_kit::auth::Caller;
 
+use crate::kafka::Topics;
 use crate::model::DeviceStatus;
+use crate::outbox;
 use crate::problem::Problem;
 use crate::store::db_problem;
 use crate::RegistryState;
@@ -207,11 +210,15 @@ impl std::fmt::Debug for IssuedCredentials {
 /// Issues `kind` credentials to `device_id` on `conn` (a transaction of the
 /// caller's, or a plain connection), replacing its current credential of
 /// that kind. The device row is locked until the caller's transaction ends,
-/// so two concurrent issuances cannot both stay current. 404 for an unknown
-/// device, 409 for a disabled one, 503 for a certificate without a CA.
+/// so two concurrent issuances cannot both stay current. Replacing a current
+/// credential announces `device.credentials_rotated` in the same
+/// transaction, and the brokers drop the connections made with it.
+/// 404 for an unknown device, 409 for a disabled one, 503 for a certificate
+/// without a CA.
 pub async fn issue_credentials(
     conn: &mut PgConnection,
     identity: &Identity,
+    topics: &Topics,
     device_id: &str,
     kind: CredentialKind,
 ) -> Result<IssuedCredentials, Problem> {
@@ -252,14 +259,21 @@ pub async fn issue_credentials(
         }
     };
 
-    let status: Option<String> = sqlx::query("SELECT status FROM devices WHERE id = $1 FOR UPDATE")
+    let row = sqlx::query("SELECT status, home_id FROM devices WHERE id = $1 FOR UPDATE")
         .bind(device_id)
         .fetch_optional(&mut *conn)
         .await
         .map_err(|e| db_problem(e, "device"))?
-        .map(|row| row.get("status"));
-    match status.as_deref().and_then(DeviceStatus::parse) {
-        None => return Err(Problem::not_found(format!("no device {device_id:?}"))),
+        .ok_or_else(|| Problem::not_found(format!("no device {device_id:?}")))?;
+    let status: String = row.get("status");
+    let home_id: String = row.get("home_id");
+    match DeviceStatus::parse(&status) {
+        None => {
+            return Err(internal(
+                "device status",
+                format!("unknown status {status:?}"),
+            ))
+        }
         Some(DeviceStatus::Disabled) => {
             return Err(Problem::conflict(format!(
                 "device {device_id:?} is disabled; enable it before issuing credentials"
@@ -267,7 +281,7 @@ pub async fn issue_credentials(
         }
         Some(_) => {}
     }
-    sqlx::query(
+    let replaced = sqlx::query(
         "UPDATE device_credentials SET revoked_at = now() \
          WHERE device_id = $1 AND kind = $2 AND revoked_at IS NULL",
     )
@@ -275,7 +289,19 @@ pub async fn issue_credentials(
     .bind(kind.as_str())
     .execute(&mut *conn)
     .await
-    .map_err(|e| db_problem(e, "credential"))?;
+    .map_err(|e| db_problem(e, "credential"))?
+    .rows_affected();
+    if replaced > 0 {
+        let home_id = HomeId::new(&home_id).map_err(|err| internal("stored home id", err))?;
+        let event = DomainEventKind::CredentialsRotated {
+            device_id: device.clone(),
+            home_id,
+            kind: kind.as_str().to_string(),
+        };
+        outbox::enqueue_event(&mut *conn, topics, event)
+            .await
+            .map_err(|e| db_problem(e, "credential"))?;
+    }
     let (sha256, hash, not_after) = match &prepared {
         Prepared::Password { hash, .. } => (None, Some(hash.as_str()), None),
         Prepared::Certificate {
@@ -480,7 +506,8 @@ pub async fn create_credentials(
         .begin()
         .await
         .map_err(|e| db_problem(e, "credential"))?;
-    let issued = issue_credentials(&mut tx, state.identity(), &id, request.kind).await?;
+    let issued =
+        issue_credentials(&mut tx, state.identity(), state.topics(), &id, request.kind).await?;
     tx.commit().await.map_err(|e| db_problem(e, "credential"))?;
     let mut response = (StatusCode::CREATED, Json(issued)).into_response();
     // Secrets: no cache may keep this answer.

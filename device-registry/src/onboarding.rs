@@ -397,6 +397,7 @@ async fn perform(
             let issued = identity::issue_credentials(
                 &mut tx,
                 state.identity(),
+                state.topics(),
                 &new.id,
                 request.credentials,
             )

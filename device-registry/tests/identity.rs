@@ -188,6 +188,22 @@ async fn credentials_are_issued_once_stored_as_hashes_and_checked_for_the_broker
         api.allowed(password_question("dev-pw", &new_password))
             .await
     );
+    // Announced (this registry has no Kafka: the event waits in the
+    // outbox), so brokers drop connections made with the old password.
+    // The first issue replaced nothing and announced nothing.
+    let announced: Vec<Value> = sqlx::query(
+        "SELECT convert_from(payload, 'UTF8')::jsonb FROM outbox \
+         WHERE key = 'dev-pw' AND convert_from(payload, 'UTF8')::jsonb->>'type' = 'device.credentials_rotated'",
+    )
+    .fetch_all(&pool)
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|row| row.get(0))
+    .collect();
+    assert_eq!(announced.len(), 1, "{announced:?}");
+    assert_eq!(announced[0]["kind"], "password");
+    assert_eq!(announced[0]["home_id"], "home-a");
 
     // A certificate: O = device id, signed by the CA, stored by fingerprint.
     let (status, cert) = api.issue("dev-cert", "certificate").await;
@@ -281,6 +297,7 @@ async fn credentials_are_issued_once_stored_as_hashes_and_checked_for_the_broker
     let issued = identity::issue_credentials(
         &mut tx,
         api.running.state.identity(),
+        api.running.state.topics(),
         "dev-other",
         CredentialKind::Password,
     )

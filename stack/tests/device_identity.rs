@@ -9,7 +9,8 @@
 //!   or a password: the broker drops the connection and the forged
 //!   messages never reach Kafka, while the victim's own messages do.
 //! * Refused at connect: a certificate from another CA, a wrong password,
-//!   an unknown device, no credentials, a rotated (replaced) certificate.
+//!   an unknown device, no credentials, a rotated (replaced) certificate;
+//!   rotating a certificate also drops the connection made with the old one.
 //! * A client that opens a TLS connection and says nothing does not stop
 //!   the mTLS listener from accepting others (rumqttd patch 4).
 //! * Disabling a device (PATCH status=disabled), deleting it, and the
@@ -858,8 +859,11 @@ async fn devices_speak_only_for_themselves_and_lose_access_when_revoked() {
         "the mTLS listener stalled"
     );
 
-    // Rotation: a new certificate replaces the old one.
+    // Rotation: a new certificate replaces the old one, and the connection
+    // made with the old one is dropped (`device.credentials_rotated`).
+    let mut old_cert_live = Live::open(&ep, &forger, "old-cert-live").await;
     let rotated = cert_cred(&api.credentials(FORGER, "certificate").await);
+    old_cert_live.expect_dropped("replaced certificate").await;
     assert_refused(
         connect(&ep, &forger, "old-cert").await,
         "a replaced certificate",
