@@ -10,7 +10,9 @@
 //!   device.
 //!
 //! Every decision fails closed: no answer from the registry in time, an
-//! error status or an unreadable body refuses the connect. The self-probe's
+//! error status or an unreadable body refuses the connect, unless the
+//! registry allowed these very credentials shortly before
+//! ([`LastGoodAnswers`], forgotten on any revocation). The self-probe's
 //! own identity ([`PROBE_DEVICE_ID`]) is decided locally, so a registry
 //! outage does not take the broker out of its load balancer.
 //!
@@ -29,6 +31,7 @@ use warmhouse_contracts::ids::DeviceId;
 use warmhouse_device_identity::access::{AccessDecision, AccessRequest, DEVICE_ACCESS_PATH};
 
 use crate::config::Secret;
+use crate::last_good::LastGoodAnswers;
 use crate::probe::{Listener, PROBE_DEVICE_ID};
 use crate::revocation::Revocations;
 
@@ -47,6 +50,9 @@ enum Outcome {
     Invalid,
     /// No usable answer from the registry (down, slow, error status).
     Error,
+    /// No usable answer, but the registry allowed these credentials within
+    /// the grace period.
+    AllowedRegistryDown,
     /// The self-probe's own login.
     Probe,
 }
@@ -59,12 +65,16 @@ impl Outcome {
             Outcome::Revoked => "revoked",
             Outcome::Invalid => "invalid",
             Outcome::Error => "error",
+            Outcome::AllowedRegistryDown => "allowed_registry_down",
             Outcome::Probe => "probe",
         }
     }
 
     fn allowed(self) -> bool {
-        matches!(self, Outcome::Allowed | Outcome::Probe)
+        matches!(
+            self,
+            Outcome::Allowed | Outcome::AllowedRegistryDown | Outcome::Probe
+        )
     }
 }
 
@@ -82,6 +92,7 @@ struct Inner {
     limit: Semaphore,
     probe_password: Secret,
     revocations: Revocations,
+    last_good: LastGoodAnswers,
     runtime: Handle,
     decisions: IntCounterVec,
 }
@@ -98,6 +109,7 @@ impl DeviceAccess {
         concurrency: usize,
         probe_password: Secret,
         revocations: Revocations,
+        last_good: LastGoodAnswers,
         decisions: IntCounterVec,
     ) -> anyhow::Result<Self> {
         let http = reqwest::Client::builder()
@@ -114,6 +126,7 @@ impl DeviceAccess {
                 limit: Semaphore::new(concurrency.max(1)),
                 probe_password,
                 revocations,
+                last_good,
                 runtime: Handle::current(),
                 decisions,
             }),
@@ -211,11 +224,12 @@ impl DeviceAccess {
         }
         let started = Instant::now();
         let inner = self.inner.clone();
+        let question = request.clone();
         let answer = self
             .inner
             .runtime
             .spawn(async move {
-                tokio::time::timeout(inner.timeout, inner.ask_registry(&request))
+                tokio::time::timeout(inner.timeout, inner.ask_registry(&question))
                     .await
                     .unwrap_or_else(|_| {
                         Err(anyhow::anyhow!(
@@ -225,9 +239,27 @@ impl DeviceAccess {
                     })
             })
             .await;
+        let last_good = &self.inner.last_good;
+        let failed = |error: String| {
+            if last_good.recall(&request) {
+                tracing::warn!(
+                    device,
+                    error,
+                    "registry access check failed; allowing credentials it allowed shortly before"
+                );
+                Outcome::AllowedRegistryDown
+            } else {
+                tracing::warn!(device, error, "registry access check failed; refusing");
+                Outcome::Error
+            }
+        };
         let outcome = match answer {
-            Ok(Ok(decision)) if decision.allowed => Outcome::Allowed,
+            Ok(Ok(decision)) if decision.allowed => {
+                last_good.remember(&request);
+                Outcome::Allowed
+            }
             Ok(Ok(decision)) => {
+                last_good.forget(&device);
                 tracing::info!(
                     device,
                     reason = decision.reason.as_deref().unwrap_or("none given"),
@@ -235,22 +267,14 @@ impl DeviceAccess {
                 );
                 Outcome::Refused
             }
-            Ok(Err(err)) => {
-                tracing::warn!(
-                    device,
-                    error = format!("{err:#}"),
-                    "registry access check failed; refusing"
-                );
-                Outcome::Error
-            }
-            Err(err) => {
-                tracing::warn!(device, %err, "registry access check did not run; refusing");
-                Outcome::Error
-            }
+            Ok(Err(err)) => failed(format!("{err:#}")),
+            Err(err) => failed(format!("the check did not run: {err}")),
         };
         // A revocation that arrived while the registry was answering wins:
         // the answer may predate it.
-        if outcome == Outcome::Allowed && revocations.revoked_since(&device, started) {
+        if outcome.allowed() && revocations.revoked_since(&device, started) {
+            // And the answer just remembered must not outlive it.
+            last_good.forget(&device);
             return Outcome::Revoked;
         }
         outcome

@@ -34,6 +34,7 @@ pub const DEFAULT_REGISTRY_TIMEOUT_MS: u64 = 3_000;
 pub const DEFAULT_REGISTRY_CONCURRENCY: usize = 64;
 pub const DEFAULT_SERVICE_USERNAME: &str = "warmhouse-service";
 pub const DEFAULT_REVOCATION_MEMORY_SECS: u64 = 3_600;
+pub const DEFAULT_ACCESS_GRACE_SECS: u64 = 600;
 pub const DEFAULT_MQTTS_ADDR: &str = "0.0.0.0:8883";
 pub const DEFAULT_INTERNAL_ADDR: &str = "0.0.0.0:1885";
 
@@ -225,6 +226,12 @@ pub struct BrokerConfig {
     #[arg(long, env = "WARMHOUSE_BROKER_REGISTRY_CONCURRENCY", default_value_t = DEFAULT_REGISTRY_CONCURRENCY)]
     pub registry_concurrency: usize,
 
+    /// While the registry cannot answer, a device whose very same
+    /// credentials it allowed within this many seconds still gets in
+    /// (revocations and refusals forget them); 0 refuses every connect then.
+    #[arg(long, env = "WARMHOUSE_BROKER_ACCESS_GRACE_SECS", default_value_t = DEFAULT_ACCESS_GRACE_SECS)]
+    pub access_grace_secs: u64,
+
     /// MQTT 3.1.1 over TLS with client certificates (devices); on when
     /// `--tls-cert`, `--tls-key` and `--tls-ca` are set.
     #[arg(long, env = "WARMHOUSE_BROKER_MQTTS_ADDR", default_value = DEFAULT_MQTTS_ADDR)]
@@ -349,6 +356,7 @@ impl BrokerConfig {
             instance_id: None,
             admin_token: None,
             revocation_memory_secs: DEFAULT_REVOCATION_MEMORY_SECS,
+            access_grace_secs: DEFAULT_ACCESS_GRACE_SECS,
         }
     }
 

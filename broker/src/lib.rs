@@ -27,6 +27,7 @@
 
 pub mod access;
 mod config;
+mod last_good;
 mod metrics;
 mod probe;
 pub mod revocation;
@@ -46,6 +47,7 @@ pub use config::{BrokerConfig, DeviceAuth, ListenerAuth, ListenerSpec, Secret};
 pub use probe::{Listener, ProbeAuth, Prober, Protocol, TlsProbe, PROBE_DEVICE_ID};
 
 use access::DeviceAccess;
+use last_good::LastGoodAnswers;
 use metrics::BrokerMetrics;
 use revocation::Revocations;
 
@@ -143,6 +145,8 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     // The self-probe's password on device listeners: random per process,
     // known only here, checked without the registry.
     let probe_password = Secret::new(random_secret());
+    let last_good = LastGoodAnswers::new(Duration::from_secs(config.access_grace_secs));
+    revocations.also_forget(last_good.clone());
     if config.device_auth == DeviceAuth::Registry {
         let access = DeviceAccess::new(
             config
@@ -157,6 +161,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
             config.registry_concurrency,
             probe_password.clone(),
             revocations.clone(),
+            last_good,
             metrics.device_auth.clone(),
         )?;
         install_auth_handlers(&mut rumqttd_config, &listeners, &access)?;

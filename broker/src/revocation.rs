@@ -53,6 +53,7 @@ use warmhouse_service_kit::Problem;
 
 use crate::access::constant_time_eq;
 use crate::config::Secret;
+use crate::last_good::LastGoodAnswers;
 
 /// The broker's memory of revoked devices. Cheap to clone.
 #[derive(Clone)]
@@ -90,6 +91,7 @@ impl Source {
 struct Inner {
     revoked: Mutex<HashMap<String, Entry>>,
     disconnector: OnceLock<rumqttd::TenantDisconnector>,
+    last_good: OnceLock<LastGoodAnswers>,
     memory: Duration,
     recheck: Duration,
     total: IntCounterVec,
@@ -104,6 +106,7 @@ impl Revocations {
             inner: Arc::new(Inner {
                 revoked: Mutex::new(HashMap::new()),
                 disconnector: OnceLock::new(),
+                last_good: OnceLock::new(),
                 memory,
                 recheck,
                 total,
@@ -125,6 +128,12 @@ impl Revocations {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Makes every revocation also forget the device's last good access
+    /// answers (once, before the broker starts).
+    pub fn also_forget(&self, last_good: LastGoodAnswers) {
+        let _ = self.inner.last_good.set(last_good);
+    }
+
     /// Drops the device's live connections (twice, see the module docs) and
     /// remembers the revocation for the memory period; an operator's
     /// ([`Source::Admin`]) also refuses reconnects for that long. Must run
@@ -138,6 +147,9 @@ impl Revocations {
             let blocking =
                 source == Source::Admin || table.get(device_id).is_some_and(|entry| entry.blocking);
             table.insert(device_id.to_string(), Entry { at: now, blocking });
+        }
+        if let Some(last_good) = self.inner.last_good.get() {
+            last_good.forget(device_id);
         }
         let label = source.label();
         self.inner.total.with_label_values(&[label]).inc();

@@ -16,6 +16,9 @@
 //! * Disabling a device (PATCH status=disabled), deleting it, and the
 //!   broker's admin revoke end its access: the live connection is dropped
 //!   and reconnects are refused; enabling it again lets it back in.
+//! * With the registry down, a device it allowed shortly before reconnects
+//!   with the same credentials; one disabled just before, a replaced
+//!   certificate and a password never allowed are refused.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -868,6 +871,7 @@ async fn devices_speak_only_for_themselves_and_lose_access_when_revoked() {
         connect(&ep, &forger, "old-cert").await,
         "a replaced certificate",
     );
+    let replaced_cert = forger.clone();
     let forger = rotated;
     drop(must_connect(&ep, &forger, "new-cert").await);
 
@@ -941,6 +945,48 @@ async fn devices_speak_only_for_themselves_and_lose_access_when_revoked() {
     assert_eq!(lifted.status(), StatusCode::NO_CONTENT);
     drop(must_connect(&ep, &forger, "forger").await);
 
+    // ---- The registry down: credentials it allowed shortly before still
+    // get in; nothing revoked since does, nor anything never allowed. ----
+    // The victim, connected (so allowed just now), is disabled: the broker
+    // drops it on the event, without asking the registry again.
+    let mut victim_again = Live::open(&ep, &victim, "victim-before-outage").await;
+    let (status_code, body) = api
+        .call(
+            Method::PATCH,
+            &format!("/api/v1/devices/{VICTIM}"),
+            Some(json!({"status": "disabled"})),
+        )
+        .await;
+    assert_eq!(status_code, StatusCode::OK, "{body}");
+    victim_again.expect_dropped("disabled device").await;
+    let _ = registry_stop.send(());
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::TcpStream::connect(registry.addr).await.is_ok() {
+        assert!(Instant::now() < deadline, "the registry did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    drop(must_connect(&ep, &forger, "forger-registry-down").await);
+    assert_refused(
+        connect(&ep, &victim, "victim-registry-down").await,
+        "a device disabled just before the registry went down",
+    );
+    assert_refused(
+        connect(&ep, &replaced_cert, "old-cert-registry-down").await,
+        "a replaced certificate while the registry is down",
+    );
+    assert_refused(
+        connect(
+            &ep,
+            &Cred::Password {
+                user: VICTIM.into(),
+                pass: "never-allowed".into(),
+            },
+            "guess",
+        )
+        .await,
+        "a password never allowed while the registry is down",
+    );
+
     let metrics = reqwest::get(format!("http://{}/metrics", broker.admin_addr))
         .await
         .unwrap()
@@ -955,9 +1001,12 @@ async fn devices_speak_only_for_themselves_and_lose_access_when_revoked() {
         metrics.contains("warmhouse_broker_revocation_consumer_up 1"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains(r#"outcome="allowed_registry_down"} 1"#),
+        "{metrics}"
+    );
 
     kafka_task.abort();
-    let _ = registry_stop.send(());
     drop(tansu);
     drop(pg);
 }
