@@ -436,6 +436,18 @@ impl Api {
         assert_eq!(status, StatusCode::CREATED, "{body}");
         body
     }
+
+    /// Sets a device's status (`active` or `disabled`).
+    async fn set_status(&self, device: &str, status: &str) {
+        let (code, body) = self
+            .call(
+                Method::PATCH,
+                &format!("/api/v1/devices/{device}"),
+                Some(json!({ "status": status })),
+            )
+            .await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+    }
 }
 
 fn cert_cred(issued: &Value) -> Cred {
@@ -877,25 +889,11 @@ async fn devices_speak_only_for_themselves_and_lose_access_when_revoked() {
 
     // ---- Revocation ends access. ----
     // Disabling the victim drops its live connection and refuses reconnects.
-    let (status_code, body) = api
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/devices/{VICTIM}"),
-            Some(json!({"status": "disabled"})),
-        )
-        .await;
-    assert_eq!(status_code, StatusCode::OK, "{body}");
+    api.set_status(VICTIM, "disabled").await;
     victim_live.expect_dropped("disabled device").await;
     assert_refused(connect(&ep, &victim, "victim").await, "disabled device");
     // Enabled again, it may connect.
-    let (status_code, body) = api
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/devices/{VICTIM}"),
-            Some(json!({"status": "active"})),
-        )
-        .await;
-    assert_eq!(status_code, StatusCode::OK, "{body}");
+    api.set_status(VICTIM, "active").await;
     drop(must_connect(&ep, &victim, "victim").await);
 
     // Deleting the password device drops it and refuses it.
@@ -950,14 +948,7 @@ async fn devices_speak_only_for_themselves_and_lose_access_when_revoked() {
     // The victim, connected (so allowed just now), is disabled: the broker
     // drops it on the event, without asking the registry again.
     let mut victim_again = Live::open(&ep, &victim, "victim-before-outage").await;
-    let (status_code, body) = api
-        .call(
-            Method::PATCH,
-            &format!("/api/v1/devices/{VICTIM}"),
-            Some(json!({"status": "disabled"})),
-        )
-        .await;
-    assert_eq!(status_code, StatusCode::OK, "{body}");
+    api.set_status(VICTIM, "disabled").await;
     victim_again.expect_dropped("disabled device").await;
     let _ = registry_stop.send(());
     let deadline = Instant::now() + WAIT;

@@ -288,13 +288,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "== phase 3 at {scale}x: {} devices ({duration:?})",
                 options.devices
             );
-            let t = Instant::now();
-            let result = limit(
-                phase_limit,
-                e2e::run(&dir.path().join(format!("e2e-x{scale}")), &options),
-            )
-            .await;
-            log_outcome(&result, t);
+            let run_dir = dir.path().join(format!("e2e-x{scale}"));
+            let result = run_e2e(phase_limit, &run_dir, &options).await;
             results.e2e_more.push((options, result));
         }
     }
@@ -338,17 +333,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 "== phase 6: {label}, {} devices ({duration:?})",
                 options.devices
             );
-            let t = Instant::now();
-            let result = limit(
-                phase_limit,
-                e2e::run(
-                    &dir.path()
-                        .join(format!("kafka-{kafka_brokers}-{kafka_storage:?}")),
-                    &options,
-                ),
-            )
-            .await;
-            log_outcome(&result, t);
+            let run_dir = dir
+                .path()
+                .join(format!("kafka-{kafka_brokers}-{kafka_storage:?}"));
+            let result = run_e2e(phase_limit, &run_dir, &options).await;
             results.kafka.push((label, options, result));
         }
     }
@@ -383,6 +371,18 @@ async fn limit<T>(
         Ok(result) => result,
         Err(_) => anyhow::bail!("the phase did not finish within {limit:?}"),
     }
+}
+
+/// One phase 3 run within `limit`, logged.
+async fn run_e2e(
+    limit_to: Duration,
+    dir: &std::path::Path,
+    options: &e2e::E2eOptions,
+) -> anyhow::Result<e2e::E2eResult> {
+    let t = Instant::now();
+    let result = limit(limit_to, e2e::run(dir, options)).await;
+    log_outcome(&result, t);
+    result
 }
 
 fn log_outcome<T>(result: &anyhow::Result<T>, started: Instant) {
