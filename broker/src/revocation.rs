@@ -581,7 +581,7 @@ mod tests {
             effect_of(&event(DomainEventKind::CredentialsRotated {
                 device_id: device.clone(),
                 home_id: home.clone(),
-                kind: "password".into()
+                kind: warmhouse_contracts::domain::RotatedCredential::Password
             }))
             .unwrap(),
             Effect::Revoke("dev-1".into())

@@ -75,6 +75,14 @@ impl CommandStatus {
     }
 }
 
+/// The kind of a device credential, in `device.credentials_rotated`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RotatedCredential {
+    Password,
+    Certificate,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type")]
 pub enum DomainEventKind {
@@ -104,14 +112,13 @@ pub enum DomainEventKind {
         device_id: DeviceId,
         home_id: HomeId,
     },
-    /// New credentials of `kind` (`password` or `certificate`) replaced the
-    /// device's current ones, which no longer let it in: connections made
-    /// with them are to be dropped.
+    /// New credentials of `kind` replaced the device's current ones, which
+    /// no longer let it in: connections made with them are to be dropped.
     #[serde(rename = "device.credentials_rotated")]
     CredentialsRotated {
         device_id: DeviceId,
         home_id: HomeId,
-        kind: String,
+        kind: RotatedCredential,
     },
     /// Someone changed what the device should be doing (the desired half
     /// of its shadow).

@@ -273,7 +273,7 @@ fn serde_tags<T: Serialize>(values: &[T], tag: &str) -> BTreeSet<String> {
 #[test]
 fn enums_and_tagged_unions_list_every_variant() {
     use warmhouse_contracts::device::AckResult;
-    use warmhouse_contracts::domain::{CommandStatus, DomainEventKind};
+    use warmhouse_contracts::domain::{CommandStatus, DomainEventKind, RotatedCredential};
     use warmhouse_contracts::ids::{DeviceId, HomeId};
 
     let acks = [
@@ -380,7 +380,7 @@ fn enums_and_tagged_unions_list_every_variant() {
         DomainEventKind::CredentialsRotated {
             device_id: device.clone(),
             home_id: home.clone(),
-            kind: "certificate".into(),
+            kind: RotatedCredential::Certificate,
         },
         DomainEventKind::DesiredChanged {
             device_id: device.clone(),

@@ -34,7 +34,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sqlx::{PgConnection, PgPool, Row};
 use utoipa::{OpenApi, ToSchema};
-use warmhouse_contracts::domain::DomainEventKind;
+use warmhouse_contracts::domain::{DomainEventKind, RotatedCredential};
 use warmhouse_contracts::ids::{DeviceId, HomeId};
 use warmhouse_device_identity::access::{AccessDecision, AccessRequest, DEVICE_ACCESS_PATH};
 use warmhouse_device_identity::{password, PlatformCa};
@@ -145,6 +145,14 @@ pub enum CredentialKind {
 }
 
 impl CredentialKind {
+    /// The same kind as the domain event names it.
+    fn rotated(self) -> RotatedCredential {
+        match self {
+            CredentialKind::Certificate => RotatedCredential::Certificate,
+            CredentialKind::Password => RotatedCredential::Password,
+        }
+    }
+
     fn as_str(self) -> &'static str {
         match self {
             CredentialKind::Certificate => "certificate",
@@ -296,7 +304,7 @@ pub async fn issue_credentials(
         let event = DomainEventKind::CredentialsRotated {
             device_id: device.clone(),
             home_id,
-            kind: kind.as_str().to_string(),
+            kind: kind.rotated(),
         };
         outbox::enqueue_event(&mut *conn, topics, event)
             .await
