@@ -80,6 +80,36 @@ impl Schemathesis<'_> {
             .await
             .context("running schemathesis")
     }
+
+    /// Runs schemathesis against `service` (named in the error) and prints
+    /// its report (shown on failure and with --no-capture). Fails when it
+    /// found failures, or when the fuzzing hardly got past authentication
+    /// and validation: fewer than 10 `/api/v1` answers were 200.
+    pub async fn run_and_verify(&self, service: &str) -> anyhow::Result<()> {
+        let output = self
+            .run()
+            .await
+            .context("running schemathesis (installed by scripts/install-deps.sh)")?;
+        eprintln!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        if !output.status.success() {
+            bail!(
+                "schemathesis found failures against {service} ({}); its report is above",
+                output.status
+            );
+        }
+        let statuses = api_statuses(self.base_url)
+            .await
+            .context("reading the service's metrics")?;
+        eprintln!("API answers by status: {statuses:?}");
+        if statuses.get("200").is_none_or(|n| *n < 10) {
+            bail!("the fuzzing hardly reached a successful answer: {statuses:?}");
+        }
+        Ok(())
+    }
 }
 
 /// Answers of a service's `/api/v1` routes by status, from its own
