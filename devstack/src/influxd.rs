@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::process::{find_program, free_port, ChildProcess};
+use crate::process::{find_program, free_port, http_get_status, ChildProcess};
 
 /// InfluxDB 1.x (`influxd`, Debian package `influxdb`) as a child process.
 pub struct Influxd {
@@ -74,9 +74,10 @@ bind-address = "127.0.0.1:{rpc_port}"
         command.arg("-config").arg(self.dir.join("influxdb.conf"));
         let mut process = ChildProcess::spawn("influxd", command, &self.dir.join("influxd.log"))?;
         let ping = format!("{}/ping", self.url());
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.http_port));
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if ping_ok(&ping) {
+            if http_get_status(addr, "/ping") == Some(204) {
                 break;
             }
             process.check_alive()?;
@@ -96,30 +97,5 @@ bind-address = "127.0.0.1:{rpc_port}"
         if let Some(mut process) = self.process.take() {
             process.kill();
         }
-    }
-}
-
-/// Blocking `/ping` without pulling a blocking HTTP client in: a raw request
-/// over TCP is all it takes.
-fn ping_ok(url: &str) -> bool {
-    use std::io::{Read, Write};
-    let Some(rest) = url.strip_prefix("http://") else {
-        return false;
-    };
-    let Some((host, path)) = rest.split_once('/') else {
-        return false;
-    };
-    let Ok(mut stream) = std::net::TcpStream::connect(host) else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let request = format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 64];
-    match stream.read(&mut buf) {
-        Ok(n) => String::from_utf8_lossy(&buf[..n]).contains(" 204 "),
-        Err(_) => false,
     }
 }

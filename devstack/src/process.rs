@@ -28,6 +28,25 @@ pub fn find_program(name: &str, install_hint: &str) -> anyhow::Result<PathBuf> {
         .with_context(|| format!("`{name}` not found; {install_hint}"))
 }
 
+/// The status of a blocking `GET path` on `addr`, sent as a raw HTTP/1.0
+/// request (ready checks need no HTTP client); `None` when nothing that
+/// looks like HTTP answered.
+pub(crate) fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    stream.write_all(request.as_bytes()).ok()?;
+    let mut buf = [0u8; 64];
+    let n = stream.read(&mut buf).ok()?;
+    // "HTTP/1.x 200 OK"
+    let head = buf.get(..n)?;
+    if !head.starts_with(b"HTTP/1.") {
+        return None;
+    }
+    std::str::from_utf8(head.get(9..12)?).ok()?.parse().ok()
+}
+
 /// Waits until something accepts TCP connections on `addr`.
 pub fn wait_for_tcp(addr: SocketAddr, timeout: Duration) -> anyhow::Result<()> {
     let deadline = Instant::now() + timeout;

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::process::{find_program, free_port, ChildProcess};
+use crate::process::{find_program, free_port, http_get_status, ChildProcess};
 
 const PROMETHEUS_HINT: &str =
     "install Debian's `prometheus` package (scripts/install-deps.sh does)";
@@ -72,7 +72,7 @@ impl Prometheus {
         // `/-/ready` turns 200 once the TSDB is open and the scrape loops run.
         let deadline = Instant::now() + Duration::from_secs(30);
         let ready = SocketAddr::from(([127, 0, 0, 1], port));
-        while !http_get_ok(ready, "/-/ready") {
+        while http_get_status(ready, "/-/ready") != Some(200) {
             process.check_alive()?;
             if Instant::now() > deadline {
                 bail!(
@@ -147,27 +147,6 @@ pub fn scrape_config(targets: &[ScrapeTarget], interval: Duration) -> anyhow::Re
         );
     }
     Ok(yaml)
-}
-
-/// A blocking GET that is 200, over a raw TCP request: the ready check
-/// needs no HTTP client.
-fn http_get_ok(addr: SocketAddr, path: &str) -> bool {
-    use std::io::{Read, Write};
-    let Ok(mut stream) = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))
-    else {
-        return false;
-    };
-    let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
-    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-    if stream.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut buf = [0u8; 64];
-    match stream.read(&mut buf) {
-        // "HTTP/1.x 200 OK"
-        Ok(n) => buf[..n].starts_with(b"HTTP/1.") && buf[..n].get(8..12) == Some(b" 200"),
-        Err(_) => false,
-    }
 }
 
 #[cfg(test)]
