@@ -13,15 +13,9 @@
 //! `tools/actionlint/requirements.txt`) and installed into `.tools/venv` by
 //! `scripts/install-deps.sh`; a missing tool fails these tests.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("stack/ has a parent")
-        .to_path_buf()
-}
+use warmhouse_devstack::api_checks::repo_root;
 
 #[test]
 fn chart_compose_file_and_dockerfile_pass_helm_kubernetes_and_compose_checks() {

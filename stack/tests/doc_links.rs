@@ -8,12 +8,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("stack/ has a parent")
-        .to_path_buf()
-}
+use warmhouse_devstack::api_checks::repo_root;
 
 /// Every Markdown file of ours: README.md, docs/ (the assignment, ADRs, API
 /// and deployment notes), the crates', gateway's and chart's READMEs.

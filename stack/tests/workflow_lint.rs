@@ -10,12 +10,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("stack/ has a parent")
-        .to_path_buf()
-}
+use warmhouse_devstack::api_checks::repo_root;
 
 fn tool(name: &str) -> PathBuf {
     let program = repo_root().join(".tools/venv/bin").join(name);
