@@ -18,5 +18,5 @@ pub use influxd::Influxd;
 pub use kafka::{create_topics, KafkaStorage, Tansu, TansuCluster};
 pub use nginx::Nginx;
 pub use postgres::Postgres;
-pub use process::{find_program, free_port, wait_for_tcp, ChildProcess};
+pub use process::{find_program, free_port, http_get_status, wait_for_tcp, ChildProcess};
 pub use prometheus::{scrape_config, Prometheus, ScrapeTarget};

@@ -31,7 +31,7 @@ pub fn find_program(name: &str, install_hint: &str) -> anyhow::Result<PathBuf> {
 /// The status of a blocking `GET path` on `addr`, sent as a raw HTTP/1.0
 /// request (ready checks need no HTTP client); `None` when nothing that
 /// looks like HTTP answered.
-pub(crate) fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
+pub fn http_get_status(addr: SocketAddr, path: &str) -> Option<u16> {
     use std::io::{Read, Write};
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
     let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));

@@ -1,6 +1,7 @@
 //! Phase 2: our broker against Mosquitto, each as its own process, under the
 //! same simulator load and with one QoS 1 subscriber on the telemetry filter.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use warmhouse_devstack::{free_port, wait_for_tcp, ChildProcess};
+use warmhouse_devstack::{free_port, http_get_status, wait_for_tcp, ChildProcess};
 
 use super::cpu;
 
@@ -89,6 +90,11 @@ fn start_ours(dir: &Path, bin: &Path) -> anyhow::Result<RunningBroker> {
         .env("WARMHOUSE_BROKER_MQTT_V4_ADDR", format!("127.0.0.1:{port}"))
         .env("WARMHOUSE_BROKER_MQTT_V5_ADDR", format!("127.0.0.1:{v5}"))
         .env("WARMHOUSE_BROKER_ADMIN_ADDR", format!("127.0.0.1:{admin}"))
+        // Like Mosquitto's `allow_anonymous true` below: the brokers are
+        // compared on MQTT, not on the registry's access checks.
+        .env("WARMHOUSE_BROKER_DEVICE_AUTH", "open")
+        // An error at start, not a backtrace, is what the log tail shows.
+        .env("RUST_BACKTRACE", "0")
         .env("RUST_LOG", "warn");
     let mut process = ChildProcess::spawn("warmhouse-broker", command, &dir.join("broker.log"))?;
     // `start` returns only after both listeners passed a probe; readiness on
@@ -106,7 +112,7 @@ fn wait_ready(process: &mut ChildProcess, port: u16, admin: u16) -> anyhow::Resu
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         process.check_alive()?;
-        if http_status(admin, "/readyz") == Some(200) {
+        if http_get_status(SocketAddr::from(([127, 0, 0, 1], admin)), "/readyz") == Some(200) {
             return Ok(());
         }
         if Instant::now() > deadline {
@@ -117,21 +123,6 @@ fn wait_ready(process: &mut ChildProcess, port: u16, admin: u16) -> anyhow::Resu
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// Status code of a plain HTTP GET on loopback.
-fn http_status(port: u16, path: &str) -> Option<u16> {
-    use std::io::{Read, Write};
-    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let mut stream =
-        std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(1))).ok()?;
-    let request = format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
-    stream.write_all(request.as_bytes()).ok()?;
-    let mut buf = [0u8; 32];
-    let n = stream.read(&mut buf).ok()?;
-    let head = String::from_utf8_lossy(&buf[..n]);
-    head.split_whitespace().nth(1)?.parse().ok()
 }
 
 fn start_mosquitto(dir: &Path) -> anyhow::Result<RunningBroker> {

@@ -620,7 +620,8 @@ fn render_brokers(md: &mut String, results: &Results) {
     }
     let _ = writeln!(
         md,
-        "Each broker is its own process. Load: the simulator with {} devices publishing QoS 1 \
+        "Each broker is its own process, without device authentication (ours with \
+         `WARMHOUSE_BROKER_DEVICE_AUTH=open`, Mosquitto with `allow_anonymous`). Load: the simulator with {} devices publishing QoS 1 \
          telemetry flat out (`--interval-ms 0`, 1 sample a message, 100 in flight per \
          connection), plus one QoS 1 subscriber (rumqttc, acking) on `/tenants/+/telemetry`; \
          simulator and subscriber run in the bench process.\n",
