@@ -30,8 +30,17 @@ pub struct LastGoodAnswers {
 struct Inner {
     key: [u8; 32],
     grace: Duration,
+    allowed: Mutex<Table>,
+}
+
+/// How often expired answers are swept out (a reconnect storm must not
+/// sweep the whole table at every connect).
+const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
+struct Table {
     /// Device id → credential digest → when the registry last allowed it.
-    allowed: Mutex<HashMap<String, HashMap<[u8; 32], Instant>>>,
+    devices: HashMap<String, HashMap<[u8; 32], Instant>>,
+    swept_at: Instant,
 }
 
 impl LastGoodAnswers {
@@ -44,12 +53,15 @@ impl LastGoodAnswers {
             inner: Arc::new(Inner {
                 key,
                 grace,
-                allowed: Mutex::new(HashMap::new()),
+                allowed: Mutex::new(Table {
+                    devices: HashMap::new(),
+                    swept_at: Instant::now(),
+                }),
             }),
         }
     }
 
-    fn table(&self) -> MutexGuard<'_, HashMap<String, HashMap<[u8; 32], Instant>>> {
+    fn table(&self) -> MutexGuard<'_, Table> {
         // Single inserts and removes: a poisoned lock holds a whole map.
         self.inner
             .allowed
@@ -81,11 +93,15 @@ impl LastGoodAnswers {
         let now = Instant::now();
         let grace = self.inner.grace;
         let mut table = self.table();
-        table.retain(|_, credentials| {
-            credentials.retain(|_, at| now.duration_since(*at) < grace);
-            !credentials.is_empty()
-        });
+        if now.duration_since(table.swept_at) >= SWEEP_EVERY {
+            table.devices.retain(|_, credentials| {
+                credentials.retain(|_, at| now.duration_since(*at) < grace);
+                !credentials.is_empty()
+            });
+            table.swept_at = now;
+        }
         table
+            .devices
             .entry(request.device_id().to_string())
             .or_default()
             .insert(digest, now);
@@ -96,6 +112,7 @@ impl LastGoodAnswers {
     pub fn recall(&self, request: &AccessRequest) -> bool {
         let digest = self.digest(request);
         self.table()
+            .devices
             .get(request.device_id())
             .and_then(|credentials| credentials.get(&digest))
             .is_some_and(|at| at.elapsed() < self.inner.grace)
@@ -103,7 +120,7 @@ impl LastGoodAnswers {
 
     /// Forgets every credential of `device_id` (refused or revoked).
     pub fn forget(&self, device_id: &str) {
-        self.table().remove(device_id);
+        self.table().devices.remove(device_id);
     }
 }
 
