@@ -2087,6 +2087,22 @@ rd_kafka_metadata_update_op(rd_kafka_t *rk, rd_kafka_metadata_internal_t *mdi) {
                 rd_kafka_Uuid_t topic_id = RD_KAFKA_UUID_ZERO;
                 char *topic              = NULL;
 
+                /* WARMHOUSE PATCH (1): an update built from a Fetch
+                 * response's CurrentLeader tags names its topic by id
+                 * only: the name is NULL. When the broker answered with a
+                 * zero topic id (tansu 0.6 does for a topic it does not
+                 * know, e.g. right after a restart) the topic has neither,
+                 * and the lookup by name below was strcmp(NULL): SIGSEGV
+                 * in the main thread. Such a topic cannot be matched to
+                 * the cache; skip it. The fetch error that came with it
+                 * triggers the usual metadata refresh. */
+                if (!by_id && !md->topics[i].topic) {
+                        rd_kafka_dbg(rk, METADATA, "METADATAUPDATE",
+                                     "Skipping leader update of a topic "
+                                     "with neither id nor name");
+                        continue;
+                }
+
                 if (by_id) {
                         rkmce = rd_kafka_metadata_cache_find_by_id(
                             rk, mdi->topics[i].topic_id, 1);
