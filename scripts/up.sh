@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what is missing, builds, and runs the whole pipeline locally with
-# simulated homes: tansu (Kafka), influxd, the MQTT broker, the edge bridge,
-# the ingest writer and the telemetry query API. Ctrl-C stops everything.
+# simulated homes: tansu (Kafka), influxd, PostgreSQL, two MQTT broker replicas
+# (each with its edge bridge), the ingest writer, the telemetry query API, the
+# device registry and the gateway. Ctrl-C stops everything.
 # Options go to `warmhouse-stack up` (see --help), e.g. --homes 10.
 set -euo pipefail
 cd "$(dirname "$0")/.."

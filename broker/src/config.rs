@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::str::FromStr;
 
 use anyhow::{bail, Context};
-use clap::{ArgAction, Parser, ValueEnum};
+use clap::{Parser, ValueEnum};
+use warmhouse_edge_bridge::IngressConfig;
 
 use crate::probe::Listener;
 
@@ -172,11 +173,6 @@ pub struct BrokerConfig {
     #[arg(long, env = "WARMHOUSE_BROKER_MAX_OUTGOING_PACKET_COUNT", default_value_t = DEFAULT_MAX_OUTGOING_PACKET_COUNT)]
     pub max_outgoing_packet_count: u64,
 
-    /// Accept publishes on topics nobody subscribes to (each such topic gets
-    /// its own bounded log). Without it rumqttd disconnects the publisher.
-    #[arg(long, env = "WARMHOUSE_BROKER_DYNAMIC_FILTERS", default_value_t = true, action = ArgAction::Set)]
-    pub dynamic_filters: bool,
-
     /// How often rumqttd reports its meters (feeding /metrics), in seconds.
     #[arg(long, env = "WARMHOUSE_BROKER_METERS_INTERVAL_SECS", default_value_t = DEFAULT_METERS_INTERVAL_SECS)]
     pub meters_interval_secs: u64,
@@ -270,7 +266,6 @@ pub struct BrokerConfig {
     pub service_username: String,
 
     /// Password of the platform's services on the internal listener.
-    /// Required with `--device-auth registry` (the bridge needs a way in).
     #[arg(
         long,
         env = "WARMHOUSE_BROKER_SERVICE_PASSWORD",
@@ -278,11 +273,11 @@ pub struct BrokerConfig {
     )]
     pub service_password: Option<Secret>,
 
-    /// Kafka bootstrap servers for the registry's domain events: a disabled
-    /// or deleted device's live connections are dropped when its event
-    /// arrives. Without it only reconnects are refused.
-    #[arg(long, env = "WARMHOUSE_BROKER_KAFKA_BOOTSTRAP")]
-    pub kafka_bootstrap: Option<String>,
+    /// Kafka, topics and spool of the device ingress: where devices'
+    /// publishes go before their PUBACK, where commands and the registry's
+    /// events (revocations) come from.
+    #[command(flatten)]
+    pub ingress: IngressConfig,
 
     /// Topic of the registry's domain events.
     #[arg(
@@ -309,12 +304,13 @@ pub struct BrokerConfig {
 }
 
 impl BrokerConfig {
-    /// The defaults on the given addresses, without reading arguments or
-    /// environment.
+    /// The defaults on the given addresses, with the given ingress (Kafka
+    /// and spool), without reading arguments or environment.
     pub fn for_tests(
         mqtt_v4_addr: SocketAddr,
         mqtt_v5_addr: SocketAddr,
         admin_addr: SocketAddr,
+        ingress: IngressConfig,
     ) -> Self {
         Self {
             mqtt_v4_addr,
@@ -328,7 +324,6 @@ impl BrokerConfig {
             max_segment_size: DEFAULT_MAX_SEGMENT_SIZE,
             max_segment_count: DEFAULT_MAX_SEGMENT_COUNT,
             max_outgoing_packet_count: DEFAULT_MAX_OUTGOING_PACKET_COUNT,
-            dynamic_filters: true,
             meters_interval_secs: DEFAULT_METERS_INTERVAL_SECS,
             probe_interval_secs: DEFAULT_PROBE_INTERVAL_SECS,
             probe_timeout_secs: DEFAULT_PROBE_TIMEOUT_SECS,
@@ -351,7 +346,7 @@ impl BrokerConfig {
                 .expect("valid default address"),
             service_username: DEFAULT_SERVICE_USERNAME.to_string(),
             service_password: None,
-            kafka_bootstrap: None,
+            ingress,
             registry_events_topic: "registry-events".to_string(),
             instance_id: None,
             admin_token: None,
@@ -423,10 +418,6 @@ impl BrokerConfig {
                     "WARMHOUSE_BROKER_REGISTRY_TOKEN",
                     self.registry_token.is_none(),
                 ),
-                (
-                    "WARMHOUSE_BROKER_SERVICE_PASSWORD",
-                    self.service_password.is_none(),
-                ),
             ];
             let missing: Vec<&str> = missing
                 .iter()
@@ -454,6 +445,12 @@ impl BrokerConfig {
         }
         if self.service_username.is_empty() {
             bail!("the service username must not be empty");
+        }
+        if self.ingress.spool_dir.as_os_str().is_empty() {
+            bail!("the spool directory (WARMHOUSE_BROKER_SPOOL_DIR) must be set");
+        }
+        if self.ingress.kafka_bootstrap.trim().is_empty() {
+            bail!("the Kafka bootstrap servers (WARMHOUSE_BROKER_KAFKA_BOOTSTRAP) must be set");
         }
         if self
             .admin_token
@@ -527,8 +524,11 @@ impl BrokerConfig {
                 max_inflight_count: self.max_inflight_count,
                 auth: None,
                 external_auth: None,
-                dynamic_filters: self.dynamic_filters,
+                // rumqttd 0.20 drops a publish that matches no
+                // subscription whatever this says (and so does MQTT).
+                dynamic_filters: false,
                 tenant_from_username: false,
+                publish_hook: None,
             };
             let mut tls = None;
             match spec.auth {
@@ -628,6 +628,11 @@ mod tests {
         s.parse().unwrap()
     }
 
+    /// What the flags default to.
+    fn default_ingress() -> IngressConfig {
+        IngressConfig::new("127.0.0.1:9092", PathBuf::from("data/broker-spool"))
+    }
+
     #[test]
     fn parsed_defaults_match_for_tests_except_device_auth() {
         let parsed = BrokerConfig::try_parse_from(["warmhouse-broker"]).unwrap();
@@ -637,6 +642,7 @@ mod tests {
                 addr("0.0.0.0:1883"),
                 addr("0.0.0.0:1884"),
                 addr("0.0.0.0:9183"),
+                default_ingress(),
             )
         };
         assert_eq!(parsed, expected);
@@ -650,7 +656,6 @@ mod tests {
         for variable in [
             "WARMHOUSE_BROKER_REGISTRY_URL",
             "WARMHOUSE_BROKER_REGISTRY_TOKEN",
-            "WARMHOUSE_BROKER_SERVICE_PASSWORD",
         ] {
             assert!(err.contains(variable), "{err}");
         }
@@ -670,6 +675,7 @@ mod tests {
                 addr("127.0.0.1:1"),
                 addr("127.0.0.1:2"),
                 addr("127.0.0.1:0"),
+                default_ingress(),
             )
         }
     }
@@ -750,14 +756,17 @@ mod tests {
             "warmhouse-broker",
             "--mqtt-v4-addr",
             "127.0.0.1:2883",
-            "--dynamic-filters",
-            "false",
+            "--spool-dir",
+            "/var/lib/warmhouse/spool",
             "--max-segment-count",
             "3",
         ])
         .unwrap();
         assert_eq!(parsed.mqtt_v4_addr, addr("127.0.0.1:2883"));
-        assert!(!parsed.dynamic_filters);
+        assert_eq!(
+            parsed.ingress.spool_dir,
+            PathBuf::from("/var/lib/warmhouse/spool")
+        );
         assert_eq!(parsed.max_segment_count, 3);
     }
 
@@ -767,6 +776,7 @@ mod tests {
             addr("127.0.0.1:1"),
             addr("127.0.0.1:2"),
             addr("127.0.0.1:0"),
+            default_ingress(),
         );
         ok.validate().unwrap();
         let port_zero = BrokerConfig {
@@ -801,6 +811,7 @@ mod tests {
             addr("127.0.0.1:1"),
             addr("127.0.0.1:2"),
             addr("127.0.0.1:0"),
+            default_ingress(),
         );
         let rumqttd = config.to_rumqttd().unwrap();
         assert_eq!(rumqttd.router.max_segment_size, DEFAULT_MAX_SEGMENT_SIZE);

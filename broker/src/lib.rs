@@ -27,6 +27,7 @@
 
 pub mod access;
 mod config;
+mod ingress;
 mod last_good;
 mod metrics;
 mod probe;
@@ -64,6 +65,8 @@ pub struct RunningBroker {
     /// Revoke a device by hand (what the admin endpoint and the registry's
     /// events do).
     pub revocations: Revocations,
+    /// The device ingress's counters (what reached Kafka, the spool).
+    pub ingress: warmhouse_edge_bridge::metrics::Metrics,
     pub registry: Registry,
     pub readiness: Readiness,
     shutdown: watch::Sender<bool>,
@@ -166,7 +169,12 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         )?;
         install_auth_handlers(&mut rumqttd_config, &listeners, &access)?;
     }
-    let event_task = start_revocation_consumer(&config, &revocations, &metrics).await;
+    let broker_id = config.instance_id.clone().unwrap_or_else(host_name);
+    let (device_ingress, drainer) =
+        warmhouse_edge_bridge::Ingress::start(&config.ingress, &broker_id, &registry)
+            .context("starting the device ingress")?;
+    install_publish_hooks(&mut rumqttd_config, &listeners, &device_ingress)?;
+    let event_task = start_revocation_consumer(&config, &broker_id, &revocations, &metrics).await;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let stopped = {
         let rx = shutdown_rx.clone();
@@ -191,6 +199,17 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     let meters = broker.meters().context("opening rumqttd's meters link")?;
     let alerts = broker.alerts().context("opening rumqttd's alerts link")?;
     revocations.attach(broker.tenant_disconnector());
+    // Commands for the devices connected here enter the router in-process.
+    // Read from Kafka before the listeners open, so no command for a device
+    // that connects from then on is missed.
+    let command_sink =
+        ingress::RouterCommandSink::new(&broker, &format!("warmhouse-commands-{broker_id}"))?;
+    let commands = device_ingress
+        .start_commands(
+            command_sink,
+            Duration::from_secs(config.startup_timeout_secs),
+        )
+        .await;
     {
         let failure_tx = failure_tx.clone();
         std::thread::Builder::new()
@@ -212,7 +231,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
             .context("spawning the rumqttd thread")?;
     }
 
-    let mut tasks = Vec::new();
+    let mut tasks = vec![drainer, commands];
     tasks.extend(event_task);
     {
         let metrics = metrics.clone();
@@ -275,6 +294,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         internal_addr: listener_addr(Listener::Internal),
         admin_addr,
         revocations,
+        ingress: device_ingress.metrics().clone(),
         registry,
         readiness,
         shutdown: shutdown_tx,
@@ -282,6 +302,23 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         admin_task: Some(admin_task),
         tasks,
     })
+}
+
+/// Runs a broker until SIGTERM or Ctrl-C (then stops gracefully and
+/// returns `Ok`), or until it can no longer serve (then returns the error,
+/// so the process exits non-zero and its orchestrator restarts it). What
+/// the `warmhouse-broker` binary does.
+pub async fn run_until_stopped(config: BrokerConfig) -> anyhow::Result<()> {
+    let mut broker = start(config).await?;
+    tokio::select! {
+        _ = warmhouse_service_kit::shutdown_signal() => {
+            tracing::info!("shutdown signal received");
+            broker.shutdown().await;
+            // Returning ends the process and with it rumqttd's threads.
+            Ok(())
+        }
+        err = broker.failed() => Err(err.context("broker can no longer serve")),
+    }
 }
 
 /// Probes every listener until each has answered once, rumqttd reports a
@@ -366,28 +403,51 @@ fn install_auth_handlers(
     Ok(())
 }
 
-/// Starts reading the registry's events when Kafka is configured. Waits
-/// (up to the startup timeout) for the partitions to be assigned, so every
-/// event after rumqttd starts is seen; when Kafka is unreachable the
-/// broker starts anyway and the consumer keeps trying.
+/// Makes every device listener show its publishes to the ingress before
+/// rumqttd acknowledges them (patch 7). The internal listener's services
+/// are not devices.
+fn install_publish_hooks(
+    config: &mut rumqttd::Config,
+    listeners: &[ListenerSpec],
+    device_ingress: &Arc<warmhouse_edge_bridge::Ingress>,
+) -> anyhow::Result<()> {
+    let hook = ingress::IngressHook::new(device_ingress.clone());
+    for spec in listeners {
+        if spec.auth == ListenerAuth::Service {
+            continue;
+        }
+        let listener = spec.listener;
+        let servers = match listener.protocol() {
+            Protocol::V4 => config.v4.as_mut(),
+            Protocol::V5 => config.v5.as_mut(),
+        };
+        servers
+            .and_then(|servers| servers.get_mut(listener.rumqttd_name()))
+            .with_context(|| format!("rumqttd has no {} listener", listener.name()))?
+            .connections
+            .set_publish_hook(hook.clone());
+    }
+    Ok(())
+}
+
+/// Starts reading the registry's events when devices authenticate (an
+/// open broker has no device identities to revoke). Waits (up to the
+/// startup timeout) for the partitions to be assigned, so every event after
+/// rumqttd starts is seen; when Kafka is unreachable the broker starts
+/// anyway and the consumer keeps trying.
 async fn start_revocation_consumer(
     config: &BrokerConfig,
+    broker_id: &str,
     revocations: &Revocations,
     metrics: &BrokerMetrics,
 ) -> Option<JoinHandle<()>> {
-    let Some(bootstrap) = config.kafka_bootstrap.clone() else {
-        if config.device_auth == DeviceAuth::Registry {
-            tracing::warn!(
-                "WARMHOUSE_BROKER_KAFKA_BOOTSTRAP is not set: a disabled or deleted device \
-                 keeps its live connection until it reconnects"
-            );
-        }
+    if config.device_auth == DeviceAuth::Open {
         return None;
-    };
+    }
     let source = revocation::EventSource {
-        bootstrap,
+        bootstrap: config.ingress.kafka_bootstrap.clone(),
         topic: config.registry_events_topic.clone(),
-        instance_id: config.instance_id.clone().unwrap_or_else(host_name),
+        instance_id: broker_id.to_string(),
     };
     let deadline = Duration::from_secs(config.startup_timeout_secs);
     let assigned = match tokio::time::timeout(deadline, revocation::assign(&source)).await {

@@ -16,6 +16,9 @@ use anyhow::{bail, Context};
 /// match none of the bridge's filters.
 pub const PROBE_DEVICE_ID: &str = "warmhouse-broker-probe";
 
+/// Where the self-probe publishes on listeners that do not confine it.
+pub const OPEN_PROBE_TOPICS: &str = "/warmhouse/broker/probe/";
+
 /// MQTT protocol version a listener speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Protocol {
@@ -107,7 +110,7 @@ impl ProbeAuth {
                 listener.name()
             )
         } else {
-            format!("/warmhouse/broker/probe/{}", listener.name())
+            format!("{OPEN_PROBE_TOPICS}{}", listener.name())
         }
     }
 }

@@ -43,12 +43,11 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::post;
 use axum::{Json, Router};
 use prometheus::{IntCounterVec, IntGauge};
-use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 use serde::Deserialize;
 use warmhouse_contracts::domain::{DomainEvent, DomainEventKind};
 use warmhouse_contracts::ids::DeviceId;
+use warmhouse_service_kit::kafka::{record_source, TopicTail};
 use warmhouse_service_kit::Problem;
 
 use crate::access::constant_time_eq;
@@ -264,114 +263,34 @@ pub struct EventSource {
     pub instance_id: String,
 }
 
-/// How often the topic's partitions are looked up again (partitions added
-/// to the topic are then read from their beginning).
-const METADATA_REFRESH: Duration = Duration::from_secs(60);
-const KAFKA_TIMEOUT: Duration = Duration::from_secs(5);
-
 /// Creates the consumer and assigns every partition at its current end.
 /// Returns once assigned, so events from then on are seen.
-pub async fn assign(source: &EventSource) -> anyhow::Result<(Arc<StreamConsumer>, usize)> {
-    let consumer: StreamConsumer = ClientConfig::new()
-        .set("bootstrap.servers", &source.bootstrap)
-        .set(
-            "client.id",
-            format!("warmhouse-broker-{}", source.instance_id),
-        )
-        // Manual assignment, nothing committed (see the module docs); a
-        // group id is still required by librdkafka for a consumer.
-        .set(
-            "group.id",
-            format!("warmhouse-broker-{}", source.instance_id),
-        )
-        .set("enable.auto.commit", "false")
-        .set("enable.auto.offset.store", "false")
-        .set("fetch.wait.max.ms", "100")
-        .set("reconnect.backoff.max.ms", "1000")
-        .create()
-        .context("creating the registry-events consumer")?;
-    let consumer = Arc::new(consumer);
-    let partitions = assign_partitions(&consumer, &source.topic, 0).await?;
-    Ok((consumer, partitions))
-}
-
-/// Assigns the topic's partitions: those below `known` at their current
-/// position, the rest at their end (`known == 0`: a fresh start) or their
-/// beginning (partitions added since). Returns the partition count.
-async fn assign_partitions(
-    consumer: &Arc<StreamConsumer>,
-    topic: &str,
-    known: usize,
-) -> anyhow::Result<usize> {
-    let consumer = consumer.clone();
-    let topic = topic.to_string();
-    // librdkafka's metadata and watermark calls block.
-    tokio::task::spawn_blocking(move || {
-        let metadata = consumer
-            .fetch_metadata(Some(&topic), KAFKA_TIMEOUT)
-            .with_context(|| format!("reading the metadata of topic {topic}"))?;
-        let partitions: Vec<i32> = metadata
-            .topics()
-            .iter()
-            .filter(|t| t.name() == topic && t.error().is_none())
-            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-            .collect();
-        if partitions.is_empty() {
-            anyhow::bail!("topic {topic} has no partitions (does it exist?)");
-        }
-        if partitions.len() == known {
-            return Ok(known);
-        }
-        let positions = if known > 0 {
-            consumer.position().ok()
-        } else {
-            None
-        };
-        let mut list = TopicPartitionList::new();
-        for partition in &partitions {
-            let current = positions
-                .as_ref()
-                .and_then(|p| p.find_partition(&topic, *partition))
-                .map(|e| e.offset())
-                .filter(|o| matches!(o, Offset::Offset(_)));
-            let offset = match current {
-                Some(offset) => offset,
-                None if known > 0 => Offset::Beginning,
-                None => {
-                    let (_, high) = consumer
-                        .fetch_watermarks(&topic, *partition, KAFKA_TIMEOUT)
-                        .with_context(|| format!("reading the end of {topic}/{partition}"))?;
-                    Offset::Offset(high)
-                }
-            };
-            list.add_partition_offset(&topic, *partition, offset)
-                .with_context(|| format!("assigning {topic}/{partition}"))?;
-        }
-        consumer
-            .assign(&list)
-            .with_context(|| format!("assigning the partitions of {topic}"))?;
-        Ok(partitions.len())
-    })
+pub async fn assign(source: &EventSource) -> anyhow::Result<TopicTail> {
+    TopicTail::assign(
+        &source.bootstrap,
+        &source.topic,
+        &format!("warmhouse-broker-{}", source.instance_id),
+        Duration::from_millis(100),
+    )
     .await
-    .context("the partition assignment task failed")?
 }
 
 /// Applies the registry's events to `revocations` until the task is
-/// aborted. `consumer` is already assigned (see [`assign`]); when it is
-/// `None` (Kafka was unreachable at start) it is created here, retrying.
+/// aborted. `tail` is already assigned (see [`assign`]); when it is `None`
+/// (Kafka was unreachable at start) it is created here, retrying.
 pub async fn run(
     source: EventSource,
-    mut consumer: Option<(Arc<StreamConsumer>, usize)>,
+    mut tail: Option<TopicTail>,
     revocations: Revocations,
     up: IntGauge,
 ) {
-    loop {
-        let (current, partitions) = match consumer.take() {
-            Some(assigned) => assigned,
+    let mut tail = loop {
+        match tail.take() {
+            Some(assigned) => break assigned,
             None => match assign(&source).await {
                 Ok(assigned) => {
                     tracing::info!(topic = source.topic, "reading registry events");
-                    assigned
+                    tail = Some(assigned);
                 }
                 Err(err) => {
                     up.set(0);
@@ -380,56 +299,36 @@ pub async fn run(
                         "registry events unavailable; retrying"
                     );
                     tokio::time::sleep(Duration::from_secs(2)).await;
-                    continue;
                 }
             },
-        };
-        up.set(1);
-        consume(&source, current, partitions, &revocations, &up).await;
-    }
-}
-
-async fn consume(
-    source: &EventSource,
-    consumer: Arc<StreamConsumer>,
-    mut partitions: usize,
-    revocations: &Revocations,
-    up: &IntGauge,
-) {
-    let mut refresh = tokio::time::interval_at(
-        tokio::time::Instant::now() + METADATA_REFRESH,
-        METADATA_REFRESH,
-    );
+        }
+    };
+    up.set(1);
     loop {
-        tokio::select! {
-            message = consumer.recv() => match message {
-                Ok(message) => {
-                    up.set(1);
-                    let Some(payload) = message.payload() else { continue };
-                    match effect_of(payload) {
-                        Ok(Effect::Revoke(device)) => revocations.revoke(&device, Source::RegistryEvent),
-                        Ok(Effect::Lift(device)) => revocations.lift(&device, Source::RegistryEvent),
-                        Ok(Effect::Ignore) => {}
-                        Err(err) => tracing::warn!(
-                            partition = message.partition(),
-                            offset = message.offset(),
-                            error = format!("{err:#}"),
-                            "skipping an unreadable registry event"
-                        ),
+        match tail.recv().await {
+            Ok(message) => {
+                up.set(1);
+                let Some(payload) = message.payload() else {
+                    continue;
+                };
+                match effect_of(payload) {
+                    Ok(Effect::Revoke(device)) => {
+                        revocations.revoke(&device, Source::RegistryEvent)
                     }
+                    Ok(Effect::Lift(device)) => revocations.lift(&device, Source::RegistryEvent),
+                    Ok(Effect::Ignore) => {}
+                    Err(err) => tracing::warn!(
+                        source = record_source(&message),
+                        error = format!("{err:#}"),
+                        "skipping an unreadable registry event"
+                    ),
                 }
-                // librdkafka reconnects by itself; say so and keep reading.
-                Err(err) => {
-                    up.set(0);
-                    tracing::warn!(%err, "registry events: Kafka error");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            },
-            _ = refresh.tick() => {
-                match assign_partitions(&consumer, &source.topic, partitions).await {
-                    Ok(count) => partitions = count,
-                    Err(err) => tracing::warn!(error = format!("{err:#}"), "registry events: metadata refresh failed"),
-                }
+            }
+            // librdkafka reconnects by itself; say so and keep reading.
+            Err(err) => {
+                up.set(0);
+                tracing::warn!(%err, "registry events: Kafka error");
+                tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }
     }

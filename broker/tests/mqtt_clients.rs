@@ -13,7 +13,10 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use warmhouse_broker::{start, BrokerConfig, RunningBroker};
 use warmhouse_contracts::ids::DeviceId;
+use warmhouse_contracts::kafka::topics;
 use warmhouse_contracts::topics::{Channel, DeviceTopic};
+use warmhouse_devstack::{create_topics, KafkaStorage, Tansu};
+use warmhouse_edge_bridge::IngressConfig;
 
 /// Upper bound for anything a test waits on.
 const WAIT: Duration = Duration::from_secs(10);
@@ -51,14 +54,67 @@ fn free_addr() -> SocketAddr {
     listener.local_addr().expect("read the ephemeral port")
 }
 
-async fn start_broker() -> RunningBroker {
+/// A broker with what its device ingress needs: a real Kafka (tansu) and a
+/// spool directory. Dereferences to the broker.
+struct TestBroker {
+    broker: RunningBroker,
+    _kafka: Tansu,
+    _dir: tempfile::TempDir,
+}
+
+impl std::ops::Deref for TestBroker {
+    type Target = RunningBroker;
+    fn deref(&self) -> &RunningBroker {
+        &self.broker
+    }
+}
+
+impl std::ops::DerefMut for TestBroker {
+    fn deref_mut(&mut self) -> &mut RunningBroker {
+        &mut self.broker
+    }
+}
+
+/// Kafka with the ingress's topics, and an ingress configuration for it.
+async fn kafka(dir: &std::path::Path) -> (Tansu, IngressConfig) {
+    let kafka = Tansu::start(&dir.join("kafka"), KafkaStorage::Memory).expect("tansu starts");
+    create_topics(
+        &kafka.bootstrap(),
+        &[
+            topics::TELEMETRY,
+            topics::DEVICE_EVENTS,
+            topics::DEVICE_COMMANDS,
+            topics::DEAD_LETTERS,
+        ],
+        1,
+    )
+    .await
+    .expect("topics are created");
+    let ingress = IngressConfig::new(&kafka.bootstrap(), dir.join("spool"));
+    (kafka, ingress)
+}
+
+async fn start_broker() -> TestBroker {
+    start_broker_with(|config| config).await
+}
+
+async fn start_broker_with(adjust: impl Fn(BrokerConfig) -> BrokerConfig) -> TestBroker {
     warmhouse_service_kit::init_tracing();
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (kafka, ingress) = kafka(dir.path()).await;
     let admin: SocketAddr = "127.0.0.1:0".parse().unwrap();
     // Another process may take a just-freed port: try a few pairs.
     let mut last_error = None;
     for _ in 0..3 {
-        match start(BrokerConfig::for_tests(free_addr(), free_addr(), admin)).await {
-            Ok(broker) => return broker,
+        let config = BrokerConfig::for_tests(free_addr(), free_addr(), admin, ingress.clone());
+        match start(adjust(config)).await {
+            Ok(broker) => {
+                return TestBroker {
+                    broker,
+                    _kafka: kafka,
+                    _dir: dir,
+                }
+            }
             Err(err) => last_error = Some(err),
         }
     }
@@ -516,7 +572,7 @@ async fn admin_endpoints_report_health_and_traffic() {
         "{metrics}"
     );
 
-    broker.shutdown().await;
+    broker.broker.shutdown().await;
     assert!(
         http.get(format!("{base}/healthz")).send().await.is_err(),
         "admin server still answers after shutdown"
@@ -526,10 +582,12 @@ async fn admin_endpoints_report_health_and_traffic() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn start_fails_clearly_when_a_port_is_taken() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let dir = tempfile::tempdir().unwrap();
     let config = BrokerConfig::for_tests(
         taken.local_addr().unwrap(),
         free_addr(),
         "127.0.0.1:0".parse().unwrap(),
+        IngressConfig::new("127.0.0.1:1", dir.path().join("spool")),
     );
     let err = match start(config).await {
         Ok(_) => panic!("started on a taken port"),
@@ -548,13 +606,12 @@ async fn start_fails_clearly_when_a_port_is_taken() {
 /// fails at the first assertion and should become a survival test.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_wedged_by_rumqttd_is_detected() {
-    warmhouse_service_kit::init_tracing();
-    let config = BrokerConfig {
+    let mut broker = start_broker_with(|config| BrokerConfig {
         probe_interval_secs: 1,
         probe_failure_limit: 2,
-        ..BrokerConfig::for_tests(free_addr(), free_addr(), "127.0.0.1:0".parse().unwrap())
-    };
-    let mut broker = start(config).await.expect("broker starts");
+        ..config
+    })
+    .await;
     let port = broker.mqtt_v4_addr.port().to_string();
     for _ in 0..2 {
         let status = tokio::time::timeout(

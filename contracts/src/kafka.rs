@@ -26,14 +26,42 @@ pub mod topics {
 /// Header carrying the envelope version on every record we produce.
 pub const VERSION_HEADER: &str = "warmhouse-version";
 
-/// An event a device reported, as the bridge forwards it to `device-events`.
+/// An event a device reported, as the broker's ingress forwards it to
+/// `device-events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeviceEvent {
     pub v: u64,
     pub device_id: DeviceId,
     pub received_at_ms: i64,
+    /// The MQTT connection the event came over (absent on events the
+    /// platform wrote itself). Presence is ordered by it: a device that
+    /// moved to another broker replica must not be marked offline by its
+    /// old connection's last will arriving late.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<ConnectionRef>,
     #[serde(flatten)]
     pub event: DeviceEventKind,
+}
+
+/// One MQTT connection of a device, as a broker replica saw it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ConnectionRef {
+    /// The replica that held the connection.
+    pub broker: String,
+    /// When that replica accepted the connection, in ms since the epoch.
+    pub connected_at_ms: i64,
+    /// The connection's number in that replica's process (increasing).
+    pub number: u64,
+}
+
+impl ConnectionRef {
+    /// Whether `self` is a later connection than `other`: accepted later,
+    /// or, accepted in the same millisecond, by the same replica with a
+    /// higher number.
+    pub fn is_newer_than(&self, other: &ConnectionRef) -> bool {
+        (self.connected_at_ms, &self.broker, self.number)
+            > (other.connected_at_ms, &other.broker, other.number)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -61,8 +89,15 @@ impl DeviceEvent {
             v: u64::from(crate::WIRE_VERSION),
             device_id,
             received_at_ms,
+            connection: None,
             event,
         }
+    }
+
+    /// The event as it came over `connection`.
+    pub fn over(mut self, connection: ConnectionRef) -> Self {
+        self.connection = Some(connection);
+        self
     }
     pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
         let event: Self = from_json(bytes, 2 * MAX_PAYLOAD_BYTES)?;
@@ -219,6 +254,26 @@ mod tests {
         );
         let json = String::from_utf8(event.to_json()).unwrap();
         assert!(json.contains(r#""kind":"status""#), "{json}");
+        assert!(!json.contains("connection"), "{json}");
         assert_eq!(DeviceEvent::decode(json.as_bytes()).unwrap(), event);
+        let over = event.over(ConnectionRef {
+            broker: "broker-1".into(),
+            connected_at_ms: 5,
+            number: 2,
+        });
+        assert_eq!(DeviceEvent::decode(&over.to_json()).unwrap(), over);
+    }
+
+    #[test]
+    fn connections_are_ordered_by_acceptance_then_replica_then_number() {
+        let at = |broker: &str, connected_at_ms, number| ConnectionRef {
+            broker: broker.into(),
+            connected_at_ms,
+            number,
+        };
+        assert!(at("b", 2, 1).is_newer_than(&at("a", 1, 9)));
+        assert!(at("a", 1, 2).is_newer_than(&at("a", 1, 1)));
+        assert!(!at("a", 1, 1).is_newer_than(&at("a", 1, 1)));
+        assert!(!at("a", 1, 9).is_newer_than(&at("b", 2, 1)));
     }
 }

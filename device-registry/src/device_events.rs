@@ -117,9 +117,10 @@ async fn apply(
             "state"
         }
         DeviceEventKind::Status { status } => {
-            let came_online = read_model::apply_presence(pool, device, status, at)
-                .await
-                .map_err(|e| e.to_string())?;
+            let came_online =
+                read_model::apply_presence(pool, device, status, at, event.connection.as_ref())
+                    .await
+                    .map_err(|e| e.to_string())?;
             if came_online {
                 let resent = commands::redeliver_open(pool, topics, device)
                     .await

@@ -10,6 +10,7 @@ use sqlx::{PgPool, Row};
 use utoipa::ToSchema;
 use warmhouse_contracts::commands::delta;
 use warmhouse_contracts::device::{ReportedState, StatusMessage};
+use warmhouse_contracts::kafka::ConnectionRef;
 
 use crate::problem::Problem;
 
@@ -120,37 +121,86 @@ pub async fn apply_reported(
 }
 
 /// Applies a presence message (a status, or the last will the broker
-/// published for a dead connection). Returns whether the device went from
-/// not-online to online, which is when it gets its open commands again.
+/// published for a dead connection) that came over `connection`. Returns
+/// whether the device came online on a new connection (from offline,
+/// unknown, or from an older connection, maybe on another broker replica),
+/// which is when it gets its open commands again.
+///
+/// Presence is ordered by connection first: a message from an older
+/// connection than the one presence was last set by changes nothing (the
+/// last will of a connection the device left for another replica arrives
+/// after the new connection's "online"). Within one connection, and for
+/// messages that name no connection, the later message wins.
 pub async fn apply_presence(
     pool: &PgPool,
     device_id: &str,
     status: &StatusMessage,
     received_at_ms: i64,
+    connection: Option<&ConnectionRef>,
 ) -> sqlx::Result<bool> {
     // A last will carries no time of its own: it happened when it arrived.
     let at = millis(status.ts.unwrap_or(received_at_ms));
-    let row = sqlx::query(
-        "WITH before AS (SELECT online FROM device_views WHERE device_id = $1) \
-         INSERT INTO device_views (device_id, online, presence_changed_at, last_seen_at) \
-         VALUES ($1, $2, $3, $4) \
+    // Whether the message replaces the stored presence (see above).
+    const TAKE: &str = "(EXCLUDED.presence_connected_at IS NOT NULL AND device_views.presence_connected_at IS NOT NULL \
+          AND (EXCLUDED.presence_connected_at, EXCLUDED.presence_broker, EXCLUDED.presence_connection) \
+            > (device_views.presence_connected_at, device_views.presence_broker, device_views.presence_connection)) \
+       OR ((EXCLUDED.presence_connected_at IS NULL OR device_views.presence_connected_at IS NULL \
+            OR (EXCLUDED.presence_connected_at, EXCLUDED.presence_broker, EXCLUDED.presence_connection) \
+             = (device_views.presence_connected_at, device_views.presence_broker, device_views.presence_connection)) \
+           AND (device_views.presence_changed_at IS NULL OR device_views.presence_changed_at <= EXCLUDED.presence_changed_at))";
+    let row = sqlx::query(&format!(
+        "WITH before AS (SELECT online, presence_connected_at, presence_broker, presence_connection \
+                         FROM device_views WHERE device_id = $1) \
+         INSERT INTO device_views (device_id, online, presence_changed_at, last_seen_at, \
+                                   presence_connected_at, presence_broker, presence_connection) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7) \
          ON CONFLICT (device_id) DO UPDATE SET \
-           online = CASE WHEN device_views.presence_changed_at IS NULL OR device_views.presence_changed_at <= EXCLUDED.presence_changed_at \
-                    THEN EXCLUDED.online ELSE device_views.online END, \
-           presence_changed_at = GREATEST(device_views.presence_changed_at, EXCLUDED.presence_changed_at), \
+           online = CASE WHEN {TAKE} THEN EXCLUDED.online ELSE device_views.online END, \
+           presence_changed_at = CASE WHEN {TAKE} THEN EXCLUDED.presence_changed_at \
+                                 ELSE device_views.presence_changed_at END, \
+           presence_connected_at = CASE WHEN {TAKE} \
+             THEN COALESCE(EXCLUDED.presence_connected_at, device_views.presence_connected_at) \
+             ELSE device_views.presence_connected_at END, \
+           presence_broker = CASE WHEN {TAKE} \
+             THEN COALESCE(EXCLUDED.presence_broker, device_views.presence_broker) \
+             ELSE device_views.presence_broker END, \
+           presence_connection = CASE WHEN {TAKE} \
+             THEN COALESCE(EXCLUDED.presence_connection, device_views.presence_connection) \
+             ELSE device_views.presence_connection END, \
            last_seen_at = GREATEST(device_views.last_seen_at, EXCLUDED.last_seen_at), \
            updated_at = now() \
-         RETURNING (SELECT online FROM before) AS was_online, online",
-    )
+         RETURNING (SELECT online FROM before) AS was_online, online, \
+                   (SELECT presence_connected_at FROM before) AS was_connected_at, \
+                   (SELECT presence_broker FROM before) AS was_broker, \
+                   (SELECT presence_connection FROM before) AS was_connection, \
+                   presence_connected_at, presence_broker, presence_connection"
+    ))
     .bind(device_id)
     .bind(status.online)
     .bind(at)
     .bind(millis(received_at_ms))
+    .bind(connection.and_then(|c| millis(c.connected_at_ms)))
+    .bind(connection.map(|c| c.broker.clone()))
+    .bind(connection.and_then(|c| i64::try_from(c.number).ok()))
     .fetch_one(pool)
     .await?;
     let was_online: Option<bool> = row.try_get("was_online")?;
     let online: Option<bool> = row.try_get("online")?;
-    Ok(online == Some(true) && was_online != Some(true))
+    let key = |at: &str, broker: &str, number: &str| -> sqlx::Result<_> {
+        Ok((
+            row.try_get::<Option<DateTime<Utc>>, _>(at)?,
+            row.try_get::<Option<String>, _>(broker)?,
+            row.try_get::<Option<i64>, _>(number)?,
+        ))
+    };
+    let before = key("was_connected_at", "was_broker", "was_connection")?;
+    let after = key(
+        "presence_connected_at",
+        "presence_broker",
+        "presence_connection",
+    )?;
+    let new_connection = after.0.is_some() && after != before;
+    Ok(online == Some(true) && (was_online != Some(true) || new_connection))
 }
 
 /// Any other event still says the device is alive.

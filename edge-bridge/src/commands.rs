@@ -1,145 +1,126 @@
-//! Commands, cloud to device: records from `device-commands` are published
-//! to `/tenants/{id}/commands` (QoS 1) on a connection of their own, and a
-//! delivery receipt goes to `device-events` once the broker has accepted the
-//! command for a device that was online.
+//! Commands, cloud to device. Every broker replica reads every record of
+//! `device-commands` (no consumer group: see
+//! [`warmhouse_service_kit::kafka::TopicTail`]) and publishes those whose
+//! device holds a connection to it on `/tenants/{id}/commands` (QoS 1),
+//! then reports `command_delivered` to `device-events`: only the replica
+//! that holds the device's connection delivers and reports.
 //!
-//! The bridge keeps no command state. A device it knows to be offline (from
-//! its retained status or last will) gets nothing now: the registry
-//! publishes every open command again when the device comes back, and
-//! expires the rest. Expired commands are dropped here too.
+//! No command state is kept here. A device connected to no replica gets
+//! nothing now: the registry publishes every open command again when the
+//! device comes online (on whichever replica), and expires the rest.
+//! Expired commands are dropped here too.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::Context;
-use rdkafka::consumer::{Consumer, StreamConsumer};
-use rdkafka::Message;
-use rumqttc::{AsyncClient, Event, MqttOptions, Outgoing, Packet, QoS};
-use warmhouse_contracts::device::StatusMessage;
+use std::future::Future;
+use std::pin::Pin;
+
+use rdkafka::message::{Message, OwnedMessage};
 use warmhouse_contracts::kafka::{CommandRecord, DeadLetter, DeviceEvent, DeviceEventKind};
 use warmhouse_contracts::topics::{Channel, DeviceTopic};
-use warmhouse_service_kit::kafka::{group_consumer_config, ClosedOffRuntime};
+use warmhouse_service_kit::kafka::{record_source, TopicTail};
 use warmhouse_service_kit::now_ms;
 
+use crate::connections::Connections;
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::spool::Record;
 
-/// What the command path needs to know.
+/// A command publish into the MQTT broker; resolves once the broker's
+/// router has it.
+pub type Publishing = Pin<Box<dyn Future<Output = anyhow::Result<()>> + Send>>;
+
+/// Publishes a command to a device through the broker this replica runs
+/// (in-process: no network hop).
+pub trait CommandSink: Send + Sync + 'static {
+    /// Publishes `payload` on `topic` at QoS 1.
+    fn publish(&self, topic: String, payload: Vec<u8>) -> Publishing;
+}
+
+/// Where commands come from and where their receipts go.
 #[derive(Debug, Clone)]
 pub struct CommandSettings {
-    pub mqtt_host: String,
-    pub mqtt_port: u16,
-    pub mqtt_client_id: String,
-    pub mqtt_credentials: Option<(String, String)>,
     pub kafka_bootstrap: String,
-    pub group_id: String,
     pub commands_topic: String,
     pub device_events_topic: String,
     pub dead_letters_topic: String,
+    /// Kafka client id of this replica's command reader.
+    pub client_id: String,
 }
 
-/// Presence as the devices' retained status messages say.
-#[derive(Default, Clone)]
-struct Presence(Arc<Mutex<HashMap<String, bool>>>);
+/// What became of one command record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Delivered,
+    Expired,
+    /// The device holds no connection to this replica.
+    NotConnectedHere,
+    PublishFailed,
+}
 
-impl Presence {
-    fn set(&self, device: &str, online: bool) {
-        if let Ok(mut map) = self.0.lock() {
-            map.insert(device.to_string(), online);
+impl Outcome {
+    fn label(self) -> &'static str {
+        match self {
+            Outcome::Delivered => "delivered",
+            Outcome::Expired => "expired",
+            Outcome::NotConnectedHere => "not_connected_here",
+            Outcome::PublishFailed => "publish_failed",
         }
     }
-    /// Unknown devices count as reachable: a try costs little, and the
-    /// registry redelivers if it was wrong.
-    fn known_offline(&self, device: &str) -> bool {
-        self.0
-            .lock()
-            .map(|map| map.get(device) == Some(&false))
-            .unwrap_or(false)
-    }
 }
 
-/// Commands published but not yet acknowledged by the broker. Publishes
-/// leave in the order they were queued, so the n-th outgoing publish is the
-/// n-th queued command; its packet id then maps to the command.
-#[derive(Default, Clone)]
-struct InFlight(Arc<Mutex<InFlightState>>);
-
-#[derive(Default)]
-struct InFlightState {
-    queued: VecDeque<(String, String)>,
-    by_pkid: HashMap<u16, (String, String)>,
+/// Reads `device-commands` from its end, retrying until Kafka answers.
+/// Returns once every partition is assigned, so commands from then on are
+/// seen (or, after `wait`, keeps trying in the background).
+pub async fn assign(settings: &CommandSettings, wait: Duration) -> Option<TopicTail> {
+    let assigned = tokio::time::timeout(wait, async {
+        loop {
+            match TopicTail::assign(
+                &settings.kafka_bootstrap,
+                &settings.commands_topic,
+                &settings.client_id,
+                // A command round trip waits on this fetch.
+                Duration::from_millis(1),
+            )
+            .await
+            {
+                Ok(tail) => return tail,
+                Err(err) => {
+                    tracing::warn!(
+                        error = format!("{err:#}"),
+                        "device-commands unavailable; retrying"
+                    );
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    })
+    .await;
+    assigned.ok()
 }
 
-/// Starts the command path; runs until the returned tasks are aborted.
-pub fn spawn(
+/// Delivers commands until the task is aborted. `tail` is the assigned
+/// reader, or `None` to assign it here.
+pub async fn run(
     settings: CommandSettings,
+    tail: Option<TopicTail>,
     delivery: Arc<Delivery>,
-    metrics: Metrics,
-) -> anyhow::Result<Vec<tokio::task::JoinHandle<()>>> {
-    let consumer: StreamConsumer = group_consumer_config(
-        &settings.kafka_bootstrap,
-        &settings.group_id,
-        Duration::from_millis(1),
-    )
-    .create()
-    .context("creating the device-commands consumer")?;
-    consumer
-        .subscribe(&[settings.commands_topic.as_str()])
-        .context("subscribing to device-commands")?;
-
-    let mut options = MqttOptions::new(
-        &settings.mqtt_client_id,
-        &settings.mqtt_host,
-        settings.mqtt_port,
-    );
-    options
-        .set_clean_session(true)
-        .set_keep_alive(Duration::from_secs(15))
-        .set_max_packet_size(1 << 20, 1 << 20);
-    if let Some((user, password)) = &settings.mqtt_credentials {
-        options.set_credentials(user, password);
-    }
-    let (client, mut eventloop) = AsyncClient::new(options, 1024);
-    // Small packets answered one by one: never wait on Nagle (see the broker).
-    eventloop.network_options.set_tcp_nodelay(true);
-    let presence = Presence::default();
-    let in_flight = InFlight::default();
-
-    let delivery_for_letters = delivery.clone();
-    let events = tokio::spawn(mqtt_loop(
-        eventloop,
-        client.clone(),
-        presence.clone(),
-        in_flight.clone(),
-        delivery,
-        settings.device_events_topic.clone(),
-        metrics.clone(),
-    ));
-    let commands = tokio::spawn(publish_commands(
-        ClosedOffRuntime::new(consumer),
-        client,
-        presence,
-        in_flight,
-        delivery_for_letters,
-        settings.dead_letters_topic.clone(),
-        metrics,
-    ));
-    Ok(vec![events, commands])
-}
-
-async fn publish_commands(
-    consumer: ClosedOffRuntime,
-    client: AsyncClient,
-    presence: Presence,
-    in_flight: InFlight,
-    delivery: Arc<Delivery>,
-    dead_letters_topic: String,
+    connections: Connections,
+    sink: Arc<dyn CommandSink>,
     metrics: Metrics,
 ) {
+    let mut tail = match tail {
+        Some(tail) => tail,
+        None => loop {
+            if let Some(tail) = assign(&settings, Duration::from_secs(60)).await {
+                break tail;
+            }
+        },
+    };
+    tracing::info!(topic = settings.commands_topic, "reading device commands");
     loop {
-        let message = match consumer.recv().await {
+        let message = match tail.recv().await {
             Ok(message) => message,
             Err(err) => {
                 tracing::warn!(%err, "device-commands consumer error");
@@ -150,135 +131,76 @@ async fn publish_commands(
         match CommandRecord::decode(message.payload().unwrap_or_default()) {
             Err(err) => {
                 metrics.commands.with_label_values(&["undecodable"]).inc();
-                tracing::warn!(%err, offset = message.offset(), "dead-lettering an undecodable command record");
-                let letter = DeadLetter::new(
-                    err.kind(),
-                    err.to_string(),
-                    format!(
-                        "kafka:{}/{}@{}",
-                        message.topic(),
-                        message.partition(),
-                        message.offset()
-                    ),
-                    now_ms(),
-                    message.payload().unwrap_or_default(),
-                );
-                // Safe before the offset moves on: spooled if Kafka is away.
+                tracing::warn!(%err, source = record_source(&message), "dead-lettering an undecodable command record");
                 delivery
-                    .deliver(Record {
-                        topic: dead_letters_topic.clone(),
-                        key: message.key().unwrap_or_default().to_vec(),
-                        payload: letter.to_json(),
-                    })
+                    .deliver(dead_letter(&settings.dead_letters_topic, &message, &err))
                     .await;
             }
             Ok(record) => {
-                let device = record.device_id.as_str().to_string();
-                let outcome = if record.command.expires_at_ms < now_ms() {
-                    "expired"
-                } else if presence.known_offline(&device) {
-                    "device_offline"
-                } else {
-                    let topic =
-                        DeviceTopic::new(record.device_id.clone(), Channel::Commands).to_string();
-                    let payload = serde_json::to_vec(&record.command).unwrap_or_default();
-                    if let Ok(mut state) = in_flight.0.lock() {
-                        state
-                            .queued
-                            .push_back((device.clone(), record.command.command_id.clone()));
+                let outcome = deliver(&record, &connections, sink.as_ref()).await;
+                if outcome == Outcome::Delivered {
+                    let device = record.device_id.as_str();
+                    let receipt = receipt(
+                        &settings.device_events_topic,
+                        device,
+                        record.command.command_id.clone(),
+                    );
+                    if let Some(receipt) = receipt {
+                        // Safe in the background: Kafka or the spool.
+                        drop(delivery.submit(receipt));
                     }
-                    // Waits while the request queue is full: backpressure on Kafka.
-                    match client
-                        .publish(topic, QoS::AtLeastOnce, false, payload)
-                        .await
-                    {
-                        Ok(()) => "published",
-                        Err(err) => {
-                            tracing::warn!(%err, "cannot queue a command publish");
-                            if let Ok(mut state) = in_flight.0.lock() {
-                                state.queued.pop_back();
-                            }
-                            "publish_failed"
-                        }
-                    }
-                };
-                metrics.commands.with_label_values(&[outcome]).inc();
-                tracing::debug!(device, command_id = %record.command.command_id, outcome, "command");
+                }
+                metrics.commands.with_label_values(&[outcome.label()]).inc();
+                tracing::debug!(device = record.device_id.as_str(), command_id = %record.command.command_id, outcome = outcome.label(), "command");
             }
-        }
-        if let Err(err) = consumer.store_offset_from_message(&message) {
-            tracing::warn!(%err, "cannot store a device-commands offset");
         }
     }
 }
 
-async fn mqtt_loop(
-    mut eventloop: rumqttc::EventLoop,
-    client: AsyncClient,
-    presence: Presence,
-    in_flight: InFlight,
-    delivery: Arc<Delivery>,
-    device_events_topic: String,
-    metrics: Metrics,
-) {
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => {
-                // Retained statuses arrive right after: presence of every device.
-                if let Err(err) =
-                    client.try_subscribe(Channel::Status.filter_all_devices(), QoS::AtMostOnce)
-                {
-                    tracing::error!(%err, "cannot queue the status subscription");
-                }
-                backoff = Duration::from_millis(100);
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if let (Ok(topic), Ok(status)) = (
-                    DeviceTopic::parse(&publish.topic),
-                    StatusMessage::decode(&publish.payload),
-                ) {
-                    presence.set(topic.device_id.as_str(), status.online);
-                }
-            }
-            Ok(Event::Outgoing(Outgoing::Publish(pkid))) => {
-                if let Ok(mut state) = in_flight.0.lock() {
-                    // A known packet id is a retransmission, not a new command.
-                    if !state.by_pkid.contains_key(&pkid) {
-                        if let Some(command) = state.queued.pop_front() {
-                            state.by_pkid.insert(pkid, command);
-                        }
-                    }
-                }
-            }
-            Ok(Event::Incoming(Packet::PubAck(ack))) => {
-                let command = in_flight
-                    .0
-                    .lock()
-                    .ok()
-                    .and_then(|mut state| state.by_pkid.remove(&ack.pkid));
-                if let Some((device, command_id)) = command {
-                    metrics.commands.with_label_values(&["delivered"]).inc();
-                    let delivery = delivery.clone();
-                    let record = receipt(&device_events_topic, &device, command_id);
-                    if let Some(record) = record {
-                        tokio::spawn(async move { delivery.deliver(record).await });
-                    }
-                }
-            }
-            Ok(_) => {}
-            Err(err) => {
-                tracing::warn!(%err, "command MQTT connection lost; reconnecting in {backoff:?}");
-                if let Ok(mut state) = in_flight.0.lock() {
-                    // Unacknowledged commands stay "sent"; the registry
-                    // redelivers them when their device comes back.
-                    state.queued.clear();
-                    state.by_pkid.clear();
-                }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
+async fn deliver(
+    record: &CommandRecord,
+    connections: &Connections,
+    sink: &dyn CommandSink,
+) -> Outcome {
+    if record.command.expires_at_ms < now_ms() {
+        return Outcome::Expired;
+    }
+    if !connections.is_connected(record.device_id.as_str()) {
+        return Outcome::NotConnectedHere;
+    }
+    let topic = DeviceTopic::new(record.device_id.clone(), Channel::Commands).to_string();
+    let payload = match serde_json::to_vec(&record.command) {
+        Ok(payload) => payload,
+        Err(err) => {
+            tracing::error!(%err, "cannot encode a command");
+            return Outcome::PublishFailed;
         }
+    };
+    match sink.publish(topic, payload).await {
+        Ok(()) => Outcome::Delivered,
+        Err(err) => {
+            tracing::warn!(error = format!("{err:#}"), "cannot publish a command");
+            Outcome::PublishFailed
+        }
+    }
+}
+
+fn dead_letter(
+    topic: &str,
+    message: &OwnedMessage,
+    err: &warmhouse_contracts::DecodeError,
+) -> Record {
+    let letter = DeadLetter::new(
+        err.kind(),
+        err.to_string(),
+        record_source(message),
+        now_ms(),
+        message.payload().unwrap_or_default(),
+    );
+    Record {
+        topic: topic.to_string(),
+        key: message.key().unwrap_or_default().to_vec(),
+        payload: letter.to_json(),
     }
 }
 
@@ -300,15 +222,59 @@ fn receipt(topic: &str, device: &str, command_id: String) -> Option<Record> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+    use warmhouse_contracts::device::Command;
+    use warmhouse_contracts::ids::DeviceId;
 
-    #[test]
-    fn unknown_devices_are_reachable_and_offline_ones_are_not() {
-        let presence = Presence::default();
-        assert!(!presence.known_offline("a"));
-        presence.set("a", false);
-        assert!(presence.known_offline("a"));
-        presence.set("a", true);
-        assert!(!presence.known_offline("a"));
+    #[derive(Default)]
+    struct Recorded(Mutex<Vec<(String, Vec<u8>)>>);
+
+    impl CommandSink for Recorded {
+        fn publish(&self, topic: String, payload: Vec<u8>) -> Publishing {
+            if let Ok(mut published) = self.0.lock() {
+                published.push((topic, payload));
+            }
+            Box::pin(async { Ok(()) })
+        }
+    }
+
+    fn record(device: &str, expires_at_ms: i64) -> CommandRecord {
+        CommandRecord::new(
+            DeviceId::new(device).unwrap(),
+            Command {
+                v: 1,
+                command_id: "c-1".into(),
+                name: "turn_on".into(),
+                params: Default::default(),
+                issued_at_ms: 1,
+                expires_at_ms,
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn only_the_replica_holding_the_device_publishes() {
+        let sink = Recorded::default();
+        let connections = Connections::default();
+        let later = now_ms() + 60_000;
+        assert_eq!(
+            deliver(&record("d1", later), &connections, &sink).await,
+            Outcome::NotConnectedHere
+        );
+        connections.speaks_for(7, "d1");
+        assert_eq!(
+            deliver(&record("d1", later), &connections, &sink).await,
+            Outcome::Delivered
+        );
+        assert_eq!(
+            deliver(&record("d1", 1), &connections, &sink).await,
+            Outcome::Expired
+        );
+        let published = sink.0.lock().unwrap();
+        assert_eq!(published.len(), 1);
+        assert_eq!(published[0].0, "/tenants/d1/commands");
+        let command: Command = serde_json::from_slice(&published[0].1).unwrap();
+        assert_eq!(command.command_id, "c-1");
     }
 
     #[test]

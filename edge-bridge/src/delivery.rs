@@ -1,6 +1,7 @@
-//! Making a record safe: produced to Kafka, or written durably to the spool
-//! when Kafka cannot take it. While the spool holds records, new ones join
-//! its tail, and a drainer replays it to Kafka in order.
+//! Making a record safe: produced to Kafka (acknowledged by every in-sync
+//! replica), or written and fsynced to the local spool when Kafka cannot
+//! take it. While the spool holds records, new ones join its tail, and a
+//! drainer replays it to Kafka in order.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -92,11 +93,23 @@ impl SpoolHandle {
         &self,
         make: impl FnOnce(oneshot::Sender<anyhow::Result<T>>) -> SpoolCommand,
     ) -> anyhow::Result<T> {
+        self.request(make).await
+    }
+
+    /// Queues the request now; the answer comes later.
+    fn request<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<anyhow::Result<T>>) -> SpoolCommand,
+    ) -> impl std::future::Future<Output = anyhow::Result<T>> {
         let (reply, rx) = oneshot::channel();
-        self.tx
+        let sent = self
+            .tx
             .send(make(reply))
-            .map_err(|_| anyhow::anyhow!("spool thread has stopped"))?;
-        rx.await.context("spool thread dropped the request")?
+            .map_err(|_| anyhow::anyhow!("spool thread has stopped"));
+        async move {
+            sent?;
+            rx.await.context("spool thread dropped the request")?
+        }
     }
 }
 
@@ -106,9 +119,13 @@ pub struct Delivery {
     /// True while the spool holds records: new records queue behind them.
     spooling: Arc<AtomicBool>,
     metrics: Metrics,
+    /// Where the waits for safety run (the caller's thread may be a
+    /// single-threaded runtime of the MQTT broker's).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Delivery {
+    /// Must be called inside a Tokio runtime: the one that runs the waits.
     pub fn new(producer: Producer, spool: Spool, metrics: Metrics) -> Arc<Self> {
         let spooling = Arc::new(AtomicBool::new(false));
         let spool = SpoolHandle::spawn(spool, spooling.clone(), metrics.clone());
@@ -117,6 +134,7 @@ impl Delivery {
             spool,
             spooling,
             metrics,
+            runtime: tokio::runtime::Handle::current(),
         })
     }
 
@@ -126,23 +144,49 @@ impl Delivery {
 
     /// Resolves once `record` is safe. Never gives up: a full spool or a
     /// failing disk holds the caller (and so the device's ack) until there is
-    /// room, which is the backpressure policy of docs/adr/0003-bridge-spool.md.
-    pub async fn deliver(&self, record: Record) {
+    /// room: backpressure (docs/adr/0019-puback-when-safe.md).
+    pub async fn deliver(self: &Arc<Self>, record: Record) {
+        let _ = self.submit(record).await;
+    }
+
+    /// Starts making `record` safe and returns a handle that resolves when
+    /// it is. The record joins the producer's queue (or the spool's) before
+    /// this returns, so records submitted one after another keep their
+    /// order; the work goes on whether or not the handle is awaited.
+    pub fn submit(self: &Arc<Self>, record: Record) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
         if !self.spooling.load(Ordering::SeqCst) && self.kafka_available() {
-            match self.producer.send(&record).await {
-                Ok(()) => {
-                    self.metrics
-                        .produced
-                        .with_label_values(&[&record.topic])
-                        .inc();
-                    return;
+            match self.producer.enqueue(&record) {
+                Ok(enqueued) => {
+                    return self.runtime.spawn(async move {
+                        match enqueued.acknowledged(&this.producer).await {
+                            Ok(()) => this
+                                .metrics
+                                .produced
+                                .with_label_values(&[&record.topic])
+                                .inc(),
+                            Err(err) => {
+                                tracing::warn!(%err, topic = %record.topic, "Kafka refused a record: spooling it");
+                                this.spool_until_safe(record).await;
+                            }
+                        }
+                    });
                 }
                 Err(err) => {
-                    tracing::warn!(%err, topic = %record.topic, "Kafka refused a record: spooling it")
+                    tracing::warn!(%err, topic = %record.topic, "Kafka cannot take a record: spooling it")
                 }
             }
         }
-        self.spool_until_safe(record).await;
+        let copy = record.clone();
+        let appended = self
+            .spool
+            .request(move |reply| SpoolCommand::Append(copy, reply));
+        self.runtime.spawn(async move {
+            match appended.await {
+                Ok(true) => this.metrics.spooled.inc(),
+                Ok(false) | Err(_) => this.spool_until_safe(record).await,
+            }
+        })
     }
 
     async fn spool_until_safe(&self, record: Record) {

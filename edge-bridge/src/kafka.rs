@@ -10,9 +10,8 @@ use anyhow::Context;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{FutureProducer, FutureRecord, Producer as _, PurgeConfig};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::util::Timeout;
 use rdkafka::ClientContext;
 use warmhouse_contracts::kafka::VERSION_HEADER;
 
@@ -105,7 +104,15 @@ impl Producer {
     }
 
     /// Replaces `failed` with a new producer, unless another task already did.
+    ///
+    /// Every record the failed producer held fails at once; only the first
+    /// failure may build a replacement. A producer is not cheap to build,
+    /// and destroying one blocks until its threads end, so that never
+    /// happens on the caller's (runtime) thread.
     fn replace(&self, failed: &Arc<FutureProducer<BridgeContext>>, error: &KafkaError) {
+        if !Arc::ptr_eq(&self.producer(), failed) {
+            return;
+        }
         let fresh: FutureProducer<BridgeContext> =
             match self.config.create_with_context(self.context.clone()) {
                 Ok(producer) => producer,
@@ -118,17 +125,21 @@ impl Producer {
             Ok(current) => current,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if Arc::ptr_eq(&current, failed) {
-            tracing::warn!(%error, "Kafka rejected the producer: replacing it with a new one");
-            let old = std::mem::replace(&mut *current, Arc::new(fresh));
-            // Purged at once, not when the last send holding it returns: what
-            // it still queues must not go out under a bumped epoch. Dropping
-            // flushes for up to 500 ms: not on the runtime.
-            std::thread::spawn(move || {
-                old.purge(PurgeConfig::default().queue().inflight());
-                drop(old)
-            });
+        if !Arc::ptr_eq(&current, failed) {
+            // Another failure of the same producer got here first.
+            drop(current);
+            std::thread::spawn(move || drop(fresh));
+            return;
         }
+        tracing::warn!(%error, "Kafka rejected the producer: replacing it with a new one");
+        let old = std::mem::replace(&mut *current, Arc::new(fresh));
+        drop(current);
+        // Purged at once, not when the last send holding it returns: what
+        // it still queues must not go out under a bumped epoch.
+        std::thread::spawn(move || {
+            old.purge(PurgeConfig::default().queue().inflight());
+            drop(old)
+        });
     }
 
     pub fn kafka_down(&self) -> &Arc<AtomicBool> {
@@ -137,31 +148,53 @@ impl Producer {
 
     /// Produces one record and waits for Kafka's acknowledgement.
     pub async fn send(&self, record: &Record) -> Result<(), KafkaError> {
+        self.enqueue(record)?.acknowledged(self).await
+    }
+
+    /// Hands one record to the producer's queue now (so records enqueued one
+    /// after another keep their order); the returned [`Enqueued`] resolves
+    /// with Kafka's acknowledgement.
+    pub fn enqueue(&self, record: &Record) -> Result<Enqueued, KafkaError> {
         let headers = OwnedHeaders::new().insert(Header {
             key: VERSION_HEADER,
             value: Some("1"),
         });
         let producer = self.producer();
-        let result = producer
-            .send(
+        let delivery = producer
+            .send_result(
                 FutureRecord::to(&record.topic)
                     .key(record.key.as_slice())
                     .payload(record.payload.as_slice())
                     .headers(headers),
-                Timeout::Never,
             )
-            .await;
-        match result {
-            Ok(_) => {
-                self.context.kafka_down.store(false, Ordering::SeqCst);
+            .map_err(|(err, _)| err)?;
+        Ok(Enqueued { producer, delivery })
+    }
+}
+
+/// A record in the producer's queue.
+pub struct Enqueued {
+    producer: Arc<FutureProducer<BridgeContext>>,
+    delivery: DeliveryFuture,
+}
+
+impl Enqueued {
+    /// Waits for Kafka's acknowledgement; a refusal retires the producer
+    /// that sent it (see [`Producer`]).
+    pub async fn acknowledged(self, owner: &Producer) -> Result<(), KafkaError> {
+        match self.delivery.await {
+            Ok(Ok(_)) => {
+                owner.context.kafka_down.store(false, Ordering::SeqCst);
                 Ok(())
             }
-            Err((err, _)) => {
+            Ok(Err((err, _))) => {
                 if is_broker_rejection(&err) {
-                    self.replace(&producer, &err);
+                    owner.replace(&self.producer, &err);
                 }
                 Err(err)
             }
+            // The producer was dropped (replaced) with the record queued.
+            Err(_) => Err(KafkaError::Canceled),
         }
     }
 }

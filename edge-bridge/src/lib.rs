@@ -1,66 +1,52 @@
-//! The edge bridge: MQTT (device side) to Kafka (platform side).
+//! Device ingress: what the MQTT broker does with a device's publishes, run
+//! inside every broker replica (docs/adr/0019-puback-when-safe.md).
 //!
-//! A device's QoS 1 publish is acknowledged to the broker only once what it
-//! carried is safe: acknowledged by Kafka (idempotent producer, acks=all) or
-//! fsynced to the local [`spool`] while Kafka is unreachable. Acks go out in
-//! the order the publishes came in (rumqttd expects that). Anything that
-//! cannot be decoded goes to the dead-letter topic with the reason, so bad
-//! input never blocks good input. See docs/adr/0003-bridge-spool.md.
+//! The broker shows each publish of a device to [`Ingress::accept`] before
+//! it acknowledges it. The publish is routed ([`route`]: telemetry, device
+//! events, or a dead letter saying why it could not be decoded) and made
+//! safe ([`delivery`]): acknowledged by Kafka (idempotent producer,
+//! acks=all) or appended and fsynced to the replica's local [`spool`] while
+//! Kafka cannot take it. The broker sends the device its PUBACK only when
+//! the handle [`Ingress::accept`] returns resolves, in the order the
+//! publishes arrived. A full spool holds the PUBACKs: backpressure reaches
+//! the device, and nothing acknowledged can be lost.
+//!
+//! The other direction, commands to devices, is [`commands`]: each replica
+//! publishes the commands of the devices connected to it ([`connections`]).
 
 pub mod commands;
+pub mod connections;
 pub mod delivery;
 pub mod kafka;
 pub mod metrics;
 pub mod route;
 pub mod spool;
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::stream::{FuturesOrdered, StreamExt};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, Publish, QoS};
-use tokio::sync::mpsc;
 use warmhouse_contracts::kafka::topics;
-use warmhouse_contracts::topics::Channel;
-use warmhouse_service_kit::{admin_router, now_ms, serve, Readiness};
+use warmhouse_contracts::topics::DeviceTopic;
+use warmhouse_service_kit::now_ms;
 
+use crate::commands::{CommandSettings, CommandSink};
+use crate::connections::{Connections, DeviceConnection};
 use crate::delivery::Delivery;
 use crate::metrics::Metrics;
 use crate::route::{route, Routed, Topics};
 use crate::spool::Spool;
 
-/// Configuration; every option is also an environment variable.
-#[derive(clap::Parser, Debug, Clone)]
-#[command(name = "edge-bridge", about = "Warmhouse edge bridge: MQTT to Kafka")]
-pub struct BridgeConfig {
-    /// MQTT broker host.
-    #[arg(long, env = "WARMHOUSE_BRIDGE_MQTT_HOST", default_value = "127.0.0.1")]
-    pub mqtt_host: String,
-    /// MQTT broker port (the internal, non-tenant listener).
-    #[arg(long, env = "WARMHOUSE_BRIDGE_MQTT_PORT", default_value_t = 1883)]
-    pub mqtt_port: u16,
-    /// MQTT client id; keep it stable so the broker keeps the session.
+/// Kafka, topics and spool of the ingress; every option is also an
+/// environment variable. Flattened into the broker's configuration.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct IngressConfig {
+    /// Kafka bootstrap servers, comma separated: devices' publishes go
+    /// there, commands and the registry's events come from there.
     #[arg(
         long,
-        env = "WARMHOUSE_BRIDGE_MQTT_CLIENT_ID",
-        default_value = "warmhouse-edge-bridge"
-    )]
-    pub mqtt_client_id: String,
-    /// MQTT username: the broker's service account on its internal listener
-    /// (`WARMHOUSE_BROKER_SERVICE_USERNAME`).
-    #[arg(long, env = "WARMHOUSE_BRIDGE_MQTT_USERNAME")]
-    pub mqtt_username: Option<String>,
-    /// MQTT password of that service account.
-    #[arg(long, env = "WARMHOUSE_BRIDGE_MQTT_PASSWORD", hide_env_values = true)]
-    pub mqtt_password: Option<String>,
-    /// Kafka bootstrap servers, comma separated.
-    #[arg(
-        long,
-        env = "WARMHOUSE_KAFKA_BOOTSTRAP",
+        env = "WARMHOUSE_BROKER_KAFKA_BOOTSTRAP",
         default_value = "127.0.0.1:9092"
     )]
     pub kafka_bootstrap: String,
@@ -72,299 +58,207 @@ pub struct BridgeConfig {
     pub dead_letters_topic: String,
     #[arg(long, env = "WARMHOUSE_TOPIC_DEVICE_COMMANDS", default_value = topics::DEVICE_COMMANDS)]
     pub device_commands_topic: String,
-    /// Consumer group reading `device-commands` (one per bridge deployment).
+    /// How long Kafka may take to acknowledge a record before it is
+    /// spooled instead, in ms. A device waits this long for its PUBACK at
+    /// worst when Kafka stops answering.
     #[arg(
         long,
-        env = "WARMHOUSE_BRIDGE_COMMANDS_GROUP",
-        default_value = "warmhouse-edge-bridge-commands"
-    )]
-    pub commands_group: String,
-    /// How long Kafka may take to acknowledge a record before it is spooled.
-    #[arg(
-        long,
-        env = "WARMHOUSE_BRIDGE_KAFKA_TIMEOUT_MS",
+        env = "WARMHOUSE_BROKER_KAFKA_TIMEOUT_MS",
         default_value_t = 10_000
     )]
     pub kafka_timeout_ms: u64,
-    /// How long the producer waits to fill a batch.
-    #[arg(long, env = "WARMHOUSE_BRIDGE_KAFKA_LINGER_MS", default_value_t = 5)]
+    /// How long the producer waits to fill a batch, in ms (adds to every
+    /// device's PUBACK latency).
+    #[arg(long, env = "WARMHOUSE_BROKER_KAFKA_LINGER_MS", default_value_t = 5)]
     pub kafka_linger_ms: u64,
-    /// Directory of the local spool.
+    /// Directory of this replica's spool. Give every replica its own, on a
+    /// disk that outlives the process (a persistent volume).
     #[arg(
         long,
-        env = "WARMHOUSE_BRIDGE_SPOOL_DIR",
-        default_value = "data/bridge-spool"
+        env = "WARMHOUSE_BROKER_SPOOL_DIR",
+        default_value = "data/broker-spool"
     )]
     pub spool_dir: PathBuf,
-    /// Spool size limit; when full, publishes wait unacknowledged (backpressure).
-    #[arg(long, env = "WARMHOUSE_BRIDGE_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
+    /// Spool size limit in bytes; when full, devices get no PUBACK until
+    /// Kafka takes records again (backpressure).
+    #[arg(long, env = "WARMHOUSE_BROKER_SPOOL_MAX_BYTES", default_value_t = 1 << 30)]
     pub spool_max_bytes: u64,
-    /// Most publishes being made safe at once. rumqttd itself sends the
-    /// bridge at most 100 unacknowledged publishes (a constant of rumqttd
-    /// 0.20), so today that window is the tighter bound.
-    #[arg(long, env = "WARMHOUSE_BRIDGE_MAX_IN_FLIGHT", default_value_t = 20_000)]
-    pub max_in_flight: usize,
-    /// Address of /metrics, /healthz and /readyz.
-    #[arg(
-        long,
-        env = "WARMHOUSE_BRIDGE_ADMIN_LISTEN",
-        default_value = "0.0.0.0:9184"
-    )]
-    pub admin_listen: SocketAddr,
 }
 
-impl BridgeConfig {
-    /// Username and password for the broker, when a username is set.
-    pub fn mqtt_credentials(&self) -> Option<(String, String)> {
-        self.mqtt_username
-            .clone()
-            .map(|user| (user, self.mqtt_password.clone().unwrap_or_default()))
-    }
-
-    /// Defaults with the given endpoints: for tests and embedding.
-    pub fn new(mqtt_port: u16, kafka_bootstrap: &str, spool_dir: PathBuf) -> Self {
-        use clap::Parser;
-        let mut config = Self::parse_from(["edge-bridge"]);
-        config.mqtt_port = mqtt_port;
-        config.kafka_bootstrap = kafka_bootstrap.to_string();
-        config.spool_dir = spool_dir;
-        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config
-    }
-}
-
-pub struct RunningBridge {
-    pub admin_addr: SocketAddr,
-    pub metrics: Metrics,
-    pub readiness: Readiness,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-}
-
-impl Drop for RunningBridge {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
+impl IngressConfig {
+    /// The defaults, with Kafka at `kafka_bootstrap` and the spool in
+    /// `spool_dir`, without reading arguments or environment.
+    pub fn new(kafka_bootstrap: &str, spool_dir: PathBuf) -> Self {
+        Self {
+            kafka_bootstrap: kafka_bootstrap.to_string(),
+            telemetry_topic: topics::TELEMETRY.to_string(),
+            device_events_topic: topics::DEVICE_EVENTS.to_string(),
+            dead_letters_topic: topics::DEAD_LETTERS.to_string(),
+            device_commands_topic: topics::DEVICE_COMMANDS.to_string(),
+            kafka_timeout_ms: 10_000,
+            kafka_linger_ms: 5,
+            spool_dir,
+            spool_max_bytes: 1 << 30,
         }
     }
 }
 
-/// Starts the bridge on the current Tokio runtime.
-pub async fn start(
-    config: BridgeConfig,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<RunningBridge> {
-    let registry = prometheus::Registry::new();
-    let metrics = Metrics::new(&registry)?;
-    let readiness = Readiness::new();
-    readiness.set("mqtt", false);
-
-    let spool = Spool::open(&config.spool_dir, config.spool_max_bytes, 64 << 20)
-        .with_context(|| format!("opening spool in {}", config.spool_dir.display()))?;
-    let producer = kafka::Producer::new(
-        &config.kafka_bootstrap,
-        Duration::from_millis(config.kafka_timeout_ms),
-        Duration::from_millis(config.kafka_linger_ms),
-    )?;
-    let delivery = Delivery::new(producer, spool, metrics.clone());
-    let topics = Topics {
-        telemetry: config.telemetry_topic.clone(),
-        device_events: config.device_events_topic.clone(),
-        dead_letters: config.dead_letters_topic.clone(),
-    };
-
-    let mut options = MqttOptions::new(&config.mqtt_client_id, &config.mqtt_host, config.mqtt_port);
-    options
-        .set_clean_session(false)
-        .set_manual_acks(true)
-        .set_keep_alive(Duration::from_secs(15))
-        // Larger than the broker's own limit, so an oversized payload reaches
-        // us (and the dead-letter topic) instead of breaking the connection.
-        .set_max_packet_size(4 << 20, 64 << 10)
-        .set_request_channel_capacity(config.max_in_flight.max(1024));
-    if let Some((username, password)) = config.mqtt_credentials() {
-        options.set_credentials(username, password);
-    }
-    let (client, mut eventloop) = AsyncClient::new(options, config.max_in_flight.max(1024));
-    // Acks are small and go out one by one: never wait on Nagle.
-    eventloop.network_options.set_tcp_nodelay(true);
-
-    let (shutdown_tx, _) = tokio::sync::broadcast::channel::<()>(1);
-    let (publish_tx, publish_rx) = mpsc::unbounded_channel();
-    let epoch = Arc::new(AtomicU64::new(0));
-
-    let mut tasks = Vec::new();
-    tasks.push(tokio::spawn(mqtt_loop(
-        eventloop,
-        client.clone(),
-        publish_tx,
-        epoch.clone(),
-        readiness.clone(),
-        metrics.clone(),
-    )));
-    tasks.push(tokio::spawn(process_publishes(
-        publish_rx,
-        client,
-        delivery.clone(),
-        topics,
-        epoch,
-        metrics.clone(),
-        config.max_in_flight,
-    )));
-    tasks.push(tokio::spawn(delivery.clone().drain_forever(1000)));
-    tasks.extend(commands::spawn(
-        commands::CommandSettings {
-            mqtt_host: config.mqtt_host.clone(),
-            mqtt_port: config.mqtt_port,
-            mqtt_client_id: format!("{}-commands", config.mqtt_client_id),
-            mqtt_credentials: config.mqtt_credentials(),
-            kafka_bootstrap: config.kafka_bootstrap.clone(),
-            group_id: config.commands_group.clone(),
-            commands_topic: config.device_commands_topic.clone(),
-            device_events_topic: config.device_events_topic.clone(),
-            dead_letters_topic: config.dead_letters_topic.clone(),
-        },
-        delivery.clone(),
-        metrics.clone(),
-    )?);
-    let kafka_readiness = readiness.clone();
-    let kafka_delivery = delivery.clone();
-    tasks.push(tokio::spawn(async move {
-        loop {
-            kafka_readiness.set("kafka", kafka_delivery.kafka_available());
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }));
-
-    let mut shutdown_rx = shutdown_tx.subscribe();
-    let (admin_addr, admin_task) = serve(
-        config.admin_listen,
-        admin_router(registry, readiness.clone()),
-        async move {
-            let _ = shutdown_rx.recv().await;
-        },
-    )
-    .await?;
-    tasks.push(admin_task);
-    tasks.push(tokio::spawn(async move {
-        shutdown.await;
-        let _ = shutdown_tx.send(());
-    }));
-    tracing::info!(%admin_addr, mqtt = %format!("{}:{}", config.mqtt_host, config.mqtt_port), kafka = %config.kafka_bootstrap, "edge bridge started");
-    Ok(RunningBridge {
-        admin_addr,
-        metrics,
-        readiness,
-        tasks,
-    })
-}
-
-/// Drives the MQTT connection. Every (re)connect starts a new epoch: acks of
-/// publishes from an earlier connection are not sent (their packet ids mean
-/// nothing on the new one); the broker redelivers those, and the duplicates
-/// are harmless because storage is idempotent.
-async fn mqtt_loop(
-    mut eventloop: rumqttc::EventLoop,
-    client: AsyncClient,
-    publishes: mpsc::UnboundedSender<(u64, Publish)>,
-    epoch: Arc<AtomicU64>,
-    readiness: Readiness,
-    metrics: Metrics,
-) {
-    let filters: Vec<rumqttc::SubscribeFilter> = Channel::UPSTREAM
-        .iter()
-        .map(|c| rumqttc::SubscribeFilter::new(c.filter_all_devices(), QoS::AtLeastOnce))
-        .collect();
-    let mut backoff = Duration::from_millis(100);
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                let current = epoch.fetch_add(1, Ordering::SeqCst) + 1;
-                tracing::info!(
-                    session_present = ack.session_present,
-                    epoch = current,
-                    "connected to MQTT broker"
-                );
-                // try_: the event loop must keep running for this to be sent.
-                if let Err(err) = client.try_subscribe_many(filters.clone()) {
-                    tracing::error!(%err, "cannot queue MQTT subscription");
-                }
-                readiness.set("mqtt", true);
-                backoff = Duration::from_millis(100);
-            }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                // The broker's in-flight window bounds how many arrive unacked.
-                if publishes
-                    .send((epoch.load(Ordering::SeqCst), publish))
-                    .is_err()
-                {
-                    return;
-                }
-            }
-            Ok(_) => {}
-            Err(err) => {
-                readiness.set("mqtt", false);
-                metrics.mqtt_reconnects.inc();
-                tracing::warn!(%err, "MQTT connection lost; reconnecting in {backoff:?}");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(5));
-            }
-        }
-    }
-}
-
-async fn process_publishes(
-    mut publishes: mpsc::UnboundedReceiver<(u64, Publish)>,
-    client: AsyncClient,
+/// The ingress of one broker replica. Shared by every connection.
+pub struct Ingress {
     delivery: Arc<Delivery>,
     topics: Topics,
-    epoch: Arc<AtomicU64>,
     metrics: Metrics,
-    max_in_flight: usize,
-) {
-    let mut pending = FuturesOrdered::new();
-    let mut open = true;
-    while open || !pending.is_empty() {
-        tokio::select! {
-            biased;
-            Some((publish_epoch, publish)) = pending.next(), if !pending.is_empty() => {
-                metrics.in_flight.dec();
-                let publish: Publish = publish;
-                if publish.qos != QoS::AtMostOnce && publish_epoch == epoch.load(Ordering::SeqCst) {
-                    if let Err(err) = client.ack(&publish).await {
-                        tracing::warn!(%err, "cannot queue MQTT ack");
-                    } else {
-                        metrics.acked.inc();
-                    }
-                }
+    connections: Connections,
+    /// This replica's name in the connection references of device events.
+    broker_id: String,
+    commands: CommandSettings,
+}
+
+/// A handle that resolves when a publish is safe; the work goes on whether
+/// or not it is awaited.
+pub type Safe = tokio::task::JoinHandle<()>;
+
+impl Ingress {
+    /// Opens the spool and the Kafka producer and starts replaying what the
+    /// spool holds. Must run inside the Tokio runtime that is to run the
+    /// deliveries. The returned task drains the spool until aborted.
+    pub fn start(
+        config: &IngressConfig,
+        broker_id: &str,
+        registry: &prometheus::Registry,
+    ) -> anyhow::Result<(Arc<Self>, tokio::task::JoinHandle<()>)> {
+        let metrics = Metrics::new(registry)?;
+        let spool = Spool::open(&config.spool_dir, config.spool_max_bytes, 64 << 20)
+            .with_context(|| format!("opening the spool in {}", config.spool_dir.display()))?;
+        let producer = kafka::Producer::new(
+            &config.kafka_bootstrap,
+            Duration::from_millis(config.kafka_timeout_ms),
+            Duration::from_millis(config.kafka_linger_ms),
+        )?;
+        let delivery = Delivery::new(producer, spool, metrics.clone());
+        let drainer = tokio::spawn(delivery.clone().drain_forever(1000));
+        let ingress = Arc::new(Self {
+            delivery,
+            topics: Topics {
+                telemetry: config.telemetry_topic.clone(),
+                device_events: config.device_events_topic.clone(),
+                dead_letters: config.dead_letters_topic.clone(),
+            },
+            metrics,
+            connections: Connections::default(),
+            broker_id: broker_id.to_string(),
+            commands: CommandSettings {
+                kafka_bootstrap: config.kafka_bootstrap.clone(),
+                commands_topic: config.device_commands_topic.clone(),
+                device_events_topic: config.device_events_topic.clone(),
+                dead_letters_topic: config.dead_letters_topic.clone(),
+                client_id: format!("warmhouse-broker-{broker_id}-commands"),
+            },
+        });
+        Ok((ingress, drainer))
+    }
+
+    /// Starts delivering commands to the devices connected here through
+    /// `sink`. Waits up to `wait` for Kafka so that commands from then on
+    /// are seen; the returned task runs until aborted.
+    pub async fn start_commands(
+        self: &Arc<Self>,
+        sink: Arc<dyn CommandSink>,
+        wait: Duration,
+    ) -> tokio::task::JoinHandle<()> {
+        let tail = commands::assign(&self.commands, wait).await;
+        if tail.is_none() {
+            tracing::warn!(
+                ?wait,
+                "device-commands unavailable at start; retrying in the background"
+            );
+        }
+        tokio::spawn(commands::run(
+            self.commands.clone(),
+            tail,
+            self.delivery.clone(),
+            self.connections.clone(),
+            sink,
+            self.metrics.clone(),
+        ))
+    }
+
+    /// A device connection was accepted. `will_topic` is its last will's,
+    /// which names the device on a listener without authentication.
+    pub fn connected(&self, connection: &DeviceConnection, will_topic: Option<&str>) {
+        let device = connection
+            .tenant
+            .clone()
+            .or_else(|| will_topic.and_then(device_of));
+        if let Some(device) = device {
+            self.connections.speaks_for(connection.number, &device);
+        }
+    }
+
+    pub fn disconnected(&self, connection: &DeviceConnection) {
+        self.connections.ended(connection.number);
+    }
+
+    /// Routes one publish of `connection` and starts making it safe; the
+    /// handle resolves when it is (then the device may get its PUBACK).
+    /// Bad input becomes a dead letter, safe like any record, so it never
+    /// blocks the device.
+    pub fn accept(&self, connection: &DeviceConnection, topic: &str, payload: &[u8]) -> Safe {
+        if connection.tenant.is_none() && !self.connections.knows(connection.number) {
+            if let Some(device) = device_of(topic) {
+                self.connections.speaks_for(connection.number, &device);
             }
-            next = publishes.recv(), if open && pending.len() < max_in_flight => {
-                let Some((publish_epoch, publish)) = next else {
-                    open = false;
-                    continue;
-                };
-                metrics.in_flight.inc();
-                let routed = route(&topics, &publish.topic, &publish.payload, now_ms());
-                match &routed {
-                    Routed::Telemetry { readings, .. } => {
-                        metrics.received.with_label_values(&["telemetry"]).inc();
-                        metrics.readings.inc_by(*readings as u64);
-                    }
-                    Routed::DeviceEvent(_) => metrics.received.with_label_values(&["device_event"]).inc(),
-                    Routed::DeadLetter { reason_kind, .. } => {
-                        metrics.received.with_label_values(&["invalid"]).inc();
-                        metrics.dead_lettered.with_label_values(&[reason_kind]).inc();
-                        tracing::debug!(topic = %publish.topic, reason = %reason_kind, "dead-lettering a publish");
-                    }
-                }
-                let delivery = delivery.clone();
-                // Keep the publish (for its packet id) but not its payload.
-                let mut ack_handle = Publish::new(publish.topic.clone(), publish.qos, Vec::<u8>::new());
-                ack_handle.pkid = publish.pkid;
-                pending.push_back(async move {
-                    delivery.deliver(routed.into_record()).await;
-                    (publish_epoch, ack_handle)
-                });
+        }
+        self.forward(connection, topic, payload)
+    }
+
+    /// The broker is publishing `connection`'s last will (the connection
+    /// has ended): forwarded like its publishes (a will is a status
+    /// message), stamped with the connection it belonged to.
+    pub fn will(&self, connection: &DeviceConnection, topic: &str, payload: &[u8]) {
+        drop(self.forward(connection, topic, payload));
+    }
+
+    /// The ingress's metrics (the broker counts PUBACKs it releases).
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn forward(&self, connection: &DeviceConnection, topic: &str, payload: &[u8]) -> Safe {
+        let reference = connection.reference(&self.broker_id);
+        let routed = route(&self.topics, topic, payload, now_ms(), Some(&reference));
+        self.count(&routed, topic);
+        self.delivery.submit(routed.into_record())
+    }
+
+    /// Whether the producer is connected to Kafka.
+    pub fn kafka_available(&self) -> bool {
+        self.delivery.kafka_available()
+    }
+
+    fn count(&self, routed: &Routed, topic: &str) {
+        let metrics = &self.metrics;
+        match routed {
+            Routed::Telemetry { readings, .. } => {
+                metrics.received.with_label_values(&["telemetry"]).inc();
+                metrics.readings.inc_by(*readings as u64);
+            }
+            Routed::DeviceEvent(_) => metrics.received.with_label_values(&["device_event"]).inc(),
+            Routed::DeadLetter { reason_kind, .. } => {
+                metrics.received.with_label_values(&["invalid"]).inc();
+                metrics
+                    .dead_lettered
+                    .with_label_values(&[reason_kind])
+                    .inc();
+                tracing::debug!(topic, reason = %reason_kind, "dead-lettering a publish");
             }
         }
     }
+}
+
+/// The device a topic of the device topic tree belongs to.
+fn device_of(topic: &str) -> Option<String> {
+    DeviceTopic::parse(topic)
+        .ok()
+        .map(|topic| topic.device_id.as_str().to_string())
 }

@@ -15,7 +15,6 @@ pub struct Metrics {
     pub spool_bytes: IntGauge,
     pub in_flight: IntGauge,
     pub acked: IntCounter,
-    pub mqtt_reconnects: IntCounter,
     pub commands: IntCounterVec,
 }
 
@@ -90,21 +89,14 @@ impl Metrics {
                 registry,
                 IntGauge::new(
                     format!("{p}in_flight"),
-                    "Publishes received and not yet acknowledged to the broker",
+                    "Device publishes whose PUBACK is held until they are safe (or until the ones before them are)",
                 )?,
             )?,
             acked: register(
                 registry,
                 IntCounter::new(
                     format!("{p}acked_total"),
-                    "Publishes acknowledged to the broker",
-                )?,
-            )?,
-            mqtt_reconnects: register(
-                registry,
-                IntCounter::new(
-                    format!("{p}mqtt_reconnects_total"),
-                    "MQTT connection losses",
+                    "PUBACKs (and PUBRECs) released to devices",
                 )?,
             )?,
             commands: register(
@@ -112,8 +104,8 @@ impl Metrics {
                 IntCounterVec::new(
                     Opts::new(
                         format!("{p}commands_total"),
-                        "Commands from device-commands, by outcome (published, delivered, \
-                         device_offline, expired, publish_failed, undecodable)",
+                        "Commands from device-commands, by outcome (delivered, \
+                         not_connected_here, expired, publish_failed, undecodable)",
                     ),
                     &["outcome"],
                 )?,

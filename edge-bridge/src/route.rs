@@ -3,7 +3,7 @@
 //! input becomes a dead letter that says why.
 
 use warmhouse_contracts::device::{CommandAck, ReportedState, StatusMessage};
-use warmhouse_contracts::kafka::{DeadLetter, DeviceEvent, DeviceEventKind};
+use warmhouse_contracts::kafka::{ConnectionRef, DeadLetter, DeviceEvent, DeviceEventKind};
 use warmhouse_contracts::telemetry::{TelemetryEnvelope, TelemetryMessage};
 use warmhouse_contracts::topics::{Channel, DeviceTopic};
 use warmhouse_contracts::DecodeError;
@@ -41,7 +41,15 @@ impl Routed {
     }
 }
 
-pub fn route(topics: &Topics, mqtt_topic: &str, payload: &[u8], now_ms: i64) -> Routed {
+/// Routes one publish that came over `connection` (device events carry it:
+/// presence is ordered by connection).
+pub fn route(
+    topics: &Topics,
+    mqtt_topic: &str,
+    payload: &[u8],
+    now_ms: i64,
+    connection: Option<&ConnectionRef>,
+) -> Routed {
     let dead = |kind: &str, reason: String| {
         let letter = DeadLetter::new(kind, reason, format!("mqtt:{mqtt_topic}"), now_ms, payload);
         Routed::DeadLetter {
@@ -59,11 +67,15 @@ pub fn route(topics: &Topics, mqtt_topic: &str, payload: &[u8], now_ms: i64) -> 
     };
     let key = topic.device_id.as_str().as_bytes().to_vec();
     let event = |event: Result<DeviceEventKind, DecodeError>| match event {
-        Ok(event) => Routed::DeviceEvent(Record {
-            topic: topics.device_events.clone(),
-            key: key.clone(),
-            payload: DeviceEvent::new(topic.device_id.clone(), now_ms, event).to_json(),
-        }),
+        Ok(event) => {
+            let mut event = DeviceEvent::new(topic.device_id.clone(), now_ms, event);
+            event.connection = connection.cloned();
+            Routed::DeviceEvent(Record {
+                topic: topics.device_events.clone(),
+                key: key.clone(),
+                payload: event.to_json(),
+            })
+        }
         Err(err) => dead(err.kind(), err.to_string()),
     };
     match topic.channel {
@@ -115,7 +127,13 @@ mod tests {
 
     #[test]
     fn telemetry_is_keyed_by_the_topic_device() {
-        let routed = route(&topics(), "/tenants/dev-1/telemetry", GOOD.as_bytes(), 5);
+        let routed = route(
+            &topics(),
+            "/tenants/dev-1/telemetry",
+            GOOD.as_bytes(),
+            5,
+            None,
+        );
         let Routed::Telemetry { record, readings } = routed else {
             panic!("not telemetry: {routed:?}")
         };
@@ -137,7 +155,7 @@ mod tests {
             ("/tenants/dev-1/commands", GOOD.as_bytes(), "unknown_topic"),
         ];
         for (topic, payload, kind) in cases {
-            let routed = route(&topics(), topic, payload, 5);
+            let routed = route(&topics(), topic, payload, 5, None);
             let Routed::DeadLetter {
                 record,
                 reason_kind,
@@ -170,12 +188,35 @@ mod tests {
             ),
         ];
         for (topic, payload, kind) in cases {
-            let Routed::DeviceEvent(record) = route(&topics(), topic, payload.as_bytes(), 1) else {
+            let Routed::DeviceEvent(record) = route(&topics(), topic, payload.as_bytes(), 1, None)
+            else {
                 panic!("{topic}")
             };
             assert_eq!(record.key, b"d");
             let json: serde_json::Value = serde_json::from_slice(&record.payload).unwrap();
             assert_eq!(json["kind"], kind);
         }
+    }
+
+    #[test]
+    fn device_events_name_the_connection_they_came_over() {
+        let connection = ConnectionRef {
+            broker: "broker-2".into(),
+            connected_at_ms: 10,
+            number: 3,
+        };
+        let payload = br#"{"v":1,"online":false}"#;
+        let routed = route(
+            &topics(),
+            "/tenants/d/status",
+            payload,
+            1,
+            Some(&connection),
+        );
+        let Routed::DeviceEvent(record) = routed else {
+            panic!("not a device event: {routed:?}")
+        };
+        let event = DeviceEvent::decode(&record.payload).unwrap();
+        assert_eq!(event.connection, Some(connection));
     }
 }

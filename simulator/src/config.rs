@@ -22,9 +22,17 @@ pub struct SimConfig {
     #[arg(long, env = "WARMHOUSE_SIM_HOST", default_value = DEFAULT_HOST)]
     pub host: String,
 
-    /// MQTT broker port.
-    #[arg(long, env = "WARMHOUSE_SIM_PORT", default_value_t = DEFAULT_PORT)]
-    pub port: u16,
+    /// MQTT broker port; several, comma separated, for broker replicas:
+    /// devices are spread over them, and a device whose connection fails
+    /// tries the next one.
+    #[arg(
+        long = "port",
+        env = "WARMHOUSE_SIM_PORT",
+        value_delimiter = ',',
+        num_args = 1..,
+        default_value = "1883"
+    )]
+    pub ports: Vec<u16>,
 
     /// MQTT username; `{device_id}` is replaced by each device's id.
     #[arg(long, env = "WARMHOUSE_SIM_USERNAME")]
@@ -138,12 +146,23 @@ pub const DEFAULT_HOME_PREFIX: &str = "home";
 pub const DEFAULT_INFLIGHT: u16 = 100;
 pub const DEFAULT_MAX_BACKLOG: usize = 10_000;
 
+impl SimConfig {
+    /// `host:port` of every broker, for logs.
+    pub fn brokers(&self) -> String {
+        self.ports
+            .iter()
+            .map(|port| format!("{}:{port}", self.host))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+}
+
 impl Default for SimConfig {
     /// The command line defaults, without reading the environment.
     fn default() -> Self {
         Self {
             host: DEFAULT_HOST.to_string(),
-            port: DEFAULT_PORT,
+            ports: vec![DEFAULT_PORT],
             username: None,
             password: None,
             credentials: None,
@@ -218,6 +237,9 @@ impl SimConfig {
         }
         if self.max_backlog == 0 {
             bail!("--max-backlog must be at least 1");
+        }
+        if self.ports.is_empty() || self.ports.contains(&0) {
+            bail!("--port needs at least one port, none of them 0");
         }
         if self.messages_per_device == Some(0) {
             bail!("--messages-per-device must be at least 1 (leave it out for no limit)");

@@ -64,16 +64,29 @@ type Events = Pin<Box<dyn Stream<Item = (Result<Event, ConnectionError>, Vec<Eve
 /// After a connection error rumqttc may still hold events it read before
 /// the error; they are handed over with the error, so they are accounted for
 /// before the next connection's events.
-fn event_stream(eventloop: EventLoop) -> Events {
-    Box::pin(futures::stream::unfold(eventloop, |mut el| async move {
-        let result = el.poll().await;
-        let stale = if result.is_err() {
-            el.state.events.drain(..).collect()
-        } else {
-            Vec::new()
-        };
-        Some(((result, stale), el))
-    }))
+/// The event loop as a stream. After a connection error the next attempt
+/// goes to the next broker in `brokers` (the same options on another
+/// replica's port): a device moves when its replica goes away.
+fn event_stream(eventloop: EventLoop, brokers: Vec<MqttOptions>) -> Events {
+    Box::pin(futures::stream::unfold(
+        (eventloop, 0usize),
+        move |(mut el, mut current)| {
+            let brokers = brokers.clone();
+            async move {
+                let result = el.poll().await;
+                let stale = if result.is_err() {
+                    if brokers.len() > 1 {
+                        current = (current + 1) % brokers.len();
+                        el.mqtt_options = brokers[current].clone();
+                    }
+                    el.state.events.drain(..).collect()
+                } else {
+                    Vec::new()
+                };
+                Some(((result, stale), (el, current)))
+            }
+        },
+    ))
 }
 
 struct Device {
@@ -112,13 +125,16 @@ pub(crate) async fn run_device(
     }
 
     let window = usize::from(config.inflight);
-    let (client, mut eventloop) = AsyncClient::new(
-        mqtt_options(&spec, config, &shared.identity),
-        window + CHANNEL_SLACK,
-    );
+    // Devices are spread over the brokers; each starts at its own.
+    let ports = config.ports.len().max(1);
+    let brokers: Vec<MqttOptions> = (0..ports)
+        .map(|i| config.ports[(spec.index + i) % ports])
+        .map(|port| mqtt_options(&spec, config, port, &shared.identity))
+        .collect();
+    let (client, mut eventloop) = AsyncClient::new(brokers[0].clone(), window + CHANNEL_SLACK);
     // A device answers commands with one small packet: no Nagle delay.
     eventloop.network_options.set_tcp_nodelay(true);
-    let mut events = event_stream(eventloop);
+    let mut events = event_stream(eventloop, brokers);
     let mut device = Device {
         sim: SimDevice::new(
             spec.home_id.clone(),
@@ -232,10 +248,11 @@ async fn sleep_until_opt(at: Option<Instant>) {
 fn mqtt_options(
     spec: &DeviceSpec,
     config: &crate::SimConfig,
+    port: u16,
     identity: &crate::DeviceIdentity,
 ) -> MqttOptions {
     let id = &spec.device_id;
-    let mut options = MqttOptions::new(id.as_str(), config.host.clone(), config.port);
+    let mut options = MqttOptions::new(id.as_str(), config.host.clone(), port);
     options
         // A persistent session: the broker keeps our subscription and queues
         // commands while we are away; unacked publishes are resent on resume.
@@ -486,7 +503,7 @@ impl Device {
         } else if self.failures_logged == 0 {
             tracing::warn!(
                 device = %self.spec.device_id,
-                broker = %format!("{}:{}", self.shared.config.host, self.shared.config.port),
+                brokers = %self.shared.config.brokers(),
                 error = %err,
                 "cannot connect; retrying"
             );

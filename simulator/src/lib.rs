@@ -168,7 +168,7 @@ pub async fn run(config: SimConfig, shutdown: impl Future<Output = ()>) -> anyho
     let progress = config.progress;
     tracing::info!(
         devices,
-        broker = %format!("{}:{}", config.host, config.port),
+        brokers = %config.brokers(),
         interval_ms = config.interval_ms,
         samples_per_message = config.samples_per_message,
         "simulator starting"

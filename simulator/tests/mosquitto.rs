@@ -147,7 +147,7 @@ async fn publishes_telemetry_that_the_broker_acknowledges_and_delivers() {
         Subscriber::start(port, &["/tenants/+/telemetry"], "/tenants/marker/telemetry").await;
 
     let config = SimConfig {
-        port,
+        ports: vec![port],
         homes: 2,
         devices_per_home: 2,
         messages_per_device: Some(5),
@@ -267,7 +267,7 @@ async fn answers_commands_and_reports_state() {
     .await;
 
     let config = SimConfig {
-        port,
+        ports: vec![port],
         homes: 1,
         devices_per_home: 3,
         interval_ms: 200,
@@ -484,7 +484,7 @@ async fn survives_broker_restarts_without_losing_or_double_counting() {
     let mut broker = PersistentBroker::new();
     broker.start().await;
     let config = SimConfig {
-        port: broker.port,
+        ports: vec![broker.port],
         homes: 1,
         devices_per_home: 3,
         messages_per_device: Some(100),
@@ -532,7 +532,7 @@ async fn survives_broker_restarts_without_losing_or_double_counting() {
 async fn stops_within_the_drain_timeout_when_the_broker_is_gone() {
     let (broker, port) = start_broker().await;
     let config = SimConfig {
-        port,
+        ports: vec![port],
         homes: 1,
         devices_per_home: 2,
         interval_ms: 20,

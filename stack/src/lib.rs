@@ -1,6 +1,6 @@
 //! The whole pipeline on one machine: tansu and influxd as real child
-//! processes, and the broker, edge bridge, ingest writer and query API
-//! in-process, each on free loopback ports. The local stack (`warmhouse-stack
+//! processes, and the broker replicas (each with its device ingress),
+//! ingest writer and query API in-process, each on free loopback ports. The local stack (`warmhouse-stack
 //! up`), the system tests and the benchmark all start it the same way.
 
 use std::net::SocketAddr;
@@ -14,6 +14,7 @@ use warmhouse_devstack::{
     TansuCluster,
 };
 
+pub mod broker_process;
 pub mod fleet;
 pub mod gateway;
 pub mod verify;
@@ -37,11 +38,19 @@ pub struct StackOptions {
     /// all of them (docs/adr/0018-kafka-cluster-locally.md).
     pub kafka_brokers: usize,
     pub partitions: i32,
-    /// How long the bridge waits for Kafka before spooling a record.
-    pub bridge_kafka_timeout: Duration,
+    /// MQTT broker replicas, each with its own spool (devices may connect
+    /// to any of them).
+    pub broker_replicas: usize,
+    /// Run the replicas as processes of their own (to kill and restart
+    /// them) instead of in this process; see [`Stack::broker_processes`].
+    pub broker_processes: Option<broker_process::BrokerProcessConfig>,
+    /// How long a broker waits for Kafka before spooling a record.
+    pub broker_kafka_timeout: Duration,
     pub ingest_batch_max_points: usize,
     pub ingest_batch_max_delay: Duration,
-    /// Fixed ports for the local stack (MQTT, query API); free ones when `None`.
+    /// Fixed ports for the local stack (MQTT of the first broker replica,
+    /// the next replicas on the ports after it; query API); free ones when
+    /// `None`.
     pub mqtt_port: Option<u16>,
     pub query_port: Option<u16>,
     /// Also start PostgreSQL and the device registry (commands, state).
@@ -67,7 +76,9 @@ impl Default for StackOptions {
             kafka_storage: KafkaStorage::Memory,
             kafka_brokers: 1,
             partitions: 4,
-            bridge_kafka_timeout: Duration::from_secs(3),
+            broker_replicas: 1,
+            broker_processes: None,
+            broker_kafka_timeout: Duration::from_secs(3),
             ingest_batch_max_points: 20_000,
             ingest_batch_max_delay: Duration::from_millis(50),
             mqtt_port: None,
@@ -90,11 +101,15 @@ impl Default for StackOptions {
 pub struct Stack {
     /// First, so it stops taking requests before the services go.
     pub gateway: Option<warmhouse_devstack::Nginx>,
-    pub bridge: warmhouse_edge_bridge::RunningBridge,
     pub writer: warmhouse_ingest::writer::RunningWriter,
     pub query: warmhouse_ingest::query::RunningQueryApi,
     pub registry: Option<warmhouse_device_registry::RunningRegistry>,
-    pub broker: warmhouse_broker::RunningBroker,
+    /// The MQTT broker replicas (each with its device ingress), when they
+    /// run in this process.
+    pub brokers: Vec<warmhouse_broker::RunningBroker>,
+    /// The MQTT broker replicas, when they run as processes of their own
+    /// ([`StackOptions::broker_processes`]).
+    pub broker_processes: Vec<broker_process::BrokerProcess>,
     /// The Kafka brokers; `bootstrap()` names all of them.
     pub tansu: TansuCluster,
     pub influxd: Influxd,
@@ -134,49 +149,54 @@ impl Stack {
         let influxd = Influxd::start(&dir.join("influxdb"))?;
 
         let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        let mqtt_port = match options.mqtt_port {
-            Some(port) => port,
-            None => free_port()?,
-        };
-        // Device listeners stay open here (the simulator and mosquitto
-        // clients connect anonymously); the bridge uses the internal
-        // listener with a service password, as in production
-        // (docs/adr/0010-device-identity.md).
-        let service_password = warmhouse_broker::Secret::new(format!(
-            "stack-{}-{}",
-            std::process::id(),
-            warmhouse_service_kit::now_ms()
-        ));
-        let broker_config = warmhouse_broker::BrokerConfig {
-            internal_addr: loopback(free_port()?),
-            service_password: Some(service_password.clone()),
-            ..warmhouse_broker::BrokerConfig::for_tests(
-                loopback(mqtt_port),
-                loopback(free_port()?),
-                loopback(0),
-            )
-        };
-        let service_username = broker_config.service_username.clone();
-        let broker = warmhouse_broker::start(broker_config)
-            .await
-            .context("starting the MQTT broker")?;
-        let internal_port = broker
-            .internal_addr
-            .context("the broker has no internal listener")?
-            .port();
-
-        let mut bridge_config = warmhouse_edge_bridge::BridgeConfig::new(
-            internal_port,
-            &tansu.bootstrap(),
-            dir.join("bridge-spool"),
-        );
-        bridge_config.mqtt_username = Some(service_username);
-        bridge_config.mqtt_password = Some(service_password.expose().to_string());
-        bridge_config.kafka_timeout_ms = options.bridge_kafka_timeout.as_millis() as u64;
+        let mut brokers = Vec::new();
+        let mut broker_processes = Vec::new();
+        for replica in 0..options.broker_replicas.max(1) {
+            if let Some(config) = &options.broker_processes {
+                let config = broker_process::BrokerProcessConfig {
+                    kafka_bootstrap: tansu.bootstrap(),
+                    kafka_timeout: options.broker_kafka_timeout,
+                    ..config.clone()
+                };
+                let process = broker_process::BrokerProcess::start(
+                    &dir.join("brokers"),
+                    &format!("broker-{replica}"),
+                    &config,
+                )
+                .await
+                .with_context(|| format!("starting MQTT broker replica {replica}"))?;
+                broker_processes.push(process);
+                continue;
+            }
+            let mqtt_port = match options.mqtt_port {
+                Some(port) => port
+                    .checked_add(u16::try_from(replica).context("too many broker replicas")?)
+                    .context("MQTT port out of range")?,
+                None => free_port()?,
+            };
+            // Device listeners stay open here (the simulator and mosquitto
+            // clients connect anonymously; docs/adr/0010-device-identity.md
+            // has the production setup).
+            let mut ingress = warmhouse_edge_bridge::IngressConfig::new(
+                &tansu.bootstrap(),
+                dir.join(format!("broker-{replica}-spool")),
+            );
+            ingress.kafka_timeout_ms = options.broker_kafka_timeout.as_millis() as u64;
+            let broker_config = warmhouse_broker::BrokerConfig {
+                instance_id: Some(format!("broker-{replica}")),
+                ..warmhouse_broker::BrokerConfig::for_tests(
+                    loopback(mqtt_port),
+                    loopback(free_port()?),
+                    loopback(0),
+                    ingress,
+                )
+            };
+            let broker = warmhouse_broker::start(broker_config)
+                .await
+                .with_context(|| format!("starting MQTT broker replica {replica}"))?;
+            brokers.push(broker);
+        }
         let (stop, _) = tokio::sync::watch::channel(false);
-        let bridge = warmhouse_edge_bridge::start(bridge_config, stopped(&stop))
-            .await
-            .context("starting the edge bridge")?;
 
         let mut writer_config =
             warmhouse_ingest::writer::WriterConfig::new(&tansu.bootstrap(), &influxd.url());
@@ -245,12 +265,16 @@ impl Stack {
         };
 
         let prometheus = if options.prometheus {
-            let mut targets = vec![
-                ScrapeTarget::new("warmhouse-broker", broker.admin_addr),
-                ScrapeTarget::new("warmhouse-bridge", bridge.admin_addr),
+            let mut targets: Vec<ScrapeTarget> = brokers
+                .iter()
+                .map(|broker| broker.admin_addr)
+                .chain(broker_processes.iter().map(|broker| broker.admin_addr))
+                .map(|admin| ScrapeTarget::new("warmhouse-broker", admin))
+                .collect();
+            targets.extend([
                 ScrapeTarget::new("warmhouse-ingest-writer", writer.admin_addr),
                 ScrapeTarget::new("warmhouse-ingest-query", query.addr),
-            ];
+            ]);
             if let Some(registry) = &registry {
                 targets.push(ScrapeTarget::new("warmhouse-registry", registry.addr));
             }
@@ -276,8 +300,8 @@ impl Stack {
             registry,
             tansu,
             influxd,
-            broker,
-            bridge,
+            brokers,
+            broker_processes,
             writer,
             query,
             stop,
@@ -290,11 +314,11 @@ impl Stack {
         let _ = self.stop.send(true);
         let Stack {
             gateway,
-            bridge,
             writer,
             query,
             registry,
-            broker,
+            brokers,
+            broker_processes,
             tansu,
             influxd,
             postgres,
@@ -308,12 +332,16 @@ impl Stack {
         {
             tracing::warn!("ingest writer did not stop within 10 s");
         }
-        drop(bridge);
         drop(query);
         if let Some(registry) = registry {
             let _ = tokio::time::timeout(Duration::from_secs(5), registry.wait()).await;
         }
-        broker.shutdown().await;
+        for broker in brokers {
+            broker.shutdown().await;
+        }
+        for mut broker in broker_processes {
+            broker.terminate(Duration::from_secs(5));
+        }
         drop(tansu);
         drop(influxd);
         drop(postgres);
@@ -366,8 +394,30 @@ impl Stack {
         Ok(reqwest::Client::builder().default_headers(headers))
     }
 
+    /// The first broker replica, when they run in this process.
+    pub fn broker(&self) -> &warmhouse_broker::RunningBroker {
+        self.brokers
+            .first()
+            .expect("the broker replicas run in this process (StackOptions::broker_processes)")
+    }
+
+    /// MQTT 3.1.1 port of the first broker replica.
     pub fn mqtt_port(&self) -> u16 {
-        self.broker.mqtt_v4_addr.port()
+        self.mqtt_ports()[0]
+    }
+
+    /// MQTT 3.1.1 ports of every broker replica (`start` makes at least one).
+    pub fn mqtt_ports(&self) -> Vec<u16> {
+        self.brokers
+            .iter()
+            .map(|b| b.mqtt_v4_addr.port())
+            .chain(self.broker_processes.iter().map(|b| b.mqtt_v4_port))
+            .collect()
+    }
+
+    /// Device readings the broker replicas' ingress took, all together.
+    pub fn readings_accepted(&self) -> u64 {
+        self.brokers.iter().map(|b| b.ingress.readings.get()).sum()
     }
 
     pub fn query_url(&self) -> String {
@@ -379,10 +429,16 @@ impl Stack {
         self.prometheus.as_ref().map(Prometheus::url)
     }
 
-    /// A simulator configuration pointed at this stack.
+    /// A simulator configuration pointed at this stack (its devices spread
+    /// over every broker replica).
     pub fn simulator(&self, args: &[&str]) -> warmhouse_simulator::SimConfig {
         use clap::Parser;
-        let port = self.mqtt_port().to_string();
+        let port = self
+            .mqtt_ports()
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         let mut argv = vec![
             "warmhouse-sim",
             "--host",

@@ -18,9 +18,15 @@ struct Cli {
 }
 
 #[derive(clap::Subcommand)]
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Start tansu, influxd and every service, then simulated homes.
     Up(UpArgs),
+    /// Run one MQTT broker replica, exactly as `warmhouse-broker` does (the
+    /// system tests and the benchmark start replicas as processes of their
+    /// own this way, to kill and restart them).
+    #[command(hide = true)]
+    Broker(warmhouse_broker::BrokerConfig),
 }
 
 #[derive(clap::Args)]
@@ -28,9 +34,14 @@ struct UpArgs {
     /// Working directory for data and logs (wiped at start).
     #[arg(long, default_value = ".stack")]
     dir: PathBuf,
-    /// MQTT port devices connect to.
+    /// MQTT port devices connect to (the first broker replica; the others
+    /// listen on the ports after it).
     #[arg(long, default_value_t = 1883)]
     mqtt_port: u16,
+    /// MQTT broker replicas; the simulated devices are spread over them
+    /// and move to another when theirs goes away.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=9))]
+    broker_replicas: u8,
     /// Port of the telemetry query API.
     #[arg(long, default_value_t = 8081)]
     query_port: u16,
@@ -65,6 +76,10 @@ async fn main() -> anyhow::Result<()> {
     }
     match Cli::parse().command {
         Command::Up(args) => up(args).await,
+        Command::Broker(config) => {
+            warmhouse_service_kit::init_tracing();
+            warmhouse_broker::run_until_stopped(config).await
+        }
     }
 }
 
@@ -91,7 +106,8 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         gateway_rate_limit: RateLimit::RECOMMENDED,
         prometheus: true,
         prometheus_port: Some(args.prometheus_port),
-        bridge_kafka_timeout: Duration::from_secs(10),
+        broker_replicas: usize::from(args.broker_replicas),
+        broker_kafka_timeout: Duration::from_secs(10),
         ..StackOptions::default()
     };
     let stack = Stack::start(&dir, options).await?;
@@ -139,14 +155,14 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         .prometheus_url()
         .context("the local stack runs Prometheus")?;
     let token = stack.admin_token()?;
-    print!("\n{}", kafka_brokers(&stack));
+    print!("\n{}{}", mqtt_brokers(&stack), kafka_brokers(&stack));
     println!(
         "\nWarmhouse is running (data and logs in {dir}).\n\
          \n  The REST APIs want a bearer token. An admin's, valid {ttl_h} h:\
          \n    export TOKEN={token}\
          \n  Tokens for single homes: WARMHOUSE_JWT_SECRET={secret} warmhouse-token --home home-0001\
          \n    (cargo run -p warmhouse-service-kit --bin warmhouse-token -- --help)\n\
-         \n  MQTT broker        127.0.0.1:{mqtt}   e.g. mosquitto_sub -p {mqtt} -t '/tenants/+/telemetry' -v\
+         \n  MQTT               127.0.0.1:{mqtt}   e.g. mosquitto_sub -p {mqtt} -t '/tenants/+/telemetry' -v (what devices of that replica publish)\
          \n  REST APIs          {api}   (gateway; Swagger UI of each API: {api}/docs/, Authorize with the token)\
          \n  Latest of a home   curl -s -H \"Authorization: Bearer $TOKEN\" {api}/api/v1/homes/home-0001/telemetry/latest\
          \n  Last hour, 1-min   curl -s -H \"Authorization: Bearer $TOKEN\" '{api}/api/v1/devices/home-0001-dev-01/telemetry?metric=temperature&agg=mean&every=1m'\
@@ -154,14 +170,13 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
          \n  Send a command     curl -s -H \"Authorization: Bearer $TOKEN\" -H 'Content-Type: application/json' -d '{{\"name\":\"set_target_temperature\",\"params\":{{\"temperature\":22.5}}}}' {api}/api/v1/devices/home-0001-dev-01/commands\
          \n  Its progress       curl -s -H \"Authorization: Bearer $TOKEN\" {api}/api/v1/devices/home-0001-dev-01/commands\
          \n  Services directly  query API {query}   registry {registry}   (the gateway allows {rate} r/s per client, burst {burst})\
-         \n  Metrics            http://{broker}/metrics (broker)  http://{bridge}/metrics (bridge)  http://{writer}/metrics (ingest)  {query}/metrics (query)  {registry}/metrics (registry)\
+         \n  Metrics            http://{broker}/metrics (first broker)  http://{writer}/metrics (ingest)  {query}/metrics (query)  {registry}/metrics (registry)\
          \n  Prometheus         {prometheus}   (every service scraped; Grafana dashboards in dashboards/)\
          \n  InfluxDB           influx -host 127.0.0.1 -port {influx_port} -database warmhouse -execute 'SHOW MEASUREMENTS'\
          \n\nCtrl-C stops everything.\n",
         dir = dir.display(),
         mqtt = stack.mqtt_port(),
-        broker = stack.broker.admin_addr,
-        bridge = stack.bridge.admin_addr,
+        broker = stack.broker().admin_addr,
         writer = stack.writer.admin_addr,
         influx_port = stack.influxd.addr().port(),
         ttl_h = warmhouse_stack::TOKEN_TTL.as_secs() / 3600,
@@ -192,6 +207,20 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     // while they retry a broker that is gone; everything that matters has
     // stopped, so end the process here.
     std::process::exit(0)
+}
+
+/// Where the MQTT broker replicas are, with their pids' advice.
+fn mqtt_brokers(stack: &Stack) -> String {
+    let mut text = String::new();
+    for (replica, broker) in stack.brokers.iter().enumerate() {
+        text.push_str(&format!(
+            "  MQTT broker {replica}      127.0.0.1:{} (MQTT 3.1.1), 127.0.0.1:{} (MQTT 5), admin http://{}\n",
+            broker.mqtt_v4_addr.port(),
+            broker.mqtt_v5_addr.port(),
+            broker.admin_addr,
+        ));
+    }
+    text
 }
 
 /// Where the Kafka brokers are, and with a cluster how to try a failover.

@@ -555,7 +555,6 @@ async fn roll_up_now(endpoints: &Endpoints) {
 async fn wait_until_every_service_is_scraped(endpoints: &Endpoints) {
     let expected_jobs = BTreeSet::from([
         "warmhouse-broker",
-        "warmhouse-bridge",
         "warmhouse-ingest-writer",
         "warmhouse-ingest-query",
         "warmhouse-registry",
@@ -659,7 +658,7 @@ async fn every_panel_query_returns_data_from_the_running_stack() {
     // A relay has no target temperature: the device refuses it.
     registry.command(RELAY, set_target(20.0), "failed").await;
 
-    // One undecodable publish: a dead letter from the bridge.
+    // One undecodable publish: a dead letter from the broker's ingress.
     mosquitto_pub(
         stack.mqtt_port(),
         &format!("/tenants/{THERMOSTAT}/telemetry"),

@@ -5,7 +5,13 @@
 //! rendered manifest against the Kubernetes schemas (kubernetes-validate,
 //! strict), checks `docker-compose.yml` against the compose-spec schema and
 //! against the chart (the same WARMHOUSE_* names, Kafka settings, topics,
-//! images), and `docker/Dockerfile`'s targets and binaries. Its canaries make
+//! images), and `docker/Dockerfile`'s targets and binaries. It also checks
+//! the ingress tier's shape: the broker is a StatefulSet of at least 2
+//! replicas by default with a PodDisruptionBudget, a spool
+//! volumeClaimTemplate that `WARMHOUSE_BROKER_SPOOL_DIR` points into and
+//! Services selecting every replica; compose runs at least 2 brokers, each
+//! with its own spool volume, behind the `mqtt` TCP load balancer; nothing
+//! deployed mentions the removed edge bridge. Its canaries make
 //! each tool refuse broken input first, so a checker that checks nothing
 //! cannot pass. Two more tests: ShellCheck on the scripts the images and the
 //! Helm test run, and the entrypoint's `*_FILE` handling. The tools are
@@ -57,7 +63,10 @@ fn chart_compose_file_and_dockerfile_pass_helm_kubernetes_and_compose_checks() {
         "ok   kubernetes-validate, check-jsonschema, helm lint and the name check each refused broken input",
         "ok   default values:",
         "ok   ci/production-values.yaml:",
+        "ok   broker: a StatefulSet of 2 replicas by default, a spool volume each, a PDB and Services over every replica",
         "ok   compose-spec schema",
+        "ok   compose: 2 broker replicas, each with its own spool, behind the MQTT load balancer",
+        "ok   refused {\"edgeBridge\": {\"replicas\": 1}}",
         "helm-check: chart, compose file and Dockerfile are consistent and valid",
     ] {
         assert!(

@@ -42,6 +42,7 @@ use warmhouse_contracts::telemetry::{Sample, TelemetryMessage};
 use warmhouse_contracts::topics::{Channel, DeviceTopic};
 use warmhouse_device_identity::PlatformCa;
 use warmhouse_devstack::{create_topics, free_port, KafkaStorage, Postgres, Tansu};
+use warmhouse_edge_bridge::IngressConfig;
 use warmhouse_service_kit::auth::{issue_hs256, AuthConfig, Claims};
 
 const HOME: &str = "home-0001";
@@ -541,7 +542,8 @@ async fn devices_speak_only_for_themselves_and_lose_access_when_revoked() {
         token: admin_token.clone(),
     };
 
-    // The broker: device listeners ask the registry; the bridge's is internal.
+    // The broker: device listeners ask the registry (its ingress forwards
+    // what devices publish to Kafka); the internal one is for services.
     let service_password = "identity-test-service-password".to_string();
     let broker_admin_token = "identity-test-admin-token".to_string();
     let broker_config = BrokerConfig {
@@ -556,13 +558,13 @@ async fn devices_speak_only_for_themselves_and_lose_access_when_revoked() {
         tls_ca: Some(ca_cert.clone()),
         tls_probe_cert: Some(probe_cert),
         tls_probe_key: Some(probe_key),
-        kafka_bootstrap: Some(bootstrap.clone()),
         instance_id: Some(format!("identity-test-{}", std::process::id())),
         admin_token: Some(Secret::new(broker_admin_token.clone())),
         ..BrokerConfig::for_tests(
             loopback(free_port().unwrap()),
             loopback(free_port().unwrap()),
             loopback(0),
+            IngressConfig::new(&bootstrap, dir.path().join("broker-spool")),
         )
     };
     let service_username = broker_config.service_username.clone();
@@ -577,17 +579,6 @@ async fn devices_speak_only_for_themselves_and_lose_access_when_revoked() {
         service: (service_username.clone(), service_password.clone()),
     };
 
-    // The real edge bridge, on the internal listener with the service account.
-    let mut bridge_config = warmhouse_edge_bridge::BridgeConfig::new(
-        ep.internal,
-        &bootstrap,
-        dir.path().join("bridge-spool"),
-    );
-    bridge_config.mqtt_username = Some(service_username.clone());
-    bridge_config.mqtt_password = Some(service_password.clone());
-    let _bridge = warmhouse_edge_bridge::start(bridge_config, std::future::pending())
-        .await
-        .expect("edge bridge");
     let (kafka, kafka_task) = KafkaLog::start(&bootstrap);
 
     // A home and three devices, each with credentials issued by the registry.

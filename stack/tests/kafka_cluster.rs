@@ -190,7 +190,7 @@ async fn wait_until_flowing(
 /// Where records are held up, and every broker's log: for the message of
 /// a failed test.
 fn diagnose(stack: &Stack) -> String {
-    let bridge = &stack.bridge.metrics;
+    let bridge = &stack.broker().ingress;
     let writer = &stack.writer.metrics;
     let mut text = format!(
         "bridge: {} records in the spool ({} spooled, {} drained), {} telemetry produced; \
@@ -277,7 +277,7 @@ async fn killing_brokers_of_the_cluster_loses_and_duplicates_nothing() {
         kafka_storage: KafkaStorage::Sqlite,
         kafka_brokers: 3,
         registry: true,
-        bridge_kafka_timeout: Duration::from_secs(2),
+        broker_kafka_timeout: Duration::from_secs(2),
         ..StackOptions::default()
     };
     let mut stack = Stack::start(dir.path(), options).await.unwrap();
@@ -439,17 +439,17 @@ async fn killing_brokers_of_the_cluster_loses_and_duplicates_nothing() {
     );
     eprintln!(
         "bridge: {} records spooled and drained, {} produced",
-        stack.bridge.metrics.drained.get(),
+        stack.broker().ingress.drained.get(),
         stack
-            .bridge
-            .metrics
+            .broker()
+            .ingress
             .produced
             .with_label_values(&[topics::TELEMETRY])
             .get()
     );
     assert_eq!(
-        stack.bridge.metrics.drained.get(),
-        stack.bridge.metrics.spooled.get(),
+        stack.broker().ingress.drained.get(),
+        stack.broker().ingress.spooled.get(),
         "everything spooled was drained"
     );
     stack.stop().await;

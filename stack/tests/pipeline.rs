@@ -195,8 +195,8 @@ async fn bad_payloads_go_to_the_dead_letter_topic_while_good_ones_flow() {
         .await
         .unwrap();
     let dead = stack
-        .bridge
-        .metrics
+        .broker()
+        .ingress
         .dead_lettered
         .with_label_values(&["not_json"])
         .get();
@@ -249,7 +249,7 @@ async fn kafka_outage_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let options = StackOptions {
         kafka_storage: KafkaStorage::Sqlite,
-        bridge_kafka_timeout: Duration::from_secs(2),
+        broker_kafka_timeout: Duration::from_secs(2),
         ..StackOptions::default()
     };
     let mut stack = Stack::start(dir.path(), options).await.unwrap();
@@ -260,13 +260,13 @@ async fn kafka_outage_loses_and_duplicates_nothing() {
         |s| s.tansu.start_again().unwrap(),
     )
     .await;
-    let spooled = stack.bridge.metrics.spooled.get();
+    let spooled = stack.broker().ingress.spooled.get();
     assert!(
         spooled > 0,
         "the outage should have sent records through the spool"
     );
     assert_eq!(
-        stack.bridge.metrics.drained.get(),
+        stack.broker().ingress.drained.get(),
         spooled,
         "everything spooled was drained"
     );

@@ -18,8 +18,15 @@ docker/Dockerfile with real tools, offline.
   vendored copy), and consistent with the chart: the same variable names per
   service, the same Kafka settings, topics and partitions, gateway variables,
   third-party images.
-* docker/Dockerfile: a target per image the chart and compose use, and every
-  binary it copies is a [[bin]] of the workspace.
+* docker/Dockerfile: a target per image the chart and compose use (and no
+  other), and every binary it copies is a [[bin]] of the workspace.
+* The ingress tier (broker replicas with the device ingress built in, no
+  edge bridge any more): in the chart a StatefulSet of >= 2 replicas by
+  default, with a spool volumeClaimTemplate that WARMHOUSE_BROKER_SPOOL_DIR
+  points into, a PodDisruptionBudget and Services selecting every replica;
+  in compose >= 2 broker services, each with its own spool volume and name,
+  behind the `mqtt` TCP load balancer (docker/mqtt-lb/nginx.conf), all
+  scraped by Prometheus; nothing deployed mentions edge-bridge.
 
 Exits 1 with every problem listed, 0 when all hold. Run by
 stack/tests/deploy_manifests.rs (so by scripts/test.sh and .ci/run):
@@ -53,6 +60,15 @@ COMPOSE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "docker" / "Dockerfile"
 GATEWAY_TEMPLATE = ROOT / "gateway" / "gateway.conf.template"
 PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
+MQTT_LB_CONF = ROOT / "docker" / "mqtt-lb" / "nginx.conf"
+PROMETHEUS_CONF = ROOT / "docker" / "prometheus" / "prometheus.yml"
+SPOOL_DIR_VAR = "WARMHOUSE_BROKER_SPOOL_DIR"
+# The devices' MQTT ports: 3.1.1, 5, over mTLS.
+MQTT_PORTS = [1883, 1884, 8883]
+# What the removed edge bridge was called anywhere (image, component,
+# values key, variables); no deployment file may mention it.
+# (Case matters: the ingress' metrics keep their warmhouse_bridge_* names.)
+EDGE_BRIDGE_NAMES = re.compile(r"edge-bridge|edge_bridge|edgeBridge|WARMHOUSE_BRIDGE_")
 
 # Oldest and newest Kubernetes the chart is checked against (kubeVersion in
 # Chart.yaml says >= 1.27).
@@ -60,15 +76,14 @@ KUBE_VERSIONS = ["1.30.0", "1.34.0"]
 RELEASE, NAMESPACE = "warmhouse", "warmhouse"
 
 # Images of ours: component -> compose service using it as `build.target`.
-OUR_IMAGES = ["broker", "edge-bridge", "ingest-writer", "ingest-query", "device-registry", "tools"]
-# Chart container (name) -> compose service with the same configuration.
+OUR_IMAGES = ["broker", "ingest-writer", "ingest-query", "device-registry", "tools"]
+# Chart container (name) -> compose services with the same configuration.
 SERVICE_PAIRS = {
-    "broker": "broker",
-    "edge-bridge": "edge-bridge",
-    "ingest-writer": "ingest-writer",
-    "ingest-query": "ingest-query",
-    "device-registry": "device-registry",
-    "nginx": "gateway",
+    "broker": ["broker-1", "broker-2"],
+    "ingest-writer": ["ingest-writer"],
+    "ingest-query": ["ingest-query"],
+    "device-registry": ["device-registry"],
+    "nginx": ["gateway"],
 }
 # Variables other than WARMHOUSE_* our containers may set.
 OTHER_ALLOWED_ENV = {"RUST_LOG", "PGPASSWORD_FILE"}
@@ -379,8 +394,10 @@ def scenarios(defaults: dict) -> list[tuple[str, dict]]:
 
 # Values that must be refused, and the text the refusal must contain.
 REFUSED = [
-    ({"broker": {"replicas": 2}}, "replicas"),
-    ({"edgeBridge": {"replicas": 3}}, "replicas"),
+    ({"broker": {"replicas": -1}}, "replicas"),
+    # The edge bridge is gone: its old values must not be taken silently.
+    ({"edgeBridge": {"replicas": 1}}, "edgeBridge"),
+    ({"secrets": {"brokerServicePassword": "x"}}, "brokerServicePassword"),
     ({"broker": {"deviceAuth": "anyone"}}, "deviceAuth"),
     ({"brokr": {}}, "brokr"),
     ({"kafka": {"enabled": False}}, "bootstrap"),
@@ -451,6 +468,70 @@ def container_env(docs: list[dict], container_name: str) -> dict[str, Any]:
     return {}
 
 
+def check_broker_tier(docs: list[dict], label: str, minimum_replicas: int) -> None:
+    """The broker replicas: a StatefulSet whose every replica has its own
+    spool (a volumeClaimTemplate mounted where WARMHOUSE_BROKER_SPOOL_DIR
+    points) and its own name, a PodDisruptionBudget and Services that select
+    every replica, no guard against more than one replica."""
+    name = f"{RELEASE}-broker"
+    if any(d["kind"] == "Deployment" and d["metadata"]["name"] == name for d in docs):
+        problem(f"{label}: the broker is a Deployment; it must be a StatefulSet (a spool volume per replica)")
+    brokers = [d for d in docs_of(docs, "StatefulSet") if d["metadata"]["name"] == name]
+    if len(brokers) != 1:
+        problem(f"{label}: no StatefulSet {name}")
+        return
+    broker = brokers[0]
+    spec = broker["spec"]
+    if int(spec.get("replicas", 1)) < minimum_replicas:
+        problem(f"{label}: the broker has {spec.get('replicas', 1)} replica(s), expected at least {minimum_replicas}")
+    if (spec.get("updateStrategy") or {}).get("type", "RollingUpdate") != "RollingUpdate":
+        problem(f"{label}: the broker's updateStrategy is {spec['updateStrategy']}, expected RollingUpdate")
+    pod = spec["template"]["spec"]
+    if int(pod.get("terminationGracePeriodSeconds", 30)) < 30:
+        problem(f"{label}: the broker's terminationGracePeriodSeconds is below 30 s: too short to finish its publishes")
+    claims = {c["metadata"]["name"]: c for c in spec.get("volumeClaimTemplates", [])}
+    if "spool" not in claims:
+        problem(f"{label}: the broker StatefulSet has no volumeClaimTemplate `spool` (got {sorted(claims)})")
+    elif "ReadWriteOnce" not in claims["spool"]["spec"].get("accessModes", []):
+        problem(f"{label}: the broker's spool claim is not ReadWriteOnce: replicas must never share a spool")
+    if any(v["name"] in claims for v in pod.get("volumes", [])):
+        problem(f"{label}: a pod volume of the broker shadows its volumeClaimTemplate")
+    container = next((c for c in pod["containers"] if c["name"] == "broker"), None)
+    if container is None:
+        problem(f"{label}: the broker StatefulSet has no container `broker`")
+        return
+    env = {e["name"]: e for e in container.get("env", [])}
+    spool_dir = (env.get(SPOOL_DIR_VAR) or {}).get("value")
+    mounts = {m["mountPath"].rstrip("/"): m for m in container.get("volumeMounts", [])}
+    spool_mount = next((m for path, m in mounts.items()
+                        if spool_dir and (spool_dir.rstrip("/") == path or spool_dir.startswith(path + "/"))), None)
+    if not spool_dir:
+        problem(f"{label}: the broker does not set {SPOOL_DIR_VAR}")
+    elif spool_mount is None or spool_mount["name"] not in claims or spool_mount.get("readOnly"):
+        problem(f"{label}: the broker's {SPOOL_DIR_VAR}={spool_dir} is not on its writable spool volumeClaimTemplate")
+    instance = (env.get("WARMHOUSE_BROKER_INSTANCE_ID") or {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath")
+    if instance != "metadata.name":
+        problem(f"{label}: the broker's WARMHOUSE_BROKER_INSTANCE_ID is not its pod name")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        got = (container.get(probe) or {}).get("httpGet") or {}
+        if got.get("path") != path or got.get("port") != "admin":
+            problem(f"{label}: the broker's {probe} is {got}, expected {path} on the admin port")
+    labels = pod_labels(broker)
+    selects = lambda selector: bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+    pdbs = [d for d in docs_of(docs, "PodDisruptionBudget") if selects(d["spec"]["selector"].get("matchLabels"))]
+    if not pdbs:
+        problem(f"{label}: no PodDisruptionBudget selects the broker pods")
+    elif any(str(d["spec"].get("maxUnavailable")) != "1" for d in pdbs):
+        problem(f"{label}: the broker's PodDisruptionBudget does not say maxUnavailable: 1")
+    services = [d for d in docs_of(docs, "Service") if selects(d["spec"].get("selector"))]
+    device_ports = {p["port"] for s in services if s["spec"].get("clusterIP") != "None" for p in s["spec"]["ports"]}
+    if not {1883, 1884} <= device_ports:
+        problem(f"{label}: no Service balances MQTT (1883, 1884) over every broker replica (got ports {sorted(device_ports)})")
+    headless = [s for s in services if s["spec"].get("clusterIP") == "None"]
+    if spec.get("serviceName") not in {s["metadata"]["name"] for s in headless}:
+        problem(f"{label}: the broker's serviceName {spec.get('serviceName')} is no headless Service of its pods")
+
+
 def check_chart_specifics(rendered: dict[str, list[dict]]) -> None:
     default = rendered.get("default values", [])
     if not default:
@@ -467,13 +548,26 @@ def check_chart_specifics(rendered: dict[str, list[dict]]) -> None:
         if len(env.get("KAFKA_CONTROLLER_QUORUM_VOTERS", "").split(",")) != 3:
             problem("default values: the KRaft quorum does not have 3 voters")
     pdbs = {d["metadata"]["name"] for d in docs_of(default, "PodDisruptionBudget")}
-    for component in ["broker", "edge-bridge", "ingest-writer", "ingest-query", "device-registry", "gateway", "kafka"]:
+    for component in ["broker", "ingest-writer", "ingest-query", "device-registry", "gateway", "kafka"]:
         if f"{RELEASE}-{component}" not in pdbs:
             problem(f"default values: no PodDisruptionBudget for {component}")
     deployments = {d["metadata"]["name"] for d in docs_of(default, "Deployment")}
-    for component in ["broker", "ingest-writer", "ingest-query", "device-registry", "gateway"]:
+    for component in ["ingest-writer", "ingest-query", "device-registry", "gateway"]:
         if f"{RELEASE}-{component}" not in deployments:
             problem(f"default values: no Deployment {component}")
+    before = len(problems)
+    for label, docs in rendered.items():
+        check_broker_tier(docs, label, minimum_replicas=2 if label == "default values" else 1)
+        for doc in docs:
+            text = yaml.safe_dump({k: v for k, v in doc.items() if k != "__source"})
+            found = EDGE_BRIDGE_NAMES.search(text)
+            if found:
+                problem(f"{label}: {doc['kind']}/{doc['metadata']['name']} mentions {found.group(0)!r}; "
+                        "the edge bridge is gone (its work runs in every broker replica)")
+    if len(problems) == before:
+        replicas = next(d["spec"]["replicas"] for d in docs_of(default, "StatefulSet") if d["metadata"]["name"] == f"{RELEASE}-broker")
+        info(f"ok   broker: a StatefulSet of {replicas} replicas by default, a spool volume each, a PDB and Services "
+             f"over every replica, in all {len(rendered)} renders; no edge bridge")
     tests = [d for d in default if d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test" and d["kind"] == "Pod"]
     if not tests:
         problem("default values: no `helm test` Pod")
@@ -568,6 +662,7 @@ def check_compose(rendered: dict[str, list[dict]], known_env: set[str]) -> None:
     for component in OUR_IMAGES:
         if not any((s.get("build") or {}).get("target") == component for s in services.values()):
             problem(f"compose: no service builds the {component} image")
+    check_compose_services(compose)
 
     like_compose = rendered.get("like compose")
     default = rendered.get("default values")
@@ -576,7 +671,11 @@ def check_compose(rendered: dict[str, list[dict]], known_env: set[str]) -> None:
         return
     # Per service: the same variable names (compose runs the mTLS listener
     # and mints service tokens: the chart's "like compose" values).
-    for chart_container, compose_service in SERVICE_PAIRS.items():
+    pairs = [(c, s) for c, compose_services in SERVICE_PAIRS.items() for s in compose_services]
+    for chart_container, compose_service in pairs:
+        if compose_service not in services:
+            problem(f"compose has no service {compose_service} (the chart's {chart_container})")
+            continue
         chart_names = set(container_env(like_compose, chart_container))
         compose_names = set(compose_env(services[compose_service]))
         if chart_names != compose_names:
@@ -585,10 +684,12 @@ def check_compose(rendered: dict[str, list[dict]], known_env: set[str]) -> None:
         else:
             info(f"ok   {compose_service}: the same {len(chart_names)} variables as the chart")
     # Values that must agree wherever they are set.
-    for chart_container, compose_service in SERVICE_PAIRS.items():
+    for chart_container, compose_service in pairs:
+        if compose_service not in services:
+            continue
         chart_env = container_env(default, chart_container)
         for key, value in compose_env(services[compose_service]).items():
-            constant = key.startswith("WARMHOUSE_TOPIC_") or key.endswith(("_GROUP", "_ADDR", "_LISTEN", "_USERNAME", "_DATABASE", "_RETENTION", "_DEVICE_AUTH", "_EVENTS_TOPIC")) or key in ("GATEWAY_LISTEN", "WARMHOUSE_LOG_FORMAT")
+            constant = key.startswith("WARMHOUSE_TOPIC_") or key.endswith(("_GROUP", "_ADDR", "_LISTEN", "_USERNAME", "_DATABASE", "_RETENTION", "_DEVICE_AUTH", "_EVENTS_TOPIC", "_SPOOL_DIR")) or key in ("GATEWAY_LISTEN", "WARMHOUSE_LOG_FORMAT")
             if constant and key in chart_env and str(chart_env[key]) != str(value):
                 problem(f"{key}: compose {compose_service} says {value!r}, the chart's {chart_container} {chart_env[key]!r}")
     # Kafka: the same broker settings (node id and listeners aside).
@@ -628,6 +729,103 @@ def check_compose(rendered: dict[str, list[dict]], known_env: set[str]) -> None:
             problem(f"compose: {name} runs {image}, which the chart does not use (chart: {sorted(chart_images)})")
 
 
+def published_ports(service: dict) -> set[int]:
+    ports: set[int] = set()
+    for port in service.get("ports", []) or []:
+        if isinstance(port, dict):
+            ports.add(int(port.get("published", port["target"])))
+            continue
+        # [HOST:]PUBLISHED:TARGET[/PROTOCOL]; HOST may be ${VAR:-default}.
+        parts = str(port).split("/")[0].rsplit(":", 2)
+        ports.add(int(parts[-2] if len(parts) >= 2 else parts[-1]))
+    return ports
+
+
+def check_compose_services(compose: dict) -> None:
+    """Restart policies, the broker replicas, the MQTT load balancer in
+    front of them, Prometheus' broker job, and no trace of the edge bridge."""
+    services = compose["services"]
+    before = len(problems)
+    # Long-running services come back by themselves; one-shots (something
+    # waits for them to complete, or the test profile) keep their own policy.
+    one_shots = {dep for s in services.values() if isinstance(s.get("depends_on"), dict)
+                 for dep, cond in s["depends_on"].items()
+                 if (cond or {}).get("condition") == "service_completed_successfully"}
+    for name, service in services.items():
+        if name in one_shots or "test" in (service.get("profiles") or []):
+            continue
+        if service.get("restart") != "unless-stopped":
+            problem(f"compose: {name} has restart {service.get('restart')!r}, expected unless-stopped")
+    brokers = {n: s for n, s in services.items() if (s.get("build") or {}).get("target") == "broker"}
+    if len(brokers) < 2:
+        problem(f"compose: {len(brokers)} broker service(s) ({sorted(brokers)}), expected at least 2 replicas")
+    ids, spools = {}, {}
+    for name, service in brokers.items():
+        env = compose_env(service)
+        ids[name] = env.get("WARMHOUSE_BROKER_INSTANCE_ID")
+        spool_dir = env.get(SPOOL_DIR_VAR)
+        volume = next((v.split(":")[0] for v in service.get("volumes", []) if isinstance(v, str)
+                       and spool_dir and v.split(":")[1].rstrip("/") == spool_dir.rstrip("/")
+                       and not v.endswith(":ro")), None)
+        if not spool_dir or volume is None or volume.startswith(("./", "/")):
+            problem(f"compose: {name} has no named volume of its own at {SPOOL_DIR_VAR}={spool_dir}")
+        spools[name] = volume
+        if published_ports(service) & set(MQTT_PORTS):
+            problem(f"compose: {name} publishes MQTT ports itself; devices reach the brokers through the load balancer")
+        if service.get("restart") != "unless-stopped":
+            problem(f"compose: broker {name} is not restart: unless-stopped")
+    for what, values in (("WARMHOUSE_BROKER_INSTANCE_ID", ids), ("spool volume", spools)):
+        present = [v for v in values.values() if v]
+        if len(present) != len(values) or len(set(present)) != len(present):
+            problem(f"compose: the broker replicas do not each have a {what} of their own: {values}")
+    # The load balancer: one service publishing every device port, its
+    # nginx stream config balancing each over every broker.
+    balancers = [n for n, s in services.items() if set(MQTT_PORTS) <= published_ports(s)]
+    if len(balancers) != 1:
+        problem(f"compose: {len(balancers)} services publish the MQTT ports {MQTT_PORTS} ({balancers}); expected the one load balancer")
+    else:
+        balancer = services[balancers[0]]
+        if not any(isinstance(v, str) and v.split(":")[0] == f"./{MQTT_LB_CONF.relative_to(ROOT)}" for v in balancer.get("volumes", [])):
+            problem(f"compose: the load balancer {balancers[0]} does not mount {MQTT_LB_CONF.relative_to(ROOT)}")
+        for port in balancer.get("ports", []):
+            if not str(port).startswith("${BIND_ADDRESS:-127.0.0.1}:"):
+                problem(f"compose: the load balancer publishes {port}, not on ${{BIND_ADDRESS:-127.0.0.1}}")
+        conf = MQTT_LB_CONF.read_text() if MQTT_LB_CONF.exists() else ""
+        stream = re.search(r"^stream\s*\{(.*?)^\}", conf, re.S | re.M)
+        if not stream:
+            problem(f"{MQTT_LB_CONF.relative_to(ROOT)} has no stream {{}} block")
+        else:
+            body = re.sub(r"#[^\n]*", "", stream.group(1))
+            upstreams = dict(re.findall(r"upstream\s+(\S+)\s*\{(.*?)\}", body, re.S))
+            listens = dict(re.findall(r"listen\s+(\d+)\s*;\s*proxy_pass\s+(\S+?)\s*;", body))
+            for port in MQTT_PORTS:
+                upstream = listens.get(str(port))
+                servers = set(re.findall(r"server\s+([\w.-]+):(\d+)", upstreams.get(upstream or "", "")))
+                expected = {(b, str(port)) for b in brokers}
+                if not upstream or servers != expected:
+                    problem(f"{MQTT_LB_CONF.relative_to(ROOT)}: port {port} goes to {sorted(servers)}, expected {sorted(expected)}")
+                if re.search(r"\bssl\b", upstreams.get(upstream or "", "")) or re.search(rf"listen\s+{port}\s+ssl", body):
+                    problem(f"{MQTT_LB_CONF.relative_to(ROOT)}: port {port} terminates TLS; it must pass it through")
+        for broker in brokers:
+            if broker not in (balancer.get("depends_on") or {}):
+                problem(f"compose: the load balancer does not wait for {broker}")
+    # Prometheus scrapes every broker in one job.
+    prometheus = yaml.safe_load(PROMETHEUS_CONF.read_text())
+    jobs = {j["job_name"]: {t for c in j.get("static_configs", []) for t in c.get("targets", [])}
+            for j in prometheus.get("scrape_configs", [])}
+    expected = {f"{b}:9183" for b in brokers}
+    if jobs.get("warmhouse-broker") != expected:
+        problem(f"{PROMETHEUS_CONF.relative_to(ROOT)}: job warmhouse-broker scrapes {sorted(jobs.get('warmhouse-broker', []))}, expected {sorted(expected)}")
+    chart_files = [f for f in sorted(CHART.rglob("*")) if f.is_file() and not f.is_symlink()]
+    for path in [COMPOSE, *sorted((ROOT / "docker").rglob("*")), *chart_files]:
+        if path.is_file():
+            for number, line in enumerate(path.read_text().splitlines(), 1):
+                if EDGE_BRIDGE_NAMES.search(line):
+                    problem(f"{path.relative_to(ROOT)}:{number} mentions the edge bridge, which is gone: {line.strip()}")
+    if len(problems) == before:
+        info(f"ok   compose: {len(brokers)} broker replicas, each with its own spool, behind the MQTT load balancer")
+
+
 # ---------------------------------------------------------------- Dockerfile
 
 
@@ -637,6 +835,9 @@ def check_dockerfile(known_env: set[str]) -> None:
     stages = dict(re.findall(r"^FROM\s+(\S+)\s+AS\s+(\S+)", text, re.M | re.I)[::-1])
     stages = {alias: base for base, alias in re.findall(r"^FROM\s+(\S+)\s+AS\s+(\S+)", text, re.M | re.I)}
     bins = workspace_bins()
+    extra = {alias for alias, base in stages.items() if base == "runtime"} - set(OUR_IMAGES)
+    if extra:
+        problem(f"Dockerfile: targets {sorted(extra)} are images no one uses (the chart and compose use {OUR_IMAGES})")
     for component in OUR_IMAGES:
         if component not in stages:
             problem(f"Dockerfile: no target {component}")

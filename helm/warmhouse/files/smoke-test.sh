@@ -1,7 +1,8 @@
 #!/bin/sh
 # Warmhouse smoke test: readiness of every service, then one reading through
-# the whole pipeline (device registry -> MQTT broker -> edge bridge -> Kafka ->
-# ingest writer -> InfluxDB -> query API). Runs in the tools image: `helm test`
+# the whole pipeline (device registry -> MQTT broker, through the load
+# balancer in front of its replicas -> Kafka -> ingest writer -> InfluxDB ->
+# query API). Runs in the tools image: `helm test`
 # (templates/tests/smoke-test.yaml) and `docker compose --profile test run
 # --rm smoke-test`.
 #

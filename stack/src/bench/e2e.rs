@@ -274,17 +274,22 @@ async fn drive(stack: &Stack, dir: &Path, options: &E2eOptions) -> anyhow::Resul
         None
     };
 
-    // Sample the bridge and the writer once a second while the load runs.
+    // Sample the brokers' ingress and the writer once a second while the load runs.
     let sampler = {
         let written = written.clone();
-        let bridged = stack.bridge.metrics.readings.clone();
+        let ingress: Vec<_> = stack
+            .brokers
+            .iter()
+            .map(|b| b.ingress.readings.clone())
+            .collect();
+        let bridged = move || ingress.iter().map(|c| c.get()).sum::<u64>();
         tokio::spawn(async move {
             let (mut bridged_rates, mut stored_rates) = (Vec::new(), Vec::new());
-            let mut last = (bridged.get(), written.get(), Instant::now());
+            let mut last = (bridged(), written.get(), Instant::now());
             let started = Instant::now();
             while Instant::now() + Duration::from_millis(500) < load_end {
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                let now = (bridged.get(), written.get(), Instant::now());
+                let now = (bridged(), written.get(), Instant::now());
                 if started.elapsed() > Duration::from_secs(2) {
                     let window = now.2 - last.2;
                     bridged_rates.push(super::per_sec(now.0.saturating_sub(last.0), window));

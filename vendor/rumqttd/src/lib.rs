@@ -28,6 +28,8 @@ pub use server::{Broker, LinkType, Server, TenantDisconnector};
 
 pub use self::router::shared_subs::Strategy;
 
+// WARMHOUSE PATCH (7): publish hooks.
+pub mod hook;
 mod link;
 pub mod protocol;
 mod router;
@@ -159,9 +161,19 @@ pub struct ConnectionSettings {
     /// username is only as trustworthy as the check of its password.
     #[serde(default)]
     pub tenant_from_username: bool,
+    /// WARMHOUSE PATCH (7): shown every publish of this listener's clients
+    /// before it is acknowledged; the link acknowledges when the hook says
+    /// (see [`hook`]).
+    #[serde(skip)]
+    pub publish_hook: Option<Arc<dyn hook::PublishHook>>,
 }
 
 impl ConnectionSettings {
+    /// WARMHOUSE PATCH (7): see [`hook`].
+    pub fn set_publish_hook(&mut self, hook: Arc<dyn hook::PublishHook>) {
+        self.publish_hook = Some(hook);
+    }
+
     pub fn set_auth_handler<F, O>(&mut self, auth_fn: F)
     where
         F: Fn(ClientId, AuthUser, AuthPass) -> O + Send + Sync + 'static,
@@ -185,6 +197,7 @@ impl fmt::Debug for ConnectionSettings {
             .field("external_auth", &self.external_auth.is_some())
             .field("dynamic_filters", &self.dynamic_filters)
             .field("tenant_from_username", &self.tenant_from_username)
+            .field("publish_hook", &self.publish_hook.is_some())
             .finish()
     }
 }

@@ -49,6 +49,8 @@ pub struct LinkBuilder<'a> {
     dynamic_filters: bool,
     // default to 0, indicating to not use topic alias
     topic_alias_max: u16,
+    // WARMHOUSE PATCH (7): false by default
+    link_acks: bool,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -62,6 +64,7 @@ impl<'a> LinkBuilder<'a> {
             last_will_properties: None,
             dynamic_filters: false,
             topic_alias_max: 0,
+            link_acks: false,
         }
     }
 
@@ -98,6 +101,14 @@ impl<'a> LinkBuilder<'a> {
         self
     }
 
+    /// WARMHOUSE PATCH (7): the link itself sends PUBACK, PUBREC and PUBCOMP
+    /// for the client's publishes (a publish hook decides when); the router
+    /// routes them without acknowledging.
+    pub fn link_acks(mut self, link_acks: bool) -> Self {
+        self.link_acks = link_acks;
+        self
+    }
+
     pub fn build(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
         // Connect to router
         // Local connections to the router shall have access to all subscriptions
@@ -111,6 +122,7 @@ impl<'a> LinkBuilder<'a> {
         connection
             .last_will(self.last_will, self.last_will_properties)
             .topic_alias_max(self.topic_alias_max);
+        connection.link_acks = self.link_acks;
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();
@@ -227,6 +239,37 @@ impl LinkTx {
         };
 
         let len = self.push(Packet::Publish(publish, None))?;
+        Ok(len)
+    }
+
+    /// WARMHOUSE PATCH (7): sends a publish of the given QoS to the router
+    /// without blocking the caller's thread. Subscribers get it at up to
+    /// that QoS. The router acknowledges a QoS 1 or 2 publish on the link's
+    /// receive side unless the link was built with `link_acks`.
+    pub async fn publish_with_qos<S, V>(
+        &mut self,
+        topic: S,
+        payload: V,
+        qos: QoS,
+    ) -> Result<usize, LinkError>
+    where
+        S: Into<Bytes>,
+        V: Into<Bytes>,
+    {
+        let publish = Publish {
+            dup: false,
+            qos,
+            retain: false,
+            topic: topic.into(),
+            pkid: 0,
+            payload: payload.into(),
+        };
+        let len = {
+            let mut buffer = self.recv_buffer.lock();
+            buffer.push_back(Packet::Publish(publish, None));
+            buffer.len()
+        };
+        self.notify().await?;
         Ok(len)
     }
 

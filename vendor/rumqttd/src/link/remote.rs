@@ -1,14 +1,20 @@
+use crate::hook::{Acknowledge, ConnectionInfo, HookedPublish, OrderedAcks, PublishHook};
 use crate::link::local::{LinkError, LinkRx, LinkTx};
 use crate::link::network;
 use crate::link::network::Network;
 use crate::local::LinkBuilder;
-use crate::protocol::{ConnAck, Connect, ConnectReturnCode, Login, Packet, Protocol};
-use crate::router::{Event, Notification};
+use crate::protocol::{
+    ConnAck, Connect, ConnectReturnCode, LastWill, LastWillProperties, Login, Packet, Protocol,
+    PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish,
+    PublishProperties, QoS,
+};
+use crate::router::{Event, Notification, TOPIC_ALIAS_MAX};
 use crate::{ConnectionId, ConnectionSettings};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
+use bytes::Bytes;
 use std::cmp::min;
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,9 +64,159 @@ pub struct RemoteLink<P> {
     link_rx: LinkRx,
     notifications: VecDeque<Notification>,
     pub(crate) will_delay_interval: u32,
+    /// WARMHOUSE PATCH (7): set on a listener with a publish hook.
+    hooked: Option<Hooked>,
+}
+
+/// WARMHOUSE PATCH (7): a link whose publishes a hook sees first; the link
+/// acknowledges them in arrival order when the hook says they are safe.
+struct Hooked {
+    hook: Arc<dyn PublishHook>,
+    info: ConnectionInfo,
+    acks: OrderedAcks<Packet>,
+    /// The topic aliases the client set (the router keeps the same map), so
+    /// the hook sees full topic names.
+    aliases: HashMap<u16, Bytes>,
+    tenant_prefix: Option<String>,
+    /// QoS 2 packet ids shown to the hook and not yet released by PUBREL.
+    qos2_received: HashSet<u16>,
+    /// A publish the router will refuse was passed on: it disconnects the
+    /// client, so nothing after it is shown to the hook.
+    refused: bool,
+    /// The last will, until a DISCONNECT discards it.
+    will: Option<LastWill>,
+    will_properties: Option<LastWillProperties>,
+}
+
+impl Hooked {
+    /// The last will, unless the router would refuse it (outside the tenant
+    /// prefix) or a DISCONNECT discarded it.
+    fn will_in_prefix(&self) -> Option<&LastWill> {
+        self.will.as_ref().filter(|will| {
+            let topic = std::str::from_utf8(&will.topic).unwrap_or_default();
+            self.tenant_prefix
+                .as_ref()
+                .map_or(true, |prefix| topic.starts_with(prefix.as_str()))
+        })
+    }
+
+    /// Shows each publish to the hook and queues its acknowledgement;
+    /// answers PUBREL. What the router must see stays in `packets`.
+    fn take(&mut self, packets: &mut VecDeque<Packet>) {
+        let mut kept = VecDeque::with_capacity(packets.len());
+        for packet in packets.drain(..) {
+            match packet {
+                Packet::Publish(mut publish, properties) if !self.refused => {
+                    let Some(topic) = self.resolve(&mut publish, properties.as_ref()) else {
+                        self.refused = true;
+                        kept.push_back(Packet::Publish(publish, properties));
+                        continue;
+                    };
+                    let pkid = publish.pkid;
+                    let duplicate_qos2 =
+                        publish.qos == QoS::ExactlyOnce && self.qos2_received.contains(&pkid);
+                    if duplicate_qos2 {
+                        // Shown and routed when it first came: only PUBREC again.
+                        self.acks.push(None, pubrec(pkid));
+                        continue;
+                    }
+                    let shown = HookedPublish {
+                        topic: &topic,
+                        payload: &publish.payload,
+                        qos: publish.qos,
+                        retain: publish.retain,
+                        properties: properties.as_ref(),
+                    };
+                    let acknowledge = self.hook.publish(&self.info, shown);
+                    let wait = match acknowledge {
+                        Acknowledge::Now => None,
+                        Acknowledge::When(future) => Some(future),
+                    };
+                    match publish.qos {
+                        QoS::AtMostOnce => {}
+                        QoS::AtLeastOnce => self.acks.push(
+                            wait,
+                            Packet::PubAck(
+                                PubAck {
+                                    pkid,
+                                    reason: PubAckReason::Success,
+                                },
+                                None,
+                            ),
+                        ),
+                        QoS::ExactlyOnce => {
+                            self.qos2_received.insert(pkid);
+                            self.acks.push(wait, pubrec(pkid));
+                        }
+                    }
+                    kept.push_back(Packet::Publish(publish, properties));
+                }
+                Packet::PubRel(pubrel, _) if !self.refused => {
+                    let reason = if self.qos2_received.remove(&pubrel.pkid) {
+                        PubCompReason::Success
+                    } else {
+                        PubCompReason::PacketIdentifierNotFound
+                    };
+                    let pubcomp = PubComp {
+                        pkid: pubrel.pkid,
+                        reason,
+                    };
+                    self.acks.push(None, Packet::PubComp(pubcomp, None));
+                }
+                Packet::Disconnect(..) => {
+                    self.will = None;
+                    self.will_properties = None;
+                    kept.push_back(packet);
+                }
+                packet => kept.push_back(packet),
+            }
+        }
+        *packets = kept;
+    }
+
+    /// The publish's full topic, applying (and recording) its topic alias,
+    /// or `None` when the router will refuse it: the same checks, in the
+    /// same order, as the router's `append_to_commitlog`.
+    fn resolve(
+        &mut self,
+        publish: &mut Publish,
+        properties: Option<&PublishProperties>,
+    ) -> Option<String> {
+        if properties.is_some_and(|p| !p.subscription_identifiers.is_empty()) {
+            return None;
+        }
+        if let Some(alias) = properties.and_then(|p| p.topic_alias) {
+            if alias == 0 || alias > TOPIC_ALIAS_MAX {
+                return None;
+            }
+            if publish.topic.is_empty() {
+                publish.topic = self.aliases.get(&alias)?.clone();
+            } else {
+                self.aliases.insert(alias, publish.topic.clone());
+            }
+        }
+        let topic = std::str::from_utf8(&publish.topic).ok()?;
+        if let Some(prefix) = &self.tenant_prefix {
+            if !topic.starts_with(prefix.as_str()) {
+                return None;
+            }
+        }
+        Some(topic.to_owned())
+    }
+}
+
+fn pubrec(pkid: u16) -> Packet {
+    Packet::PubRec(
+        PubRec {
+            pkid,
+            reason: PubRecReason::Success,
+        },
+        None,
+    )
 }
 
 impl<P: Protocol> RemoteLink<P> {
+    #[allow(clippy::too_many_arguments)]
     pub async fn new(
         router_tx: Sender<(ConnectionId, Event)>,
         tenant_id: Option<String>,
@@ -68,6 +224,10 @@ impl<P: Protocol> RemoteLink<P> {
         connect_packet: Packet,
         dynamic_filters: bool,
         assigned_client_id: Option<String>,
+        // WARMHOUSE PATCH (7)
+        publish_hook: Option<Arc<dyn PublishHook>>,
+        max_inflight_count: usize,
+        mqtt5: bool,
     ) -> Result<RemoteLink<P>, Error> {
         let Packet::Connect(connect, props, lastwill, lastwill_props, _) = connect_packet else {
             return Err(Error::NotConnectPacket(connect_packet));
@@ -93,6 +253,18 @@ impl<P: Protocol> RemoteLink<P> {
         // the Will Delay Interval has passed or the Session ends, whichever happens first
         let will_delay_interval = min(session_expiry, delay_interval);
 
+        let hooked = publish_hook.map(|hook| Hooked {
+            hook,
+            info: ConnectionInfo::new(client_id.clone(), tenant_id.clone(), mqtt5),
+            acks: OrderedAcks::new(max_inflight_count),
+            aliases: HashMap::new(),
+            tenant_prefix: tenant_id.as_ref().map(|t| format!("/tenants/{t}/")),
+            qos2_received: HashSet::new(),
+            refused: false,
+            will: lastwill.clone(),
+            will_properties: lastwill_props.clone(),
+        });
+
         let (link_tx, link_rx, notification) = LinkBuilder::new(client_id, router_tx)
             .tenant_id(tenant_id)
             .clean_session(clean_session)
@@ -100,6 +272,7 @@ impl<P: Protocol> RemoteLink<P> {
             .last_will_properties(lastwill_props)
             .dynamic_filters(dynamic_filters)
             .topic_alias_max(topic_alias_max.unwrap_or(0))
+            .link_acks(hooked.is_some())
             .build()?;
 
         let id = link_rx.id();
@@ -114,6 +287,20 @@ impl<P: Protocol> RemoteLink<P> {
             }
         }
 
+        if let Some(hooked) = &hooked {
+            let will = hooked.will_in_prefix();
+            let will = will.and_then(|will| {
+                Some(HookedPublish {
+                    topic: std::str::from_utf8(&will.topic).ok()?,
+                    payload: &will.message,
+                    qos: will.qos,
+                    retain: will.retain,
+                    properties: None,
+                })
+            });
+            hooked.hook.connected(&hooked.info, will);
+        }
+
         Ok(RemoteLink {
             connect,
             connection_id: id,
@@ -122,27 +309,57 @@ impl<P: Protocol> RemoteLink<P> {
             link_rx,
             notifications: VecDeque::with_capacity(100),
             will_delay_interval,
+            hooked,
+        })
+    }
+
+    /// WARMHOUSE PATCH (7): the hook and what it needs once the link has
+    /// ended: tells it the connection is gone, and returns what it needs to
+    /// hear of the last will later (none after a clean DISCONNECT).
+    pub(crate) fn end_hooked(&mut self) -> Option<EndedHook> {
+        let hooked = self.hooked.as_mut()?;
+        hooked.hook.disconnected(&hooked.info);
+        let will = hooked.will_in_prefix().cloned();
+        hooked.will = None;
+        Some(EndedHook {
+            hook: hooked.hook.clone(),
+            info: hooked.info.clone(),
+            will: will.map(|will| (will, hooked.will_properties.take())),
         })
     }
 
     pub async fn start(&mut self) -> Result<(), Error> {
         self.network.set_keepalive(self.connect.keep_alive);
+        let mut read = VecDeque::new();
 
         // Note:
         // Shouldn't result in bounded queue deadlocks because of blocking n/w send
         loop {
+            // WARMHOUSE PATCH (7): with as many acknowledgements waiting as
+            // allowed, stop reading: TCP slows the client down.
+            let can_read = self.hooked.as_ref().map_or(true, |h| h.acks.has_room());
+            let acks_waiting = self.hooked.as_ref().is_some_and(|h| !h.acks.is_empty());
             select! {
-                o = self.network.read() => {
+                o = self.network.read(), if can_read => {
                     let packet = o?;
-                    let len = {
-                        let mut buffer = self.link_tx.buffer();
-                        buffer.push_back(packet);
-                        self.network.readv(&mut buffer)?;
-                        buffer.len()
-                    };
-
-                    trace!("Packets read from network, count = {}", len);
-                    self.link_tx.notify().await?;
+                    read.push_back(packet);
+                    self.network.readv(&mut read)?;
+                    if let Some(hooked) = &mut self.hooked {
+                        hooked.take(&mut read);
+                    }
+                    let len = read.len();
+                    if len > 0 {
+                        self.link_tx.buffer().extend(read.drain(..));
+                        trace!("Packets read from network, count = {}", len);
+                        self.link_tx.notify().await?;
+                    }
+                }
+                // WARMHOUSE PATCH (7): acknowledgements the hook released.
+                acks = std::future::poll_fn(|cx| match &mut self.hooked {
+                    Some(hooked) => hooked.acks.poll_ready(cx),
+                    None => std::task::Poll::Pending,
+                }), if acks_waiting => {
+                    self.network.writev(acks.into()).await?;
                 }
                 // Receive from router when previous when state isn't in collision
                 // due to previously received data request
@@ -166,6 +383,44 @@ impl<P: Protocol> RemoteLink<P> {
                 }
             }
         }
+    }
+}
+
+/// WARMHOUSE PATCH (7): a publish hook after its connection ended.
+pub(crate) struct EndedHook {
+    pub(crate) hook: Arc<dyn PublishHook>,
+    pub(crate) info: ConnectionInfo,
+    pub(crate) will: Option<(LastWill, Option<LastWillProperties>)>,
+}
+
+impl EndedHook {
+    /// Shows the hook the last will the broker is publishing now.
+    pub(crate) fn publish_will(self) {
+        let Some((will, properties)) = self.will else {
+            return;
+        };
+        let Ok(topic) = std::str::from_utf8(&will.topic) else {
+            return;
+        };
+        let properties = properties.map(|props| PublishProperties {
+            payload_format_indicator: props.payload_format_indicator,
+            message_expiry_interval: props.message_expiry_interval,
+            response_topic: props.response_topic,
+            correlation_data: props.correlation_data,
+            user_properties: props.user_properties,
+            content_type: props.content_type,
+            ..Default::default()
+        });
+        self.hook.will(
+            &self.info,
+            HookedPublish {
+                topic,
+                payload: &will.message,
+                qos: will.qos,
+                retain: will.retain,
+                properties: properties.as_ref(),
+            },
+        );
     }
 }
 
@@ -325,6 +580,7 @@ mod tests {
             external_auth: None,
             dynamic_filters: false,
             tenant_from_username: false,
+            publish_hook: None,
         }
     }
 

@@ -33,6 +33,9 @@ pub struct Connection {
     pub(crate) broker_topic_aliases: Option<BrokerAliases>,
     /// subscription IDs for a connection
     pub(crate) subscription_ids: HashMap<Filter, usize>,
+    /// WARMHOUSE PATCH (7): the link acknowledges this connection's
+    /// publishes (a publish hook decides when), so the router must not.
+    pub(crate) link_acks: bool,
 }
 
 impl Connection {
@@ -66,6 +69,7 @@ impl Connection {
             topic_aliases: HashMap::new(),
             broker_topic_aliases: None,
             subscription_ids: HashMap::new(),
+            link_acks: false,
         }
     }
 

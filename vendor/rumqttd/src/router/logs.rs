@@ -6,6 +6,7 @@ use crate::protocol::{
     matches, ConnAck, ConnAckProperties, PingResp, PubAck, PubComp, PubRec, PubRel, Publish,
     PublishProperties, SubAck, UnsubAck,
 };
+use crate::router::filter_trie::FilterTrie;
 use crate::router::{DataRequest, FilterIdx, SubscriptionMeter, Waiters};
 use crate::{ConnectionId, Filter, Offset, RouterConfig, Topic};
 
@@ -59,8 +60,9 @@ pub struct DataLog {
     /// Map of subscription filter name to filter index
     filter_indexes: HashMap<Filter, FilterIdx>,
     retained_publishes: HashMap<Topic, PublishData>,
-    /// List of filters associated with a topic
-    publish_filters: HashMap<Topic, Vec<FilterIdx>>,
+    /// WARMHOUSE PATCH (8): the filters by topic level (was a cache of the
+    /// filters of every topic ever published, filled by a linear scan).
+    filter_trie: FilterTrie,
 }
 
 impl DataLog {
@@ -68,7 +70,7 @@ impl DataLog {
         let mut native = Slab::new();
         let mut filter_indexes = HashMap::new();
         let retained_publishes = HashMap::new();
-        let publish_filters = HashMap::new();
+        let mut filter_trie = FilterTrie::default();
 
         if let Some(warmup_filters) = config.initialized_filters.clone() {
             for filter in warmup_filters {
@@ -77,6 +79,7 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = native.insert(data);
+                filter_trie.insert(&filter, idx);
                 filter_indexes.insert(filter, idx);
             }
         }
@@ -84,7 +87,7 @@ impl DataLog {
         Ok(DataLog {
             config,
             native,
-            publish_filters,
+            filter_trie,
             filter_indexes,
             retained_publishes,
         })
@@ -125,27 +128,11 @@ impl DataLog {
     // TODO: Currently returning a Option<Vec> instead of Option<&Vec> due to Rust borrow checker
     // limitation
     pub fn matches(&mut self, topic: &str) -> Option<Vec<usize>> {
-        match &self.publish_filters.get(topic) {
-            Some(v) => Some(v.to_vec()),
-            None => {
-                let v: Vec<usize> = self
-                    .filter_indexes
-                    .iter()
-                    .filter(|(filter, _)| matches(topic, filter))
-                    .map(|(_, filter_idx)| *filter_idx)
-                    .collect();
-
-                if !v.is_empty() {
-                    self.publish_filters.insert(topic.to_owned(), v.clone());
-                }
-
-                Some(v)
-            }
-        }
+        // WARMHOUSE PATCH (8): a walk down the filter trie.
+        Some(self.filter_trie.matches(topic))
     }
 
     pub fn next_native_offset(&mut self, filter: &str) -> (FilterIdx, Offset) {
-        let publish_filters = &mut self.publish_filters;
         let filter_indexes = &mut self.filter_indexes;
 
         let (filter_idx, data) = match filter_indexes.get(filter) {
@@ -157,13 +144,9 @@ impl DataLog {
                 // datalog index map
                 let idx = self.native.insert(data);
                 self.filter_indexes.insert(filter.to_owned(), idx);
-
-                // Match new filter to existing topics and add to publish_filters if it matches
-                for (topic, filters) in publish_filters.iter_mut() {
-                    if matches(topic, filter) {
-                        filters.push(idx);
-                    }
-                }
+                // WARMHOUSE PATCH (8): upstream matched the new filter
+                // against every topic published so far.
+                self.filter_trie.insert(filter, idx);
 
                 (idx, self.native.get(idx).unwrap())
             }
@@ -455,7 +438,8 @@ mod test {
 
         data.next_native_offset("topic/+");
 
-        assert_eq!(data.publish_filters.get("topic/a").unwrap().len(), 2);
+        // WARMHOUSE PATCH (8): matched by the filter trie, not a cache.
+        assert_eq!(data.matches("topic/a").unwrap().len(), 2);
     }
 
     #[test]
@@ -472,9 +456,8 @@ mod test {
         let mut data = DataLog::new(config).unwrap();
         data.next_native_offset("+/+");
 
-        data.matches("topic/a");
-
-        assert_eq!(data.publish_filters.get("topic/a").unwrap().len(), 1);
+        // WARMHOUSE PATCH (8): matched by the filter trie, not a cache.
+        assert_eq!(data.matches("topic/a").unwrap().len(), 1);
     }
 
     //     #[test]

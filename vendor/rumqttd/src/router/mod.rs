@@ -17,6 +17,8 @@ use crate::{
 
 mod alertlog;
 mod connection;
+// WARMHOUSE PATCH (8)
+mod filter_trie;
 mod graveyard;
 pub mod iobufs;
 mod logs;
@@ -28,6 +30,8 @@ mod waiters;
 pub use alertlog::Alert;
 pub use connection::Connection;
 pub use routing::Router;
+// WARMHOUSE PATCH (7): links resolve topic aliases before their publish hook.
+pub(crate) use routing::TOPIC_ALIAS_MAX;
 pub use waiters::Waiters;
 
 pub const MAX_SCHEDULE_ITERATIONS: usize = 100;

@@ -164,6 +164,20 @@ impl Broker {
         Ok((link_tx, link_rx))
     }
 
+    /// WARMHOUSE PATCH (7): a local link whose publishes (QoS 1 included,
+    /// see `LinkTx::publish_with_qos`) the router routes without
+    /// acknowledging, so its receiver never fills with PUBACKs nobody
+    /// reads.
+    pub fn unacknowledged_link(
+        &self,
+        client_id: &str,
+    ) -> Result<(LinkTx, LinkRx), local::LinkError> {
+        let (link_tx, link_rx, _ack) = LinkBuilder::new(client_id, self.router_tx.clone())
+            .link_acks(true)
+            .build()?;
+        Ok((link_tx, link_rx))
+    }
+
     #[tracing::instrument(skip(self))]
     pub fn start(&mut self) -> Result<(), Error> {
         if self.config.v4.is_none()
@@ -610,6 +624,8 @@ async fn remote<P: Protocol>(
     protocol: P,
     will_handlers: Arc<Mutex<HashMap<String, Sender<AwaitingWill>>>>,
 ) {
+    // WARMHOUSE PATCH (7): told to the publish hook.
+    let mqtt5 = protocol.is_v5();
     let mut network = Network::new(
         stream,
         config.max_payload_size,
@@ -618,6 +634,9 @@ async fn remote<P: Protocol>(
     );
 
     let dynamic_filters = config.dynamic_filters;
+    // WARMHOUSE PATCH (7)
+    let publish_hook = config.publish_hook.clone();
+    let max_inflight_count = config.max_inflight_count;
 
     // WARMHOUSE PATCH (3): a certificate connection is shown to the auth
     // handler too (tenant id and certificate hash), so a revoked device is
@@ -698,6 +717,9 @@ async fn remote<P: Protocol>(
         connect_packet,
         dynamic_filters,
         assigned_client_id,
+        publish_hook,
+        max_inflight_count,
+        mqtt5,
     )
     .await
     {
@@ -739,6 +761,9 @@ async fn remote<P: Protocol>(
         router_tx.send(message).ok();
     }
 
+    // WARMHOUSE PATCH (7): the hook hears the connection ended.
+    let ended_hook = link.end_hooked();
+
     // this is important to stop the connection
     drop(link);
 
@@ -758,6 +783,10 @@ async fn remote<P: Protocol>(
     };
 
     if publish_will {
+        // WARMHOUSE PATCH (7): the hook hears of the will the router publishes.
+        if let Some(ended_hook) = ended_hook {
+            ended_hook.publish_will();
+        }
         let message = Event::PublishWill((client_id, tenant_id));
         // is this connection_id really correct at this point?
         // as we have disconnected already, some other connection

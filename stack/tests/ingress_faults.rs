@@ -1,0 +1,238 @@
+//! The ingress promise under faults: a reading whose device got a PUBACK is
+//! stored exactly once, whatever single process dies. Broker replicas run
+//! as processes of their own (`warmhouse-stack broker`, the broker's own
+//! code), Kafka is tansu on SQLite (durable across its restarts), InfluxDB
+//! is influxd, and 100 simulated devices publish 10 QoS 1 messages a
+//! second each while a replica is killed, the replicas are rolled, Kafka
+//! goes away for longer than the broker's in-memory log could hold, or the
+//! spool fills up. Every check counts: per device, every acknowledged
+//! reading (by `seq`) is queried back once.
+
+use std::time::{Duration, Instant};
+
+use tokio::task::JoinHandle;
+use warmhouse_devstack::KafkaStorage;
+use warmhouse_simulator::Summary;
+use warmhouse_stack::broker_process::BrokerProcessConfig;
+use warmhouse_stack::verify::wait_for_exactly;
+use warmhouse_stack::{Stack, StackOptions};
+
+/// 25 homes x 4 devices, 10 messages a second each, 20 s of readings.
+const DEVICES: u64 = 100;
+const MESSAGES_PER_DEVICE: u64 = 200;
+/// How long the simulator may take past its 20 s (faults slow it down).
+const RUN_PATIENCE: Duration = Duration::from_secs(120);
+/// How long stored readings may take to settle after the run.
+const SETTLE: Duration = Duration::from_secs(60);
+
+fn processes() -> BrokerProcessConfig {
+    BrokerProcessConfig::new(
+        std::path::Path::new(env!("CARGO_BIN_EXE_warmhouse-stack")),
+        // Filled in by the stack.
+        "",
+    )
+}
+
+async fn stack(dir: &std::path::Path, replicas: usize, brokers: BrokerProcessConfig) -> Stack {
+    Stack::start(
+        dir,
+        StackOptions {
+            kafka_storage: KafkaStorage::Sqlite,
+            broker_replicas: replicas,
+            broker_processes: Some(brokers),
+            broker_kafka_timeout: Duration::from_secs(2),
+            ..StackOptions::default()
+        },
+    )
+    .await
+    .expect("starting the stack")
+}
+
+/// The fleet, recording every acknowledged message.
+fn devices(stack: &Stack, run_id: &str) -> JoinHandle<anyhow::Result<Summary>> {
+    let messages = MESSAGES_PER_DEVICE.to_string();
+    let config = stack.simulator(&[
+        "--homes",
+        "25",
+        "--devices-per-home",
+        "4",
+        "--interval-ms",
+        "100",
+        "--messages-per-device",
+        &messages,
+        "--qos",
+        "1",
+        "--record",
+        "--run-id",
+        run_id,
+        // Long enough to wait out a stalled broker at the end.
+        "--drain-timeout-secs",
+        "60",
+    ]);
+    tokio::spawn(warmhouse_simulator::run(config, std::future::pending()))
+}
+
+/// Waits for the fleet to finish and checks the promise: every message
+/// acknowledged, every acknowledged reading stored exactly once.
+async fn every_acknowledged_reading_stored_once(
+    stack: &mut Stack,
+    fleet: JoinHandle<anyhow::Result<Summary>>,
+) -> Summary {
+    let summary = match tokio::time::timeout(RUN_PATIENCE, fleet).await {
+        Ok(done) => done.expect("simulator task").expect("simulator run"),
+        Err(_) => panic!("the fleet did not finish within {RUN_PATIENCE:?}"),
+    };
+    for broker in &mut stack.broker_processes {
+        broker
+            .check_alive()
+            .expect("every broker replica is up at the end");
+    }
+    assert_eq!(summary.messages_unacked, 0, "{summary:?}");
+    assert_eq!(
+        summary.messages_acked,
+        DEVICES * MESSAGES_PER_DEVICE,
+        "{summary:?}"
+    );
+    let readings = match wait_for_exactly(stack, &summary.published, SETTLE).await {
+        Ok(readings) => readings,
+        Err(err) => {
+            let logs: Vec<String> = stack
+                .broker_processes
+                .iter()
+                .map(|b| {
+                    format!(
+                        "--- {} (our log lines) ---\n{}",
+                        b.name,
+                        b.log_lines(Some("warmhouse_"), 80)
+                    )
+                })
+                .collect();
+            panic!(
+                "not every acknowledged reading is stored exactly once: {err:#}\n{}\n{}",
+                stack.tansu.diagnose(),
+                logs.join("\n")
+            )
+        }
+    };
+    assert_eq!(readings as u64, summary.readings_acked);
+    summary
+}
+
+/// Sum of one sample over every replica's `/metrics`.
+async fn total(stack: &Stack, sample: &str) -> f64 {
+    let mut sum = 0.0;
+    for broker in &stack.broker_processes {
+        sum += broker.metric(sample).await.expect("broker metrics");
+    }
+    sum
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kill_9_of_a_broker_replica_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stack = stack(dir.path(), 2, processes()).await;
+    let fleet = devices(&stack, "kill9");
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let killed = &mut stack.broker_processes[0];
+    killed.kill();
+    // Its devices move to the other replica or wait for this one.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    killed
+        .start_again()
+        .await
+        .expect("the killed replica starts again");
+    let summary = every_acknowledged_reading_stored_once(&mut stack, fleet).await;
+    assert!(
+        summary.reconnects >= 1,
+        "nobody lost a connection: {summary:?}"
+    );
+    stack.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rolling_restart_of_every_replica_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut stack = stack(dir.path(), 2, processes()).await;
+    let fleet = devices(&stack, "rolling");
+    for replica in 0..stack.broker_processes.len() {
+        tokio::time::sleep(Duration::from_secs(4)).await;
+        let broker = &mut stack.broker_processes[replica];
+        // As Kubernetes rolls a StatefulSet: SIGTERM, wait, start the new one.
+        broker.terminate(Duration::from_secs(10));
+        broker.start_again().await.expect("the replica comes back");
+    }
+    let summary = every_acknowledged_reading_stored_once(&mut stack, fleet).await;
+    assert!(
+        summary.reconnects >= 1,
+        "nobody lost a connection: {summary:?}"
+    );
+    stack.stop().await;
+}
+
+/// The broker's in-memory log is 2 KiB here: the old design (the broker
+/// acknowledged on arrival, a bridge read its log) lost everything past
+/// that while Kafka was away. Now nothing is acknowledged before Kafka or
+/// the spool has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_kafka_outage_longer_than_the_broker_log_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut brokers = processes();
+    brokers.env = vec![
+        ("WARMHOUSE_BROKER_MAX_SEGMENT_SIZE".into(), "1024".into()),
+        ("WARMHOUSE_BROKER_MAX_SEGMENT_COUNT".into(), "2".into()),
+    ];
+    let mut stack = stack(dir.path(), 1, brokers).await;
+    let fleet = devices(&stack, "kafka-outage");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stack.tansu.kill();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stack.tansu.start_again().expect("tansu starts again");
+    every_acknowledged_reading_stored_once(&mut stack, fleet).await;
+    let spooled = total(&stack, "warmhouse_bridge_spooled_total").await;
+    assert!(
+        spooled > 1000.0,
+        "the outage should have gone through the spool: {spooled}"
+    );
+    let deadline = Instant::now() + SETTLE;
+    while total(&stack, "warmhouse_bridge_spool_drained_total").await < spooled {
+        assert!(Instant::now() < deadline, "the spool did not drain");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stack.stop().await;
+}
+
+/// A spool of 64 KiB fills within a second of Kafka going away: from then
+/// on devices get no PUBACK (their in-flight windows fill and they hold
+/// their backlog), and nothing is lost; when Kafka is back it all drains.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_full_spool_holds_pubacks_and_loses_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let brokers = BrokerProcessConfig {
+        spool_max_bytes: 64 << 10,
+        ..processes()
+    };
+    let mut stack = stack(dir.path(), 1, brokers).await;
+    let fleet = devices(&stack, "spool-full");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stack.tansu.kill();
+    // Wait until the spool is full and acknowledgements have stopped.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while total(&stack, "warmhouse_bridge_spool_full_waits_total").await < 1.0 {
+        assert!(Instant::now() < deadline, "the spool never filled up");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Records already waiting on Kafka when it went time out (2 s) and
+    // find the spool full too.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let released = total(&stack, "warmhouse_bridge_acked_total").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        total(&stack, "warmhouse_bridge_acked_total").await,
+        released,
+        "PUBACKs went out while neither Kafka nor the spool could take a record"
+    );
+    assert!(total(&stack, "warmhouse_bridge_in_flight").await > 0.0);
+    stack.tansu.start_again().expect("tansu starts again");
+    every_acknowledged_reading_stored_once(&mut stack, fleet).await;
+    stack.stop().await;
+}
