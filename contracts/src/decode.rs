@@ -41,6 +41,11 @@ pub(crate) fn from_json<T: DeserializeOwned>(bytes: &[u8], limit: usize) -> Resu
             limit,
         });
     }
+    // Good input takes the plain decoder; only bad input pays for tracking
+    // the path its error names (the same error, decoded again).
+    if let Ok(value) = serde_json::from_slice(bytes) {
+        return Ok(value);
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let value = serde_path_to_error::deserialize(&mut de).map_err(|err| {
         let path = err.path().to_string();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::kafka::Producer;
+use crate::kafka::{OnAck, Producer};
 use crate::metrics::Metrics;
 use crate::spool::{Position, Record, Spool};
 
@@ -113,33 +113,86 @@ impl SpoolHandle {
     }
 }
 
+/// The producers records go out on: telemetry batched, everything else
+/// (device events, dead letters) at once.
+pub struct Producers {
+    pub telemetry_topic: String,
+    pub telemetry: Producer,
+    pub events: Producer,
+}
+
+impl Producers {
+    fn for_topic(&self, topic: &str) -> &Producer {
+        if topic == self.telemetry_topic {
+            &self.telemetry
+        } else {
+            &self.events
+        }
+    }
+}
+
 pub struct Delivery {
-    producer: Producer,
+    producers: Producers,
     spool: SpoolHandle,
     /// True while the spool holds records: new records queue behind them.
     spooling: Arc<AtomicBool>,
     metrics: Metrics,
+    /// Records Kafka refused, with whom to tell once they are spooled.
+    refused: mpsc::UnboundedSender<(Record, oneshot::Sender<()>)>,
     /// Where the waits for safety run (the caller's thread may be a
     /// single-threaded runtime of the MQTT broker's).
     runtime: tokio::runtime::Handle,
 }
 
+/// Resolves when a submitted record is safe. Fails only when the process is
+/// shutting down before that: the record is not known to be safe then.
+pub struct Safe(oneshot::Receiver<()>);
+
+impl std::future::Future for Safe {
+    type Output = Result<(), oneshot::error::RecvError>;
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        std::pin::Pin::new(&mut self.0).poll(cx)
+    }
+}
+
 impl Delivery {
     /// Must be called inside a Tokio runtime: the one that runs the waits.
-    pub fn new(producer: Producer, spool: Spool, metrics: Metrics) -> Arc<Self> {
+    pub fn new(producers: Producers, spool: Spool, metrics: Metrics) -> Arc<Self> {
         let spooling = Arc::new(AtomicBool::new(false));
         let spool = SpoolHandle::spawn(spool, spooling.clone(), metrics.clone());
-        Arc::new(Self {
-            producer,
+        let (refused, mut to_spool) = mpsc::unbounded_channel::<(Record, oneshot::Sender<()>)>();
+        let delivery = Arc::new(Self {
+            producers,
             spool,
             spooling,
             metrics,
+            refused,
             runtime: tokio::runtime::Handle::current(),
-        })
+        });
+        // Refused records go to the spool concurrently (one fsync covers
+        // many), each completing its own caller.
+        let weak = Arc::downgrade(&delivery);
+        tokio::spawn(async move {
+            while let Some((record, done)) = to_spool.recv().await {
+                let Some(delivery) = weak.upgrade() else {
+                    return;
+                };
+                tokio::spawn(async move {
+                    delivery.spool_until_safe(record).await;
+                    let _ = done.send(());
+                });
+            }
+        });
+        delivery
     }
 
     pub fn kafka_available(&self) -> bool {
-        !self.producer.kafka_down().load(Ordering::SeqCst)
+        // Both producers share the flag.
+        !self.producers.telemetry.kafka_down().load(Ordering::SeqCst)
     }
 
     /// Resolves once `record` is safe. Never gives up: a full spool or a
@@ -153,30 +206,47 @@ impl Delivery {
     /// it is. The record joins the producer's queue (or the spool's) before
     /// this returns, so records submitted one after another keep their
     /// order; the work goes on whether or not the handle is awaited.
-    pub fn submit(self: &Arc<Self>, record: Record) -> tokio::task::JoinHandle<()> {
-        let this = self.clone();
+    pub fn submit(self: &Arc<Self>, record: Record) -> Safe {
+        let (done, safe) = oneshot::channel();
         if !self.spooling.load(Ordering::SeqCst) && self.kafka_available() {
-            match self.producer.enqueue(&record) {
-                Ok(enqueued) => {
-                    return self.runtime.spawn(async move {
-                        match enqueued.acknowledged(&this.producer).await {
-                            Ok(()) => this
-                                .metrics
-                                .produced
-                                .with_label_values(&[&record.topic])
-                                .inc(),
-                            Err(err) => {
-                                tracing::warn!(%err, topic = %record.topic, "Kafka refused a record: spooling it");
-                                this.spool_until_safe(record).await;
-                            }
-                        }
-                    });
+            let produced = self.metrics.produced.with_label_values(&[&record.topic]);
+            let refused = self.refused.clone();
+            let on_ack: OnAck = Box::new(move |outcome| match outcome {
+                Ok(()) => {
+                    produced.inc();
+                    let _ = done.send(());
                 }
+                Err((err, record)) => {
+                    tracing::debug!(%err, topic = %record.topic, "Kafka refused a record: spooling it");
+                    let _ = refused.send((record, done));
+                }
+            });
+            match self
+                .producers
+                .for_topic(&record.topic)
+                .enqueue(&record, on_ack)
+            {
+                Ok(()) => return Safe(safe),
                 Err(err) => {
-                    tracing::warn!(%err, topic = %record.topic, "Kafka cannot take a record: spooling it")
+                    tracing::warn!(%err, topic = %record.topic, "Kafka cannot take a record: spooling it");
+                    // `on_ack` (and `done` in it) was dropped: start over.
+                    return self.spool_now(record);
                 }
             }
         }
+        self.spool_now_with(record, done);
+        Safe(safe)
+    }
+
+    /// `submit` straight to the spool.
+    fn spool_now(self: &Arc<Self>, record: Record) -> Safe {
+        let (done, safe) = oneshot::channel();
+        self.spool_now_with(record, done);
+        Safe(safe)
+    }
+
+    fn spool_now_with(self: &Arc<Self>, record: Record, done: oneshot::Sender<()>) {
+        let this = self.clone();
         let copy = record.clone();
         let appended = self
             .spool
@@ -186,7 +256,8 @@ impl Delivery {
                 Ok(true) => this.metrics.spooled.inc(),
                 Ok(false) | Err(_) => this.spool_until_safe(record).await,
             }
-        })
+            let _ = done.send(());
+        });
     }
 
     async fn spool_until_safe(&self, record: Record) {
@@ -246,11 +317,13 @@ impl Delivery {
                 .await?;
             return Ok(0);
         }
+        // One producer for the whole batch (the batching one): a spooled
+        // backlog is all about throughput.
+        let producer = &self.producers.telemetry;
         let results =
-            futures::future::join_all(records.iter().map(|record| self.producer.send(record)))
-                .await;
+            futures::future::join_all(records.iter().map(|record| producer.send(record))).await;
         if let Some(Err(err)) = results.into_iter().find(|r| r.is_err()) {
-            self.producer.reset(&err);
+            producer.reset(&err);
             anyhow::bail!("Kafka still unavailable: {err}");
         }
         for record in &records {

@@ -1,26 +1,43 @@
 //! The Kafka producer: idempotent, acks=all, and a context that notices when
 //! every broker is down so the bridge spools at once instead of waiting for
 //! each message to time out.
+//!
+//! Each record carries its own completion ([`OnAck`]), which librdkafka's
+//! delivery report calls on the producer's polling thread: no task per
+//! record, and the record's bytes are copied back only when Kafka refused it
+//! (to spool them).
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock, RwLock, Weak};
 use std::time::Duration;
 
 use anyhow::Context;
 use rdkafka::config::ClientConfig;
 use rdkafka::error::KafkaError;
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer as _, PurgeConfig};
+use rdkafka::message::{Header, Message, OwnedHeaders};
+use rdkafka::producer::{
+    BaseRecord, DeliveryResult, Producer as _, ProducerContext, PurgeConfig, ThreadedProducer,
+};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
+use tokio::sync::oneshot;
 use warmhouse_contracts::kafka::VERSION_HEADER;
 
 use crate::spool::Record;
 
-/// Watches librdkafka's error callback for "all brokers down".
-#[derive(Clone, Default)]
+/// What Kafka said about one record: acknowledged, or refused (with the
+/// record, copied back, so the caller can spool it). Runs on librdkafka's
+/// polling thread: it must not block.
+pub type OnAck = Box<dyn FnOnce(Result<(), (KafkaError, Record)>) + Send + Sync>;
+
+/// One producer's context: watches for "all brokers down", completes each
+/// record, and retires its producer when the broker refuses it.
 pub struct BridgeContext {
-    pub kafka_down: Arc<AtomicBool>,
+    kafka_down: Arc<AtomicBool>,
+    /// Which producer of the [`Producer`] this is.
+    generation: u64,
+    /// The [`Producer`] it belongs to (set once the producer exists).
+    owner: Arc<OnceLock<Weak<Shared>>>,
 }
 
 impl ClientContext for BridgeContext {
@@ -35,6 +52,34 @@ impl ClientContext for BridgeContext {
     }
 }
 
+impl ProducerContext for BridgeContext {
+    type DeliveryOpaque = Box<OnAck>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, on_ack: Box<OnAck>) {
+        match result {
+            Ok(_) => {
+                self.kafka_down.store(false, Ordering::Relaxed);
+                on_ack(Ok(()));
+            }
+            Err((err, message)) => {
+                if is_broker_rejection(err) {
+                    if let Some(owner) = self.owner.get().and_then(Weak::upgrade) {
+                        owner.replace(self.generation, err);
+                    }
+                }
+                let record = Record {
+                    topic: message.topic().to_string(),
+                    key: message.key().unwrap_or_default().to_vec(),
+                    payload: message.payload().unwrap_or_default().to_vec(),
+                };
+                on_ack(Err((err.clone(), record)));
+            }
+        }
+    }
+}
+
+type Client = ThreadedProducer<BridgeContext>;
+
 /// An idempotent producer that replaces itself when the broker rejects it.
 ///
 /// After a message timed out librdkafka bumps the idempotent producer's
@@ -45,18 +90,27 @@ impl ClientContext for BridgeContext {
 /// new one gets a new id and starts clean. Records it sends again may
 /// duplicate in Kafka, which idempotent storage absorbs.
 pub struct Producer {
-    current: RwLock<Arc<FutureProducer<BridgeContext>>>,
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// The producer in use and its generation.
+    current: RwLock<(u64, Arc<Client>)>,
+    next_generation: AtomicU64,
     config: ClientConfig,
-    context: BridgeContext,
+    kafka_down: Arc<AtomicBool>,
+    owner: Arc<OnceLock<Weak<Shared>>>,
 }
 
 impl Producer {
+    /// `kafka_down` is set while librdkafka says every broker is down (and
+    /// cleared by any acknowledged record); producers may share it.
     pub fn new(
         bootstrap: &str,
         message_timeout: Duration,
         linger: Duration,
+        kafka_down: Arc<AtomicBool>,
     ) -> anyhow::Result<Self> {
-        let context = BridgeContext::default();
         let mut config = ClientConfig::new();
         config
             .set("bootstrap.servers", bootstrap)
@@ -78,125 +132,128 @@ impl Producer {
                 message_timeout.as_millis().to_string(),
             )
             .set("reconnect.backoff.max.ms", "1000");
-        let producer = config
-            .create_with_context(context.clone())
-            .context("creating Kafka producer")?;
-        Ok(Self {
-            current: RwLock::new(Arc::new(producer)),
+        let owner = Arc::new(OnceLock::new());
+        let first = create(&config, &kafka_down, 0, &owner)?;
+        let shared = Arc::new(Shared {
+            current: RwLock::new((0, Arc::new(first))),
+            next_generation: AtomicU64::new(1),
             config,
-            context,
-        })
+            kafka_down,
+            owner: owner.clone(),
+        });
+        let _ = owner.set(Arc::downgrade(&shared));
+        Ok(Self { shared })
     }
 
-    fn producer(&self) -> Arc<FutureProducer<BridgeContext>> {
-        match self.current.read() {
-            Ok(current) => current.clone(),
-            Err(poisoned) => poisoned.into_inner().clone(),
-        }
+    pub fn kafka_down(&self) -> &Arc<AtomicBool> {
+        &self.shared.kafka_down
     }
 
     /// Starts over with a new producer (new producer id). The drainer calls
     /// this after a failed attempt: a producer that lived through an outage
     /// may wait forever for an epoch bump the broker cannot give.
     pub fn reset(&self, reason: &KafkaError) {
-        let current = self.producer();
-        self.replace(&current, reason);
+        let generation = self.shared.current().0;
+        self.shared.replace(generation, reason);
     }
 
-    /// Replaces `failed` with a new producer, unless another task already did.
-    ///
-    /// Every record the failed producer held fails at once; only the first
-    /// failure may build a replacement. A producer is not cheap to build,
-    /// and destroying one blocks until its threads end, so that never
-    /// happens on the caller's (runtime) thread.
-    fn replace(&self, failed: &Arc<FutureProducer<BridgeContext>>, error: &KafkaError) {
-        if !Arc::ptr_eq(&self.producer(), failed) {
+    /// Hands one record to the producer's queue now (records enqueued one
+    /// after another keep their order); `on_ack` runs when Kafka answers.
+    /// When the queue refuses the record at once, `on_ack` is dropped
+    /// uncalled and the error returned.
+    pub fn enqueue(&self, record: &Record, on_ack: OnAck) -> Result<(), KafkaError> {
+        let headers = OwnedHeaders::new().insert(Header {
+            key: VERSION_HEADER,
+            value: Some("1"),
+        });
+        let (_, producer) = self.shared.current();
+        producer
+            .send(
+                BaseRecord::with_opaque_to(&record.topic, Box::new(on_ack))
+                    .key(record.key.as_slice())
+                    .payload(record.payload.as_slice())
+                    .headers(headers),
+            )
+            .map_err(|(err, _)| err)
+    }
+
+    /// Produces one record and waits for Kafka's acknowledgement.
+    pub async fn send(&self, record: &Record) -> Result<(), KafkaError> {
+        let (tx, rx) = oneshot::channel();
+        self.enqueue(
+            record,
+            Box::new(move |outcome| {
+                let _ = tx.send(outcome.map_err(|(err, _)| err));
+            }),
+        )?;
+        // No answer at all: the producer was destroyed with it queued.
+        rx.await.unwrap_or(Err(KafkaError::Canceled))
+    }
+}
+
+impl Shared {
+    fn current(&self) -> (u64, Arc<Client>) {
+        let current = match self.current.read() {
+            Ok(current) => current,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        (current.0, current.1.clone())
+    }
+
+    /// Replaces producer `failed` with a new one, unless that happened
+    /// already. Every record a failed producer held fails at once; only the
+    /// first failure builds a replacement. Building a producer is not cheap
+    /// and destroying one blocks until its threads end (possibly the very
+    /// thread that reports the failure), so the old one goes on a thread of
+    /// its own.
+    fn replace(&self, failed: u64, error: &KafkaError) {
+        if self.current().0 != failed {
             return;
         }
-        let fresh: FutureProducer<BridgeContext> =
-            match self.config.create_with_context(self.context.clone()) {
-                Ok(producer) => producer,
-                Err(err) => {
-                    tracing::error!(%err, "cannot create a new Kafka producer");
-                    return;
-                }
-            };
+        let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let fresh = match create(&self.config, &self.kafka_down, generation, &self.owner) {
+            Ok(producer) => producer,
+            Err(err) => {
+                tracing::error!("cannot create a new Kafka producer: {err:#}");
+                return;
+            }
+        };
         let mut current = match self.current.write() {
             Ok(current) => current,
             Err(poisoned) => poisoned.into_inner(),
         };
-        if !Arc::ptr_eq(&current, failed) {
+        if current.0 != failed {
             // Another failure of the same producer got here first.
             drop(current);
             std::thread::spawn(move || drop(fresh));
             return;
         }
         tracing::warn!(%error, "Kafka rejected the producer: replacing it with a new one");
-        let old = std::mem::replace(&mut *current, Arc::new(fresh));
+        let (_, old) = std::mem::replace(&mut *current, (generation, Arc::new(fresh)));
         drop(current);
-        // Purged at once, not when the last send holding it returns: what
-        // it still queues must not go out under a bumped epoch.
+        // Purged at once, not when the last sender holding it lets go: what it
+        // still queues must not go out under a bumped epoch. Its records'
+        // completions report the purge, and their callers spool them.
         std::thread::spawn(move || {
             old.purge(PurgeConfig::default().queue().inflight());
             drop(old)
         });
     }
-
-    pub fn kafka_down(&self) -> &Arc<AtomicBool> {
-        &self.context.kafka_down
-    }
-
-    /// Produces one record and waits for Kafka's acknowledgement.
-    pub async fn send(&self, record: &Record) -> Result<(), KafkaError> {
-        self.enqueue(record)?.acknowledged(self).await
-    }
-
-    /// Hands one record to the producer's queue now (so records enqueued one
-    /// after another keep their order); the returned [`Enqueued`] resolves
-    /// with Kafka's acknowledgement.
-    pub fn enqueue(&self, record: &Record) -> Result<Enqueued, KafkaError> {
-        let headers = OwnedHeaders::new().insert(Header {
-            key: VERSION_HEADER,
-            value: Some("1"),
-        });
-        let producer = self.producer();
-        let delivery = producer
-            .send_result(
-                FutureRecord::to(&record.topic)
-                    .key(record.key.as_slice())
-                    .payload(record.payload.as_slice())
-                    .headers(headers),
-            )
-            .map_err(|(err, _)| err)?;
-        Ok(Enqueued { producer, delivery })
-    }
 }
 
-/// A record in the producer's queue.
-pub struct Enqueued {
-    producer: Arc<FutureProducer<BridgeContext>>,
-    delivery: DeliveryFuture,
-}
-
-impl Enqueued {
-    /// Waits for Kafka's acknowledgement; a refusal retires the producer
-    /// that sent it (see [`Producer`]).
-    pub async fn acknowledged(self, owner: &Producer) -> Result<(), KafkaError> {
-        match self.delivery.await {
-            Ok(Ok(_)) => {
-                owner.context.kafka_down.store(false, Ordering::SeqCst);
-                Ok(())
-            }
-            Ok(Err((err, _))) => {
-                if is_broker_rejection(&err) {
-                    owner.replace(&self.producer, &err);
-                }
-                Err(err)
-            }
-            // The producer was dropped (replaced) with the record queued.
-            Err(_) => Err(KafkaError::Canceled),
-        }
-    }
+fn create(
+    config: &ClientConfig,
+    kafka_down: &Arc<AtomicBool>,
+    generation: u64,
+    owner: &Arc<OnceLock<Weak<Shared>>>,
+) -> anyhow::Result<Client> {
+    config
+        .create_with_context(BridgeContext {
+            kafka_down: kafka_down.clone(),
+            generation,
+            owner: owner.clone(),
+        })
+        .context("creating Kafka producer")
 }
 
 /// Errors that say Kafka is unreachable (retrying the same producer later

@@ -69,22 +69,19 @@ type Events = Pin<Box<dyn Stream<Item = (Result<Event, ConnectionError>, Vec<Eve
 /// replica's port): a device moves when its replica goes away.
 fn event_stream(eventloop: EventLoop, brokers: Vec<MqttOptions>) -> Events {
     Box::pin(futures::stream::unfold(
-        (eventloop, 0usize),
-        move |(mut el, mut current)| {
-            let brokers = brokers.clone();
-            async move {
-                let result = el.poll().await;
-                let stale = if result.is_err() {
-                    if brokers.len() > 1 {
-                        current = (current + 1) % brokers.len();
-                        el.mqtt_options = brokers[current].clone();
-                    }
-                    el.state.events.drain(..).collect()
-                } else {
-                    Vec::new()
-                };
-                Some(((result, stale), (el, current)))
-            }
+        (eventloop, 0usize, brokers),
+        |(mut el, mut current, brokers)| async move {
+            let result = el.poll().await;
+            let stale = if result.is_err() {
+                if brokers.len() > 1 {
+                    current = (current + 1) % brokers.len();
+                    el.mqtt_options = brokers[current].clone();
+                }
+                el.state.events.drain(..).collect()
+            } else {
+                Vec::new()
+            };
+            Some(((result, stale), (el, current, brokers)))
         },
     ))
 }

@@ -306,7 +306,7 @@ async fn drive(
     .await?;
     let homes = options.devices.div_ceil(4).max(1);
     let config = super::sim_config(
-        broker.port,
+        &[broker.port],
         &[
             "--homes",
             &homes.to_string(),

@@ -30,6 +30,8 @@ pub struct E2eOptions {
     pub kafka_storage: KafkaStorage,
     /// tansu brokers: more than one form a cluster (docs/adr/0018).
     pub kafka_brokers: usize,
+    /// MQTT broker replicas; the simulator spreads its devices over them.
+    pub broker_replicas: usize,
 }
 
 impl E2eOptions {
@@ -57,6 +59,9 @@ impl E2eOptions {
 pub struct Latency {
     pub sent: u64,
     pub acked: u64,
+    /// Publish to PUBACK of the probe's readings, ms: what a device waits
+    /// until the broker says its reading is safe.
+    pub puback_ms: Vec<f64>,
     /// (seconds since the probe started when the reading was published,
     /// milliseconds until it was queryable).
     pub samples: Vec<(f64, f64)>,
@@ -172,7 +177,70 @@ pub struct E2eResult {
     pub batch_points: usize,
 }
 
+/// What became of the acknowledged readings of a run, once the bench
+/// stopped waiting for them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tally {
+    pub acked: u64,
+    pub stored: u64,
+    /// Every acknowledged reading was stored before the bench stopped
+    /// waiting (120 s after the load).
+    pub drained: bool,
+    /// Acknowledged, missing when the bench stopped waiting: still on its
+    /// way when the run did not drain, lost when it did (then also counted
+    /// as seq gaps).
+    pub not_stored: u64,
+    /// Points stored more than once under the same (device, metric, seq).
+    pub duplicates: u64,
+    /// Seqs missing below the highest stored one, over all series.
+    pub gaps: u64,
+}
+
+impl Tally {
+    /// Lost readings: missing although the run drained (seq gaps), or any
+    /// gap in a run that did not.
+    pub fn lost(&self) -> u64 {
+        self.gaps
+    }
+
+    pub fn exactly_once(&self) -> bool {
+        self.drained && self.not_stored == 0 && self.duplicates == 0 && self.gaps == 0
+    }
+}
+
 impl E2eResult {
+    /// The tally, when the exactly-once check could run.
+    pub fn tally(&self) -> Option<Tally> {
+        let v = self.verification.as_ref().ok()?;
+        Some(Tally {
+            acked: self.readings_acked,
+            stored: v.stored,
+            drained: self.drain.is_some(),
+            not_stored: self.readings_acked.saturating_sub(v.stored),
+            duplicates: v.duplicates,
+            gaps: v.gaps,
+        })
+    }
+
+    /// What kept the run from storing every acknowledged reading exactly
+    /// once, if anything.
+    pub fn delivery_problem(&self) -> Option<String> {
+        let tally = match &self.verification {
+            Err(err) => return Some(format!("the exactly-once check failed: {err:#}")),
+            Ok(_) => self.tally()?,
+        };
+        if tally.exactly_once() {
+            return None;
+        }
+        Some(format!(
+            "{} acknowledged readings not stored when the bench stopped waiting{}, {} duplicated, {} seq gaps",
+            tally.not_stored,
+            if tally.drained { "" } else { " (not drained within 120 s)" },
+            tally.duplicates,
+            tally.gaps
+        ))
+    }
+
     pub fn acked_per_sec(&self) -> f64 {
         super::per_sec(self.readings_acked, self.sim_elapsed)
     }
@@ -186,6 +254,7 @@ pub async fn run(dir: &Path, options: &E2eOptions) -> anyhow::Result<E2eResult> 
         ingest_batch_max_points: options.batch_points,
         kafka_storage: options.kafka_storage,
         kafka_brokers: options.kafka_brokers,
+        broker_replicas: options.broker_replicas,
         ..StackOptions::default()
     };
     let stack = tokio::time::timeout(
@@ -214,7 +283,7 @@ async fn drive(stack: &Stack, dir: &Path, options: &E2eOptions) -> anyhow::Resul
     let (homes, per_home) = options.fleet();
     let duration_secs = options.duration.as_secs().max(1);
     let config = super::sim_config(
-        stack.mqtt_port(),
+        &stack.mqtt_ports(),
         &[
             "--homes",
             &homes.to_string(),
@@ -230,6 +299,10 @@ async fn drive(stack: &Stack, dir: &Path, options: &E2eOptions) -> anyhow::Resul
             &run_id,
             "--drain-timeout-secs",
             "30",
+            // Thousands of devices connecting in the same instant measure
+            // the accept loop, not the pipeline: spread them over 2 s.
+            "--start-delay-spread-ms",
+            "2000",
         ],
     )?;
     let written = stack.writer.metrics.points_written.clone();
@@ -475,6 +548,11 @@ struct Connected {
     client: AsyncClient,
     events: tokio::task::JoinHandle<()>,
     acked: Arc<AtomicU64>,
+    /// When each QoS 1 publish still waiting for its PUBACK was handed to
+    /// the client (PUBACKs come in publish order).
+    sent: Arc<Mutex<VecDeque<Instant>>>,
+    /// Publish to PUBACK, ms, of every acknowledged publish noted in `sent`.
+    puback_ms: Arc<Mutex<Vec<f64>>>,
 }
 
 impl Connected {
@@ -484,10 +562,16 @@ impl Connected {
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_session(true);
         let (client, mut eventloop) = AsyncClient::new(options, 64);
+        // PUBACKs are read as soon as they arrive.
+        eventloop.network_options.set_tcp_nodelay(true);
         let acked = Arc::new(AtomicU64::new(0));
+        let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
+        let puback_ms: Arc<Mutex<Vec<f64>>> = Arc::default();
         let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
         let events = {
             let acked = acked.clone();
+            let sent = sent.clone();
+            let puback_ms = puback_ms.clone();
             tokio::spawn(async move {
                 let mut connected = Some(connected_tx);
                 loop {
@@ -499,6 +583,10 @@ impl Connected {
                         }
                         Ok(Event::Incoming(Packet::PubAck(_))) => {
                             acked.fetch_add(1, Ordering::Relaxed);
+                            let at = sent.lock().ok().and_then(|mut s| s.pop_front());
+                            if let (Some(at), Ok(mut ms)) = (at, puback_ms.lock()) {
+                                ms.push(at.elapsed().as_secs_f64() * 1000.0);
+                            }
                         }
                         Ok(_) => {}
                         Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
@@ -511,6 +599,8 @@ impl Connected {
                 client,
                 events,
                 acked,
+                sent,
+                puback_ms,
             }),
             _ => {
                 events.abort();
@@ -616,6 +706,7 @@ async fn probe(
     let pending: Arc<Mutex<VecDeque<(i64, Instant)>>> = Arc::new(Mutex::new(VecDeque::new()));
     let publisher = {
         let pending = pending.clone();
+        let sent = connection.sent.clone();
         let topic = format!("/tenants/{device}/telemetry");
         let home = format!("probe-home-{device}");
         tokio::spawn(async move {
@@ -638,6 +729,9 @@ async fn probe(
                 let sent_at = Instant::now();
                 if let Ok(mut pending) = pending.lock() {
                     pending.push_back((seq, sent_at));
+                }
+                if let Ok(mut sent) = sent.lock() {
+                    sent.push_back(sent_at);
                 }
                 if client
                     .publish(&topic, QoS::AtLeastOnce, false, payload.to_string())
@@ -695,6 +789,11 @@ async fn probe(
     latency.not_seen = pending.lock().map(|p| p.len() as u64).unwrap_or(0);
     tokio::time::sleep(Duration::from_millis(200)).await;
     latency.acked = connection.acked.load(Ordering::Relaxed);
+    latency.puback_ms = connection
+        .puback_ms
+        .lock()
+        .map(|ms| ms.clone())
+        .unwrap_or_default();
     connection.close().await;
     latency
 }

@@ -74,9 +74,18 @@ pub struct Args {
     /// Milliseconds between two messages of one device end to end.
     #[arg(long, default_value_t = 100)]
     pub e2e_interval_ms: u64,
-    /// Samples in one message end to end.
-    #[arg(long, default_value_t = 8)]
+    /// Samples (readings of each metric) in one message end to end: 1, one
+    /// reading per MQTT message, as devices send them.
+    #[arg(long, default_value_t = 1)]
     pub e2e_samples: usize,
+    /// Also run phase 3 with this many samples in a message (batched
+    /// devices); 0 skips it.
+    #[arg(long, default_value_t = 8)]
+    pub e2e_batched_samples: usize,
+    /// Also run phase 3 with this many MQTT broker replicas (the main run
+    /// has one); 0 skips it.
+    #[arg(long, default_value_t = 2)]
+    pub e2e_replicas: usize,
     /// Also run phase 3 at these multiples of --e2e-devices (1 is the main
     /// run, reported in full; the others get one summary row each).
     #[arg(long, value_delimiter = ',', default_value = "1,2")]
@@ -94,8 +103,9 @@ pub struct Args {
     #[arg(long, default_value_t = 50)]
     pub command_rate: u32,
     /// Simulated devices of the Kafka comparison (phase 3's setup with tansu
-    /// in memory, on SQLite, and three brokers on SQLite).
-    #[arg(long, default_value_t = 140)]
+    /// in memory, on SQLite, and three brokers on SQLite); 1,000 devices
+    /// every 100 ms are the assignment's fleet rate, 10,000 messages/s.
+    #[arg(long, default_value_t = 1000)]
     pub kafka_devices: u32,
     /// Skip the `perf record` profile of the bench process.
     #[arg(long)]
@@ -200,6 +210,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         perf: !args.no_perf,
         kafka_storage: KafkaStorage::Memory,
         kafka_brokers: 1,
+        broker_replicas: 1,
     };
     let mut results = Results {
         args: args.clone(),
@@ -292,6 +303,34 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let result = run_e2e(phase_limit, &run_dir, &options).await;
             results.e2e_more.push((options, result));
         }
+        // The main load again with several broker replicas, and with
+        // batched messages.
+        let variants = [
+            (args.e2e_replicas > 1).then(|| e2e::E2eOptions {
+                broker_replicas: args.e2e_replicas,
+                perf: false,
+                ..e2e_options.clone()
+            }),
+            (args.e2e_batched_samples > 0 && args.e2e_batched_samples != args.e2e_samples).then(
+                || e2e::E2eOptions {
+                    samples: args.e2e_batched_samples,
+                    perf: false,
+                    ..e2e_options.clone()
+                },
+            ),
+        ];
+        for options in variants.into_iter().flatten() {
+            eprintln!(
+                "== phase 3, {} broker replicas, {} samples a message ({duration:?})",
+                options.broker_replicas, options.samples
+            );
+            let run_dir = dir.path().join(format!(
+                "e2e-r{}-s{}",
+                options.broker_replicas, options.samples
+            ));
+            let result = run_e2e(phase_limit, &run_dir, &options).await;
+            results.e2e_more.push((options, result));
+        }
     }
 
     if args.phases.contains(&Phase::Commands) {
@@ -360,7 +399,67 @@ async fn run(args: Args) -> anyhow::Result<()> {
         std::fs::write(out, &markdown).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("wrote {}", out.display());
     }
+    let failures = results.failures();
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "{} phase(s) failed (the report says how):\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
+    }
     Ok(())
+}
+
+impl Results {
+    /// What went wrong, one line a failed phase: a phase that errored, and
+    /// an end-to-end run that did not store every acknowledged reading
+    /// exactly once before the bench stopped waiting.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        let mut errored = |what: &str, err: &anyhow::Error| {
+            failures.push(format!("{what}: {}", report::one_line(err)))
+        };
+        if let Some(Err(err)) = &self.ceiling {
+            errored("phase 1 (InfluxDB ceiling)", err);
+        }
+        for (kind, run) in &self.brokers {
+            if let Err(err) = run {
+                errored(&format!("phase 2 ({})", kind.label()), err);
+            }
+        }
+        if let Some((_, Err(err))) = &self.commands {
+            errored("phase 5 (commands)", err);
+        }
+        let e2e_runs = self
+            .e2e
+            .iter()
+            .map(|r| ("phase 3".to_string(), r))
+            .chain(self.e2e_more.iter().map(|(o, r)| {
+                (
+                    format!(
+                        "phase 3 ({} devices, {} samples, {} replicas)",
+                        o.devices, o.samples, o.broker_replicas
+                    ),
+                    r,
+                )
+            }))
+            .chain(
+                self.kafka
+                    .iter()
+                    .map(|(label, _, r)| (format!("phase 6 ({label})"), r)),
+            );
+        for (what, run) in e2e_runs {
+            match run {
+                Err(err) => failures.push(format!("{what}: {}", report::one_line(err))),
+                Ok(e) => {
+                    if let Some(problem) = e.delivery_problem() {
+                        failures.push(format!("{what}: {problem}"));
+                    }
+                }
+            }
+        }
+        failures
+    }
 }
 
 async fn limit<T>(
@@ -484,9 +583,14 @@ async fn on_process_thread<T: Send + 'static>(
         .map_err(|_| anyhow::anyhow!("the thread that owns child processes dropped a job"))
 }
 
-/// A simulator configuration for `port` from command-line style arguments.
-fn sim_config(port: u16, args: &[&str]) -> anyhow::Result<warmhouse_simulator::SimConfig> {
-    let port = port.to_string();
+/// A simulator configuration for the brokers on `ports` (devices spread
+/// over them) from command-line style arguments.
+fn sim_config(ports: &[u16], args: &[&str]) -> anyhow::Result<warmhouse_simulator::SimConfig> {
+    let port = ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
     let mut argv = vec!["warmhouse-sim", "--host", "127.0.0.1", "--port", &port];
     argv.extend_from_slice(args);
     warmhouse_simulator::SimConfig::try_parse_from(argv).context("simulator arguments")

@@ -107,11 +107,13 @@ impl Hooked {
         for packet in packets.drain(..) {
             match packet {
                 Packet::Publish(mut publish, properties) if !self.refused => {
-                    let Some(topic) = self.resolve(&mut publish, properties.as_ref()) else {
+                    if !self.resolve(&mut publish, properties.as_ref()) {
                         self.refused = true;
                         kept.push_back(Packet::Publish(publish, properties));
                         continue;
-                    };
+                    }
+                    // Checked by `resolve`.
+                    let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
                     let pkid = publish.pkid;
                     let duplicate_qos2 =
                         publish.qos == QoS::ExactlyOnce && self.qos2_received.contains(&pkid);
@@ -121,7 +123,7 @@ impl Hooked {
                         continue;
                     }
                     let shown = HookedPublish {
-                        topic: &topic,
+                        topic,
                         payload: &publish.payload,
                         qos: publish.qos,
                         retain: publish.retain,
@@ -174,34 +176,32 @@ impl Hooked {
         *packets = kept;
     }
 
-    /// The publish's full topic, applying (and recording) its topic alias,
-    /// or `None` when the router will refuse it: the same checks, in the
-    /// same order, as the router's `append_to_commitlog`.
-    fn resolve(
-        &mut self,
-        publish: &mut Publish,
-        properties: Option<&PublishProperties>,
-    ) -> Option<String> {
+    /// Puts the publish's full topic in it, applying (and recording) its
+    /// topic alias; `false` when the router will refuse it: the same checks,
+    /// in the same order, as the router's `append_to_commitlog`.
+    fn resolve(&mut self, publish: &mut Publish, properties: Option<&PublishProperties>) -> bool {
         if properties.is_some_and(|p| !p.subscription_identifiers.is_empty()) {
-            return None;
+            return false;
         }
         if let Some(alias) = properties.and_then(|p| p.topic_alias) {
             if alias == 0 || alias > TOPIC_ALIAS_MAX {
-                return None;
+                return false;
             }
             if publish.topic.is_empty() {
-                publish.topic = self.aliases.get(&alias)?.clone();
+                match self.aliases.get(&alias) {
+                    Some(topic) => publish.topic = topic.clone(),
+                    None => return false,
+                }
             } else {
                 self.aliases.insert(alias, publish.topic.clone());
             }
         }
-        let topic = std::str::from_utf8(&publish.topic).ok()?;
-        if let Some(prefix) = &self.tenant_prefix {
-            if !topic.starts_with(prefix.as_str()) {
-                return None;
-            }
-        }
-        Some(topic.to_owned())
+        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+            return false;
+        };
+        self.tenant_prefix
+            .as_ref()
+            .map_or(true, |prefix| topic.starts_with(prefix.as_str()))
     }
 }
 
@@ -273,7 +273,9 @@ impl<P: Protocol> RemoteLink<P> {
             .dynamic_filters(dynamic_filters)
             .topic_alias_max(topic_alias_max.unwrap_or(0))
             .link_acks(hooked.is_some())
-            .build()?;
+            // WARMHOUSE PATCH (10): without blocking the listener's thread.
+            .build_async()
+            .await?;
 
         let id = link_rx.id();
         Span::current().record("connection_id", id);
