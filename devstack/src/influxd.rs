@@ -93,6 +93,15 @@ bind-address = "127.0.0.1:{rpc_port}"
         Ok(())
     }
 
+    /// Fails (with the log's tail) when the process died on its own; a
+    /// stopped one (after `kill`) is fine.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self.process.as_mut() {
+            Some(process) => process.check_alive(),
+            None => Ok(()),
+        }
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut process) = self.process.take() {
             process.kill();

@@ -131,6 +131,15 @@ impl Tansu {
         }
     }
 
+    /// Fails (with the log's tail) when the process died on its own; a
+    /// stopped one (after `kill`) is fine.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self.process.as_mut() {
+            Some(process) => process.check_alive(),
+            None => Ok(()),
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.process.is_some()
     }
@@ -224,6 +233,11 @@ impl TansuCluster {
     /// Starts again every broker that is stopped, on its own port.
     pub fn start_again(&mut self) -> anyhow::Result<()> {
         self.brokers.iter_mut().try_for_each(Tansu::start_again)
+    }
+
+    /// Fails when a broker died on its own (not after `kill`).
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.brokers.iter_mut().try_for_each(Tansu::check_alive)
     }
 
     pub fn running(&self) -> usize {

@@ -28,6 +28,15 @@ pub struct Postgres {
 }
 
 impl Postgres {
+    /// Fails (with the log's tail) when the process died on its own; a
+    /// stopped one (after `kill`) is fine.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        match self.process.as_mut() {
+            Some(process) => process.check_alive(),
+            None => Ok(()),
+        }
+    }
+
     /// Creates a cluster under `dir` and starts it. Call from the test's
     /// main thread: the server dies when the spawning thread exits.
     pub fn start(dir: &Path) -> anyhow::Result<Self> {

@@ -94,3 +94,32 @@ async fn tansu_restarts_under_load() {
     }
     load.abort();
 }
+
+/// A process that dies on its own is reported (the local stack stops and
+/// says so instead of hanging); one stopped on purpose is not.
+#[test]
+fn a_process_that_died_on_its_own_is_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut tansu = Tansu::start(dir.path(), KafkaStorage::Memory).unwrap();
+    tansu.check_alive().expect("tansu runs");
+    let pid = tansu.pid().expect("a pid") as libc::pid_t;
+    // SAFETY: plain kill(2) of our own child.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let err = loop {
+        match tansu.check_alive() {
+            Err(err) => break err,
+            Ok(()) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            Ok(()) => panic!("a killed tansu still counts as alive"),
+        }
+    };
+    assert!(format!("{err:#}").contains("exited"), "{err:#}");
+    tansu.kill();
+    tansu
+        .check_alive()
+        .expect("a stopped tansu is not a failure");
+}

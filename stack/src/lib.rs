@@ -348,6 +348,21 @@ impl Stack {
         drop(prometheus);
     }
 
+    /// Fails, saying which and with its log, when a process of the stack
+    /// died on its own (tansu, influxd, PostgreSQL, a broker replica run as
+    /// a process): the local stack reports it instead of hanging.
+    pub fn check_alive(&mut self) -> anyhow::Result<()> {
+        self.tansu.check_alive().context("Kafka (tansu)")?;
+        self.influxd.check_alive().context("InfluxDB")?;
+        if let Some(postgres) = self.postgres.as_mut() {
+            postgres.check_alive().context("PostgreSQL")?;
+        }
+        for broker in &mut self.broker_processes {
+            broker.check_alive().context("an MQTT broker replica")?;
+        }
+        Ok(())
+    }
+
     /// Base URL of the device registry, when the stack runs one.
     pub fn registry_url(&self) -> Option<String> {
         self.registry.as_ref().map(|r| format!("http://{}", r.addr))

@@ -191,8 +191,26 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         ));
     }
 
-    warmhouse_service_kit::shutdown_signal().await;
-    println!("\nstopping ...");
+    let mut stack = stack;
+    let mut died = None;
+    let shutdown = warmhouse_service_kit::shutdown_signal();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {
+                if let Err(err) = stack.check_alive() {
+                    died = Some(err);
+                    break;
+                }
+            }
+        }
+    }
+    if let Some(err) = &died {
+        eprintln!("\na process of the stack died: {err:#}\nstopping the rest ...");
+    } else {
+        println!("\nstopping ...");
+    }
     let _ = stop_sim.send(());
     if let Some(simulator) = simulator {
         match tokio::time::timeout(Duration::from_secs(15), simulator).await {
@@ -203,6 +221,9 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
     }
     stack.stop().await;
     println!("stopped; nothing is left running.");
+    if died.is_some() {
+        std::process::exit(1);
+    }
     // Kafka clients closing in the background would keep the runtime alive
     // while they retry a broker that is gone; everything that matters has
     // stopped, so end the process here.
