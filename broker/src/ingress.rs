@@ -5,9 +5,10 @@
 //! commands go out on.
 
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use anyhow::Context;
-use prometheus::{IntCounter, IntGauge};
+use prometheus::{Histogram, IntCounter, IntGauge};
 use rumqttd::hook::{Acknowledge, ConnectionInfo, HookedPublish, PublishHook};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::QoS;
@@ -24,6 +25,7 @@ pub struct IngressHook {
     held: IntGauge,
     /// PUBACKs released.
     released: IntCounter,
+    safe_wait: Histogram,
 }
 
 impl IngressHook {
@@ -32,6 +34,7 @@ impl IngressHook {
         Arc::new(Self {
             held: metrics.in_flight.clone(),
             released: metrics.acked.clone(),
+            safe_wait: metrics.safe_wait.clone(),
             ingress,
         })
     }
@@ -83,6 +86,8 @@ impl PublishHook for IngressHook {
             held: self.held.clone(),
         };
         let released = self.released.clone();
+        let safe_wait = self.safe_wait.clone();
+        let arrived = Instant::now();
         Acknowledge::When(Box::pin(async move {
             // The task fails only when it was cancelled: the runtime that
             // runs deliveries is shutting down (SIGTERM) while rumqttd's
@@ -92,6 +97,7 @@ impl PublishHook for IngressHook {
             if safe.await.is_err() {
                 std::future::pending::<()>().await;
             }
+            safe_wait.observe(arrived.elapsed().as_secs_f64());
             released.inc();
             drop(held);
         }))

@@ -13,7 +13,6 @@ use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use warmhouse_broker::{start, BrokerConfig, RunningBroker};
 use warmhouse_contracts::ids::DeviceId;
-use warmhouse_contracts::kafka::topics;
 use warmhouse_contracts::topics::{Channel, DeviceTopic};
 use warmhouse_devstack::{create_topics, KafkaStorage, Tansu};
 use warmhouse_edge_bridge::IngressConfig;
@@ -78,19 +77,10 @@ impl std::ops::DerefMut for TestBroker {
 /// Kafka with the ingress's topics, and an ingress configuration for it.
 async fn kafka(dir: &std::path::Path) -> (Tansu, IngressConfig) {
     let kafka = Tansu::start(&dir.join("kafka"), KafkaStorage::Memory).expect("tansu starts");
-    create_topics(
-        &kafka.bootstrap(),
-        &[
-            topics::TELEMETRY,
-            topics::DEVICE_EVENTS,
-            topics::DEVICE_COMMANDS,
-            topics::DEAD_LETTERS,
-        ],
-        1,
-    )
-    .await
-    .expect("topics are created");
     let ingress = IngressConfig::new(&kafka.bootstrap(), dir.join("spool"));
+    create_topics(&kafka.bootstrap(), &ingress.kafka_topics(), 1)
+        .await
+        .expect("topics are created");
     (kafka, ingress)
 }
 

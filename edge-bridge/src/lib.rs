@@ -97,6 +97,17 @@ pub struct IngressConfig {
 }
 
 impl IngressConfig {
+    /// The Kafka topics the ingress writes to and reads from (they must
+    /// exist).
+    pub fn kafka_topics(&self) -> [&str; 4] {
+        [
+            &self.telemetry_topic,
+            &self.device_events_topic,
+            &self.dead_letters_topic,
+            &self.device_commands_topic,
+        ]
+    }
+
     /// The defaults, with Kafka at `kafka_bootstrap` and the spool in
     /// `spool_dir`, without reading arguments or environment.
     pub fn new(kafka_bootstrap: &str, spool_dir: PathBuf) -> Self {

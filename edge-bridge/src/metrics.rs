@@ -1,4 +1,4 @@
-use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
+use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 use warmhouse_service_kit::register;
 
 /// The bridge's Prometheus metrics (prefix `warmhouse_bridge_`).
@@ -15,6 +15,9 @@ pub struct Metrics {
     pub spool_bytes: IntGauge,
     pub in_flight: IntGauge,
     pub acked: IntCounter,
+    /// From a QoS 1 publish's arrival to the moment it is safe (what a
+    /// device's PUBACK waits for, besides the publishes before it).
+    pub safe_wait: Histogram,
     pub commands: IntCounterVec,
 }
 
@@ -97,6 +100,20 @@ impl Metrics {
                 IntCounter::new(
                     format!("{p}acked_total"),
                     "PUBACKs (and PUBRECs) released to devices",
+                )?,
+            )?,
+            safe_wait: register(
+                registry,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        format!("{p}safe_wait_seconds"),
+                        "From a device's QoS 1 publish to the moment it is safe (acknowledged \
+                         by Kafka or fsynced to the spool) and its PUBACK may go",
+                    )
+                    .buckets(vec![
+                        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                        10.0,
+                    ]),
                 )?,
             )?,
             commands: register(

@@ -16,6 +16,8 @@
 //! * Disabling a device (PATCH status=disabled), deleting it, and the
 //!   broker's admin revoke end its access: the live connection is dropped
 //!   and reconnects are refused; enabling it again lets it back in.
+//!   Rotation, disabling and deleting act on both broker replicas (each
+//!   reads the registry's events); the admin revoke is one replica's.
 //! * With the registry down, a device it allowed shortly before reconnects
 //!   with the same credentials; one disabled just before, a replaced
 //!   certificate and a password never allowed are refused.
@@ -568,16 +570,33 @@ async fn devices_speak_only_for_themselves_and_lose_access_when_revoked() {
         )
     };
     let service_username = broker_config.service_username.clone();
+    // A second replica, as the chart runs them: revocation and rotation
+    // must drop a device on whichever replica holds its connection.
+    let second_config = BrokerConfig {
+        mqtt_v4_addr: loopback(free_port().unwrap()),
+        mqtt_v5_addr: loopback(free_port().unwrap()),
+        admin_addr: loopback(0),
+        internal_addr: loopback(free_port().unwrap()),
+        mqtts_addr: loopback(free_port().unwrap()),
+        instance_id: Some(format!("identity-test-2-{}", std::process::id())),
+        ingress: IngressConfig::new(&bootstrap, dir.path().join("broker-2-spool")),
+        ..broker_config.clone()
+    };
     let broker: RunningBroker = warmhouse_broker::start(broker_config)
         .await
         .expect("broker in registry mode (all listeners pass the self-probe)");
-    let ep = Endpoints {
+    let second: RunningBroker = warmhouse_broker::start(second_config)
+        .await
+        .expect("the second replica");
+    let endpoints = |broker: &RunningBroker| Endpoints {
         v4: broker.mqtt_v4_addr.port(),
         mqtts: broker.mqtts_addr.unwrap().port(),
         internal: broker.internal_addr.unwrap().port(),
         ca_pem: ca.cert_pem().as_bytes().to_vec(),
         service: (service_username.clone(), service_password.clone()),
     };
+    let ep = endpoints(&broker);
+    let ep2 = endpoints(&second);
 
     let (kafka, kafka_task) = KafkaLog::start(&bootstrap);
 
@@ -868,8 +887,16 @@ async fn devices_speak_only_for_themselves_and_lose_access_when_revoked() {
     // Rotation: a new certificate replaces the old one, and the connection
     // made with the old one is dropped (`device.credentials_rotated`).
     let mut old_cert_live = Live::open(&ep, &forger, "old-cert-live").await;
+    let mut old_cert_live_2 = Live::open(&ep2, &forger, "old-cert-live").await;
     let rotated = cert_cred(&api.credentials(FORGER, "certificate").await);
     old_cert_live.expect_dropped("replaced certificate").await;
+    old_cert_live_2
+        .expect_dropped("replaced certificate, on the second replica")
+        .await;
+    assert_refused(
+        connect(&ep2, &forger, "old-cert").await,
+        "a replaced certificate, on the second replica",
+    );
     assert_refused(
         connect(&ep, &forger, "old-cert").await,
         "a replaced certificate",
@@ -880,15 +907,24 @@ async fn devices_speak_only_for_themselves_and_lose_access_when_revoked() {
 
     // ---- Revocation ends access. ----
     // Disabling the victim drops its live connection and refuses reconnects.
+    let mut victim_live_2 = Live::open(&ep2, &victim, "victim").await;
     api.set_status(VICTIM, "disabled").await;
     victim_live.expect_dropped("disabled device").await;
+    victim_live_2
+        .expect_dropped("disabled device, on the second replica")
+        .await;
     assert_refused(connect(&ep, &victim, "victim").await, "disabled device");
+    assert_refused(
+        connect(&ep2, &victim, "victim").await,
+        "disabled device, on the second replica",
+    );
     // Enabled again, it may connect.
     api.set_status(VICTIM, "active").await;
     drop(must_connect(&ep, &victim, "victim").await);
 
     // Deleting the password device drops it and refuses it.
     let mut pw_live = Live::open(&ep, &pw_device, "pw").await;
+    let mut pw_live_2 = Live::open(&ep2, &pw_device, "pw").await;
     let (status_code, body) = api
         .call(
             Method::DELETE,
@@ -898,7 +934,14 @@ async fn devices_speak_only_for_themselves_and_lose_access_when_revoked() {
         .await;
     assert_eq!(status_code, StatusCode::NO_CONTENT, "{body}");
     pw_live.expect_dropped("deleted device").await;
+    pw_live_2
+        .expect_dropped("deleted device, on the second replica")
+        .await;
     assert_refused(connect(&ep, &pw_device, "pw").await, "deleted device");
+    assert_refused(
+        connect(&ep2, &pw_device, "pw").await,
+        "deleted device, on the second replica",
+    );
 
     // An operator's revoke on the broker: dropped, refused, then lifted.
     let mut forger_live = Live::open(&ep, &forger, "forger").await;

@@ -134,6 +134,19 @@ async fn every_acknowledged_reading_stored_once(
     summary
 }
 
+/// For the replica faults: devices had to reconnect, and the promise held.
+async fn devices_moved_and_nothing_was_lost(
+    mut stack: Stack,
+    fleet: JoinHandle<anyhow::Result<Summary>>,
+) {
+    let summary = every_acknowledged_reading_stored_once(&mut stack, fleet).await;
+    assert!(
+        summary.reconnects >= 1,
+        "nobody lost a connection: {summary:?}"
+    );
+    stack.stop().await;
+}
+
 /// Sum of one sample over every replica's `/metrics`.
 async fn total(stack: &Stack, sample: &str) -> f64 {
     let mut sum = 0.0;
@@ -157,12 +170,7 @@ async fn kill_9_of_a_broker_replica_loses_and_duplicates_nothing() {
         .start_again()
         .await
         .expect("the killed replica starts again");
-    let summary = every_acknowledged_reading_stored_once(&mut stack, fleet).await;
-    assert!(
-        summary.reconnects >= 1,
-        "nobody lost a connection: {summary:?}"
-    );
-    stack.stop().await;
+    devices_moved_and_nothing_was_lost(stack, fleet).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -177,12 +185,7 @@ async fn a_rolling_restart_of_every_replica_loses_and_duplicates_nothing() {
         broker.terminate(Duration::from_secs(10));
         broker.start_again().await.expect("the replica comes back");
     }
-    let summary = every_acknowledged_reading_stored_once(&mut stack, fleet).await;
-    assert!(
-        summary.reconnects >= 1,
-        "nobody lost a connection: {summary:?}"
-    );
-    stack.stop().await;
+    devices_moved_and_nothing_was_lost(stack, fleet).await;
 }
 
 /// The broker's in-memory log is 2 KiB here: the old design (the broker
@@ -200,9 +203,30 @@ async fn a_kafka_outage_longer_than_the_broker_log_loses_nothing() {
     let mut stack = stack(dir.path(), 1, brokers).await;
     let fleet = devices(&stack, "kafka-outage");
     tokio::time::sleep(Duration::from_secs(4)).await;
+    let before = SafeWait::read(&stack).await;
     stack.tansu.kill();
     tokio::time::sleep(Duration::from_secs(10)).await;
+    let during = SafeWait::read(&stack).await.since(&before);
     stack.tansu.start_again().expect("tansu starts again");
+    // What devices saw while Kafka was away: PUBACKs kept coming (from the
+    // spool), each after the Kafka timeout at worst.
+    eprintln!(
+        "Kafka away 10 s: {} PUBACKs released, mean wait {:.0} ms, {:.1} % within 100 ms, \
+         {:.1} % within 2.5 s",
+        during.count,
+        during.mean_ms(),
+        during.share_within("0.1"),
+        during.share_within("2.5"),
+    );
+    assert!(
+        during.count > 5_000.0,
+        "devices got few PUBACKs while Kafka was away: {}",
+        during.count
+    );
+    assert!(
+        during.share_within("5") > 99.0,
+        "PUBACKs waited longer than the Kafka timeout (2 s) and an fsync"
+    );
     every_acknowledged_reading_stored_once(&mut stack, fleet).await;
     let spooled = total(&stack, "warmhouse_bridge_spooled_total").await;
     assert!(
@@ -215,6 +239,65 @@ async fn a_kafka_outage_longer_than_the_broker_log_loses_nothing() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     stack.stop().await;
+}
+
+/// The `warmhouse_bridge_safe_wait_seconds` histogram of every replica.
+struct SafeWait {
+    count: f64,
+    sum: f64,
+    /// Observations at or below each bucket bound used here.
+    within: Vec<(&'static str, f64)>,
+}
+
+impl SafeWait {
+    const BOUNDS: [&'static str; 3] = ["0.1", "2.5", "5"];
+
+    async fn read(stack: &Stack) -> Self {
+        let name = "warmhouse_bridge_safe_wait_seconds";
+        let mut within = Vec::new();
+        for bound in Self::BOUNDS {
+            let bucket = format!("{name}_bucket{{le=\"{bound}\"}}");
+            within.push((bound, total(stack, &bucket).await));
+        }
+        Self {
+            count: total(stack, &format!("{name}_count")).await,
+            sum: total(stack, &format!("{name}_sum")).await,
+            within,
+        }
+    }
+
+    fn since(&self, earlier: &Self) -> Self {
+        Self {
+            count: self.count - earlier.count,
+            sum: self.sum - earlier.sum,
+            within: self
+                .within
+                .iter()
+                .zip(&earlier.within)
+                .map(|((bound, now), (_, then))| (*bound, now - then))
+                .collect(),
+        }
+    }
+
+    fn mean_ms(&self) -> f64 {
+        if self.count > 0.0 {
+            self.sum / self.count * 1000.0
+        } else {
+            0.0
+        }
+    }
+
+    /// Percent of the observations at or below `bound` seconds.
+    fn share_within(&self, bound: &str) -> f64 {
+        let Some((_, n)) = self.within.iter().find(|(b, _)| *b == bound) else {
+            panic!("no bucket {bound}");
+        };
+        if self.count > 0.0 {
+            n / self.count * 100.0
+        } else {
+            0.0
+        }
+    }
 }
 
 /// A spool of 64 KiB fills within a second of Kafka going away: from then

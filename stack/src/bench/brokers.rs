@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
-use warmhouse_devstack::{free_port, http_get_status, wait_for_tcp, ChildProcess};
+use warmhouse_devstack::{
+    create_topics, free_port, http_get_status, wait_for_tcp, ChildProcess, KafkaStorage, Tansu,
+};
 
 use super::cpu;
 
@@ -73,9 +75,22 @@ struct RunningBroker {
     process: ChildProcess,
     port: u16,
     version: String,
+    /// Our broker's Kafka (its PUBACKs wait for it); stopped with the broker.
+    _kafka: Option<Tansu>,
 }
 
-fn start_ours(dir: &Path, bin: &Path) -> anyhow::Result<RunningBroker> {
+/// tansu in memory with the topics our broker's ingress writes to.
+async fn kafka_for_ours(dir: &Path) -> anyhow::Result<Tansu> {
+    let kafka_dir = dir.join("kafka");
+    let kafka = super::on_process_thread(move || Tansu::start(&kafka_dir, KafkaStorage::Memory))
+        .await
+        .context("starting tansu")??;
+    let ingress = warmhouse_edge_bridge::IngressConfig::new(&kafka.bootstrap(), dir.join("spool"));
+    create_topics(&kafka.bootstrap(), &ingress.kafka_topics(), 4).await?;
+    Ok(kafka)
+}
+
+fn start_ours(dir: &Path, bin: &Path, kafka: Tansu) -> anyhow::Result<RunningBroker> {
     if !bin.is_file() {
         bail!(
             "{} not found: build it with `cargo build --release -p warmhouse-broker`",
@@ -93,6 +108,9 @@ fn start_ours(dir: &Path, bin: &Path) -> anyhow::Result<RunningBroker> {
         // Like Mosquitto's `allow_anonymous true` below: the brokers are
         // compared on MQTT, not on the registry's access checks.
         .env("WARMHOUSE_BROKER_DEVICE_AUTH", "open")
+        // Its PUBACK waits for Kafka (Mosquitto's does not wait at all).
+        .env("WARMHOUSE_BROKER_KAFKA_BOOTSTRAP", kafka.bootstrap())
+        .env("WARMHOUSE_BROKER_SPOOL_DIR", dir.join("spool"))
         // An error at start, not a backtrace, is what the log tail shows.
         .env("RUST_BACKTRACE", "0")
         .env("RUST_LOG", "warn");
@@ -104,7 +122,9 @@ fn start_ours(dir: &Path, bin: &Path) -> anyhow::Result<RunningBroker> {
     Ok(RunningBroker {
         process,
         port,
-        version: "rumqttd 0.20 (release build)".to_string(),
+        version: "rumqttd 0.20 (release build), PUBACK once tansu (in memory) has the message"
+            .to_string(),
+        _kafka: Some(kafka),
     })
 }
 
@@ -169,6 +189,7 @@ fn start_mosquitto(dir: &Path) -> anyhow::Result<RunningBroker> {
         process,
         port,
         version,
+        _kafka: None,
     })
 }
 
@@ -281,9 +302,14 @@ pub async fn run(
     });
     std::fs::create_dir_all(&dir).context("creating broker dir")?;
     let (dir2, bin) = (dir.clone(), options.broker_bin.clone());
-    let mut broker = super::on_process_thread(move || match kind {
-        BrokerKind::Ours => start_ours(&dir2, &bin),
-        BrokerKind::Mosquitto => start_mosquitto(&dir2),
+    let kafka = match kind {
+        BrokerKind::Ours => Some(kafka_for_ours(&dir).await?),
+        BrokerKind::Mosquitto => None,
+    };
+    let mut broker = super::on_process_thread(move || match (kind, kafka) {
+        (BrokerKind::Ours, Some(kafka)) => start_ours(&dir2, &bin, kafka),
+        (BrokerKind::Ours, None) => bail!("our broker needs its Kafka"),
+        (BrokerKind::Mosquitto, _) => start_mosquitto(&dir2),
     })
     .await
     .context("starting the broker")??;

@@ -370,7 +370,7 @@ fn parse_report(text: &str, n: usize) -> Vec<(f64, String, String)> {
 /// task) that names one of our crates or a known library.
 fn component(comm: &str, frames_leaf_first: &[&str]) -> &'static str {
     const BROKER: &str = "broker (rumqttd + warmhouse-broker)";
-    const KAFKA: &str = "librdkafka threads (bridge producer, writer consumer)";
+    const KAFKA: &str = "librdkafka threads (the broker's producers, the writer's consumer)";
     if comm.starts_with("router") || comm == "v4" || comm == "v5" {
         return BROKER;
     }
@@ -379,7 +379,7 @@ fn component(comm: &str, frames_leaf_first: &[&str]) -> &'static str {
     }
     const MARKERS: [(&str, &str); 10] = [
         ("warmhouse_simulator", "simulator (load generator)"),
-        ("warmhouse_edge_bridge", "edge bridge"),
+        ("warmhouse_edge_bridge", "edge bridge (in the broker)"),
         ("warmhouse_ingest::writer", "ingest writer"),
         ("warmhouse_ingest::query", "query API"),
         ("warmhouse_bench", "bench probe and sampling"),
