@@ -316,14 +316,16 @@ fn received(qos: u8, retained: bool, topic: &str, payload: &str) -> Option<Recei
     })
 }
 
+/// A telemetry payload the ingress accepts.
+fn reading(seq: u32) -> String {
+    format!(
+        r#"{{"seq":{seq},"ts":1700000000{seq:03},"readings":[{{"metric":"temperature","value":21.5}}]}}"#
+    )
+}
+
 async fn delivers_qos0_and_qos1(version: Version, device: &str) {
     let broker = start_broker().await;
     let telemetry = topic(device, Channel::Telemetry);
-    let reading = |seq: u32| {
-        format!(
-            r#"{{"seq":{seq},"ts":1700000000{seq:03},"readings":[{{"metric":"temperature","value":21.5}}]}}"#
-        )
-    };
 
     let mut qos0 = Subscriber::start(&broker, version, &telemetry, 0, &["-C", "1"]).await;
     publish(&broker, version, &telemetry, &reading(1), 0, false).await;
@@ -373,6 +375,268 @@ async fn messages_cross_between_the_v4_and_v5_listeners() {
         on_v4.next_message().await,
         received(1, false, &commands, command)
     );
+}
+
+/// MQTT 3.1.1 and 5, section 3.8.4: a message goes out at the lower of
+/// its publish QoS and the subscription's (rumqttd used the subscription's:
+/// a QoS 0 publish arrived as QoS 2; patch 12).
+async fn delivers_at_the_lower_of_publish_and_subscription_qos(version: Version, device: &str) {
+    let broker = start_broker().await;
+    let commands = topic(device, Channel::Commands);
+    let mut subscriber = Subscriber::start(&broker, version, &commands, 2, &["-C", "2"]).await;
+    publish(&broker, version, &commands, "at-qos-0", 0, false).await;
+    assert_eq!(
+        subscriber.next_message().await,
+        received(0, false, &commands, "at-qos-0")
+    );
+    publish(&broker, version, &commands, "at-qos-1", 1, false).await;
+    assert_eq!(
+        subscriber.next_message().await,
+        received(1, false, &commands, "at-qos-1")
+    );
+    assert!(subscriber.exit_status().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt311_delivers_at_the_lower_of_publish_and_subscription_qos() {
+    delivers_at_the_lower_of_publish_and_subscription_qos(Version::V311, "dev-v4-minqos").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_delivers_at_the_lower_of_publish_and_subscription_qos() {
+    delivers_at_the_lower_of_publish_and_subscription_qos(Version::V5, "dev-v5-minqos").await;
+}
+
+/// Keep alive 0 turns MQTT keep alive off (3.1.1 and 5, section 3.1.2.10):
+/// the broker accepts it (rumqttd refused it without a CONNACK, upstream
+/// issue 943; patch 11) and does not drop the quiet connection. rumqttc
+/// sends no PINGREQ with keep alive 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt311_keep_alive_zero_is_accepted() {
+    use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
+    let broker = start_broker().await;
+    let telemetry = topic("dev-v4-keepalive0", Channel::Telemetry);
+    let mut options =
+        MqttOptions::new("dev-v4-keepalive0", "127.0.0.1", broker.mqtt_v4_addr.port());
+    options.set_keep_alive(Duration::ZERO);
+    let (client, mut events) = AsyncClient::new(options, 10);
+    let connack = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack),
+                Ok(_) => {}
+                Err(err) => return Err(err),
+            }
+        }
+    })
+    .await
+    .expect("an answer to CONNECT in time")
+    .expect("a CONNACK for keep alive 0");
+    assert_eq!(connack.code, ConnectReturnCode::Success);
+    // Quiet for longer than any deadline a keep alive of 0 could have made.
+    let quiet = tokio::time::timeout(Duration::from_secs(3), events.poll()).await;
+    assert!(quiet.is_err(), "the quiet connection ended: {quiet:?}");
+    client
+        .publish(&telemetry, QoS::AtLeastOnce, false, reading(1))
+        .await
+        .expect("queue a publish");
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::PubAck(_))) => return,
+                Ok(_) => {}
+                Err(err) => panic!("the connection failed: {err}"),
+            }
+        }
+    })
+    .await
+    .expect("a PUBACK on the keep-alive-0 connection");
+}
+
+/// The same over MQTT 5, in raw packets: rumqttc's MQTT 5 client refuses
+/// keep alives under 5 s, and mosquitto_pub any under 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_keep_alive_zero_is_accepted() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let broker = start_broker().await;
+    let mut socket = tokio::net::TcpStream::connect(broker.mqtt_v5_addr)
+        .await
+        .expect("connect to the MQTT 5 listener");
+    let client_id = b"dev-v5-keepalive0";
+    let mut connect = vec![
+        0x00, 0x04, b'M', b'Q', b'T', b'T', 5, 0x02, 0x00, 0x00, 0x00,
+    ];
+    connect.extend_from_slice(&[0x00, client_id.len() as u8]);
+    connect.extend_from_slice(client_id);
+    let mut packet = vec![0x10, connect.len() as u8];
+    packet.extend_from_slice(&connect);
+    socket.write_all(&packet).await.expect("send CONNECT");
+    let mut header = [0u8; 4];
+    tokio::time::timeout(WAIT, socket.read_exact(&mut header))
+        .await
+        .expect("an answer to CONNECT in time")
+        .expect("a CONNACK for keep alive 0, not a closed socket");
+    assert_eq!(header[0], 0x20, "CONNACK expected: {header:?}");
+    assert_eq!(header[3], 0x00, "CONNACK reason code: {header:?}");
+    let mut properties = vec![0u8; usize::from(header[1]) - 2];
+    socket
+        .read_exact(&mut properties)
+        .await
+        .expect("the CONNACK's properties");
+    // Quiet for longer than any deadline a keep alive of 0 could have made,
+    // then a PINGREQ is still answered.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    socket.write_all(&[0xC0, 0x00]).await.expect("send PINGREQ");
+    let mut pingresp = [0u8; 2];
+    tokio::time::timeout(WAIT, socket.read_exact(&mut pingresp))
+        .await
+        .expect("a PINGRESP in time")
+        .expect("a PINGRESP on the keep-alive-0 connection");
+    assert_eq!(pingresp, [0xD0, 0x00]);
+}
+
+/// A raw MQTT packet: fixed header byte, remaining length (short packets
+/// only), body.
+fn raw_packet(first_byte: u8, body: &[u8]) -> Vec<u8> {
+    assert!(body.len() < 128, "one-byte remaining length only");
+    let mut packet = vec![first_byte, body.len() as u8];
+    packet.extend_from_slice(body);
+    packet
+}
+
+fn mqtt_bytes(bytes: &[u8]) -> Vec<u8> {
+    let mut encoded = (bytes.len() as u16).to_be_bytes().to_vec();
+    encoded.extend_from_slice(bytes);
+    encoded
+}
+
+/// Connects with raw packets (no client library lets a caller send a topic
+/// MQTT forbids) and returns the socket after a successful CONNACK.
+async fn raw_connect(
+    broker: &RunningBroker,
+    version: Version,
+    client_id: &str,
+) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = match version {
+        Version::V311 => broker.mqtt_v4_addr,
+        Version::V5 => broker.mqtt_v5_addr,
+    };
+    let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut body = mqtt_bytes(b"MQTT");
+    match version {
+        Version::V311 => body.extend_from_slice(&[4, 0x02, 0x00, 30]),
+        Version::V5 => body.extend_from_slice(&[5, 0x02, 0x00, 30, 0x00]),
+    }
+    body.extend_from_slice(&mqtt_bytes(client_id.as_bytes()));
+    socket
+        .write_all(&raw_packet(0x10, &body))
+        .await
+        .expect("send CONNECT");
+    let mut header = [0u8; 2];
+    tokio::time::timeout(WAIT, socket.read_exact(&mut header))
+        .await
+        .expect("CONNACK in time")
+        .expect("CONNACK");
+    assert_eq!(header[0], 0x20, "CONNACK expected: {header:?}");
+    let mut rest = vec![0u8; usize::from(header[1])];
+    socket.read_exact(&mut rest).await.expect("CONNACK body");
+    assert_eq!(rest[1], 0x00, "CONNACK refused: {rest:?}");
+    socket
+}
+
+/// Everything the broker sends until it closes the connection (or `WAIT`).
+async fn read_until_closed(socket: &mut tokio::net::TcpStream) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let mut received = Vec::new();
+    let closed = tokio::time::timeout(WAIT, async {
+        let mut buffer = [0u8; 256];
+        loop {
+            match socket.read(&mut buffer).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buffer[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(
+        closed.is_ok(),
+        "the broker kept the connection open; sent {received:?}"
+    );
+    received
+}
+
+/// A PUBLISH topic with a wildcard, U+0000 or nothing in it breaks MQTT
+/// (3.3.2-2, 1.5.3-2, 4.7.3-1): the broker closes the connection without
+/// a PUBACK (MQTT 5: after DISCONNECT 0x90, Topic Name invalid) and routes
+/// nothing (rumqttd acknowledged and routed them; patch 13).
+async fn refuses_invalid_publish_topics(version: Version) {
+    use tokio::io::AsyncWriteExt;
+    let broker = start_broker().await;
+    let mut everything = Subscriber::start(&broker, version, "#", 1, &[]).await;
+    for topic in [
+        "/tenants/dev-bad/+",
+        "/tenants/#",
+        "",
+        "/tenants/dev-bad/a\0b",
+    ] {
+        let mut socket = raw_connect(&broker, version, "dev-bad-topics").await;
+        let mut body = mqtt_bytes(topic.as_bytes());
+        body.extend_from_slice(&[0x00, 0x01]);
+        if matches!(version, Version::V5) {
+            body.push(0x00);
+        }
+        body.extend_from_slice(b"payload");
+        socket
+            .write_all(&raw_packet(0x32, &body))
+            .await
+            .expect("send PUBLISH");
+        let answer = read_until_closed(&mut socket).await;
+        match version {
+            Version::V311 => assert_eq!(answer, Vec::<u8>::new(), "topic {topic:?}"),
+            Version::V5 => {
+                assert_eq!(
+                    answer.first(),
+                    Some(&0xE0),
+                    "DISCONNECT for {topic:?}: {answer:?}"
+                );
+                assert_eq!(
+                    answer.get(2),
+                    Some(&0x90),
+                    "reason code for {topic:?}: {answer:?}"
+                );
+            }
+        }
+    }
+    assert_eq!(
+        everything.messages_within(Duration::from_secs(1)).await,
+        Vec::<String>::new(),
+        "a publish with an invalid topic was routed"
+    );
+    // A valid publish on a new connection still goes through.
+    publish(
+        &broker,
+        version,
+        "/tenants/dev-bad/commands",
+        "valid",
+        1,
+        false,
+    )
+    .await;
+    assert_eq!(
+        everything.next_message().await,
+        received(1, false, "/tenants/dev-bad/commands", "valid")
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt311_refuses_invalid_publish_topics() {
+    refuses_invalid_publish_topics(Version::V311).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_refuses_invalid_publish_topics() {
+    refuses_invalid_publish_topics(Version::V5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -63,7 +63,20 @@ impl<P: Protocol> Network<P> {
         }
     }
 
+    /// WARMHOUSE PATCH (13): whether this connection speaks MQTT 5 (only
+    /// then may the server send DISCONNECT).
+    pub fn is_v5(&self) -> bool {
+        self.protocol.is_v5()
+    }
+
     pub fn set_keepalive(&mut self, keepalive: u16) {
+        // WARMHOUSE PATCH (11): keep alive 0 turns the mechanism off (MQTT
+        // 3.1.1 and 5, section 3.1.2.10): no read deadline then. Dead peers
+        // are still found by TCP keepalive on the socket (server/broker.rs).
+        if keepalive == 0 {
+            self.keepalive = Duration::MAX;
+            return;
+        }
         let keepalive = Duration::from_secs(keepalive as u64);
         self.keepalive = keepalive + keepalive.mul_f32(0.5);
     }

@@ -4,7 +4,7 @@ use crate::link::network;
 use crate::link::network::Network;
 use crate::local::LinkBuilder;
 use crate::protocol::{
-    ConnAck, Connect, ConnectReturnCode, LastWill, LastWillProperties, Login, Packet, Protocol,
+    ConnAck, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, LastWillProperties, Login, Packet, Protocol,
     PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, Publish,
     PublishProperties, QoS,
 };
@@ -27,10 +27,11 @@ use tracing::{trace, Span};
 pub enum Error {
     #[error("I/O")]
     Io(#[from] io::Error),
-    #[error("Zero keep alive")]
-    ZeroKeepAlive,
     #[error("Not connect packet")]
     NotConnectPacket(Packet),
+    /// WARMHOUSE PATCH (13)
+    #[error("PUBLISH with an invalid topic name {0:?}")]
+    InvalidTopicName(String),
     #[error("Network {0}")]
     Network(#[from] network::Error),
     #[error("Timeout")]
@@ -346,6 +347,18 @@ impl<P: Protocol> RemoteLink<P> {
                     let packet = o?;
                     read.push_back(packet);
                     self.network.readv(&mut read)?;
+                    // WARMHOUSE PATCH (13): before the hook or the router
+                    // sees (and acknowledges) anything of this batch.
+                    if let Some(topic) = read.iter().find_map(invalid_publish_topic) {
+                        if self.network.is_v5() {
+                            let disconnect = Disconnect {
+                                reason_code: DisconnectReasonCode::TopicNameInvalid,
+                            };
+                            // Best effort: the connection ends either way.
+                            let _ = self.network.write(Packet::Disconnect(disconnect, None)).await;
+                        }
+                        return Err(Error::InvalidTopicName(topic));
+                    }
                     if let Some(hooked) = &mut self.hooked {
                         hooked.take(&mut read);
                     }
@@ -386,6 +399,23 @@ impl<P: Protocol> RemoteLink<P> {
             }
         }
     }
+}
+
+/// WARMHOUSE PATCH (13): the topic of a PUBLISH that MQTT forbids, for the
+/// log: wildcards (3.3.2-2), U+0000 or invalid UTF-8 (1.5.3-1, 1.5.3-2), or
+/// empty (4.7.3-1) unless an MQTT 5 topic alias stands for it (3.3.2.3.4).
+/// Upstream acknowledged and routed such publishes.
+fn invalid_publish_topic(packet: &Packet) -> Option<String> {
+    let Packet::Publish(publish, properties) = packet else {
+        return None;
+    };
+    let aliased = properties.as_ref().is_some_and(|p| p.topic_alias.is_some());
+    let valid = match std::str::from_utf8(&publish.topic) {
+        Ok("") => aliased,
+        Ok(topic) => !topic.contains(['+', '#', '\0']),
+        Err(_) => false,
+    };
+    (!valid).then(|| String::from_utf8_lossy(&publish.topic).into_owned())
 }
 
 /// WARMHOUSE PATCH (7): a publish hook after its connection ended.
@@ -476,11 +506,8 @@ where
         return Err(e);
     }
 
-    // When keep_alive feature is disabled client can live forever, which is not good in
-    // distributed broker context so currenlty we don't allow it.
-    if connect.keep_alive == 0 {
-        return Err(Error::ZeroKeepAlive);
-    }
+    // WARMHOUSE PATCH (11): keep alive 0 is legal (it turns the mechanism
+    // off); upstream refused it without a CONNACK (issue #943).
 
     let empty_client_id = connect.client_id.is_empty();
     let clean_session = connect.clean_session;

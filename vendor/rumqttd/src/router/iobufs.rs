@@ -8,7 +8,7 @@ use parking_lot::Mutex;
 use tracing::{error, warn};
 
 use crate::{
-    protocol::Packet,
+    protocol::{Packet, QoS},
     router::{FilterIdx, MAX_CHANNEL_CAPACITY},
     Cursor, Notification,
 };
@@ -116,22 +116,24 @@ impl Outgoing {
         filter_idx: usize,
     ) -> (usize, usize) {
         let mut buffer = self.data_buffer.lock();
-        let publishes = publishes;
-
-        if qos == 0 {
-            for p in publishes {
-                self.meter.publish_count += 1;
-                buffer.push_back(Notification::Forward(p));
-                // self.meter.total_size += p.len();
-            }
-
-            // self.meter.update_data_rate(total_size);
-            let buffer_count = buffer.len();
-            let inflight_count = self.inflight_buffer.len();
-            return (buffer_count, inflight_count);
-        }
 
         for mut p in publishes {
+            // WARMHOUSE PATCH (12): a message goes out at the lower of its
+            // publish QoS and the subscription's (MQTT 3.1.1 section 3.8.4,
+            // 5 section 3.8.4); only QoS 1 and 2 take a packet id and wait
+            // for an acknowledgement.
+            let delivered = (p.publish.qos as u8).min(qos);
+            if delivered == 0 {
+                p.publish.qos = QoS::AtMostOnce;
+                p.publish.pkid = 0;
+                self.meter.publish_count += 1;
+                buffer.push_back(Notification::Forward(p));
+                continue;
+            }
+            if delivered == 1 {
+                p.publish.qos = QoS::AtLeastOnce;
+            }
+
             // Index and pkid of current outgoing packet
             self.last_pkid += 1;
             p.publish.pkid = self.last_pkid;

@@ -1586,7 +1586,10 @@ fn forward_device_data(
     let forwards = publishes
         .into_iter()
         .map(|((mut publish, mut properties), offset)| {
-            publish.qos = protocol::qos(qos).unwrap();
+            // WARMHOUSE PATCH (12): the QoS a message goes out at (the lower
+            // of its publish QoS and the subscription's) is set by
+            // `push_forwards`; upstream sent every message at the
+            // subscription's QoS (a QoS 0 publish arrived as QoS 2).
 
             // if there is some topic alias to use, set it in publish properties
             if topic_alias.is_some() {

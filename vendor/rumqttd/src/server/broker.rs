@@ -437,6 +437,16 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
             if let Err(e) = stream.set_nodelay(true) {
                 warn!(error=?e, "Unable to set TCP_NODELAY.");
             }
+            // WARMHOUSE PATCH (11): a client may turn MQTT keep alive off
+            // (keep alive 0); TCP keepalive still finds a peer that vanished
+            // (power cut, NAT timeout) within about two minutes.
+            let keepalive = socket2::TcpKeepalive::new()
+                .with_time(Duration::from_secs(60))
+                .with_interval(Duration::from_secs(10))
+                .with_retries(6);
+            if let Err(e) = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive) {
+                warn!(error=?e, "Unable to set TCP keepalive.");
+            }
 
             // WARMHOUSE PATCH (4): upstream ran the TLS handshake here, in
             // the accept loop and without a time limit, so one client that
