@@ -639,6 +639,134 @@ async fn mqtt5_refuses_invalid_publish_topics() {
     refuses_invalid_publish_topics(Version::V5).await;
 }
 
+/// Reads one MQTT packet: (first byte, body).
+async fn read_raw_packet(socket: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
+    use tokio::io::AsyncReadExt;
+    let first = socket.read_u8().await.expect("a packet");
+    let (mut length, mut shift) = (0usize, 0);
+    loop {
+        let byte = socket.read_u8().await.expect("remaining length");
+        length |= usize::from(byte & 0x7F) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    let mut body = vec![0u8; length];
+    socket.read_exact(&mut body).await.expect("packet body");
+    (first, body)
+}
+
+/// The topic, topic alias and payload of an MQTT 5 QoS 0 PUBLISH body.
+fn parse_v5_qos0_publish(body: &[u8]) -> (String, Option<u16>, String) {
+    let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
+    let topic = String::from_utf8_lossy(&body[2..2 + topic_len]).into_owned();
+    let mut at = 2 + topic_len;
+    let (mut properties_len, mut shift) = (0usize, 0);
+    loop {
+        let byte = body[at];
+        at += 1;
+        properties_len |= usize::from(byte & 0x7F) << shift;
+        shift += 7;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    let properties = &body[at..at + properties_len];
+    let mut alias = None;
+    let mut p = 0;
+    while p < properties.len() {
+        let id = properties[p];
+        p += 1;
+        match id {
+            0x23 => {
+                alias = Some(u16::from_be_bytes([properties[p], properties[p + 1]]));
+                p += 2;
+            }
+            0x01 => p += 1,
+            0x02 => p += 4,
+            0x0B => {
+                while properties[p] & 0x80 != 0 {
+                    p += 1;
+                }
+                p += 1;
+            }
+            other => panic!("property {other:#x} not expected here"),
+        }
+    }
+    let payload = String::from_utf8_lossy(&body[at + properties_len..]).into_owned();
+    (topic, alias, payload)
+}
+
+/// MQTT 5 server-assigned topic aliases stand for a topic name: on a
+/// wildcard subscription every message keeps its own topic (rumqttd keyed
+/// aliases by filter, so the second topic went out under the first one's
+/// alias; patch 14). Read in raw packets: libmosquitto 2.0.11 cannot
+/// receive an aliased PUBLISH (it takes the empty topic for a protocol
+/// error) and rumqttc 0.25 hands the application the empty topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_topic_aliases_stand_for_topics_not_filters() {
+    use tokio::io::AsyncWriteExt;
+    let broker = start_broker().await;
+    let mut socket = tokio::net::TcpStream::connect(broker.mqtt_v5_addr)
+        .await
+        .expect("connect");
+    // CONNECT, Topic Alias Maximum 10.
+    let mut body = mqtt_bytes(b"MQTT");
+    body.extend_from_slice(&[5, 0x02, 0x00, 30, 0x03, 0x22, 0x00, 10]);
+    body.extend_from_slice(&mqtt_bytes(b"alias-subscriber"));
+    socket
+        .write_all(&raw_packet(0x10, &body))
+        .await
+        .expect("CONNECT");
+    let (connack, _) = read_raw_packet(&mut socket).await;
+    assert_eq!(connack, 0x20);
+    // SUBSCRIBE at QoS 0, so no acknowledgements are due.
+    let mut subscribe = vec![0x00, 0x01, 0x00];
+    subscribe.extend_from_slice(&mqtt_bytes(b"/tenants/dev-alias/#"));
+    subscribe.push(0x00);
+    socket
+        .write_all(&raw_packet(0x82, &subscribe))
+        .await
+        .expect("SUBSCRIBE");
+    let (suback, _) = read_raw_packet(&mut socket).await;
+    assert_eq!(suback, 0x90);
+
+    let [first, second] = ["/tenants/dev-alias/a", "/tenants/dev-alias/b"];
+    let messages = [(first, "1"), (second, "2"), (first, "3"), (second, "4")];
+    for (topic, payload) in messages {
+        publish(&broker, Version::V5, topic, payload, 1, false).await;
+    }
+    let mut aliases = std::collections::HashMap::new();
+    let mut aliased = 0;
+    for (topic, payload) in messages {
+        let (kind, body) = tokio::time::timeout(WAIT, read_raw_packet(&mut socket))
+            .await
+            .expect("a PUBLISH in time");
+        assert_eq!(kind & 0xF0, 0x30, "PUBLISH expected");
+        let (sent_topic, alias, sent_payload) = parse_v5_qos0_publish(&body);
+        // As a client must read it (MQTT 5, 3.3.2.3.4).
+        let resolved = match (sent_topic.is_empty(), alias) {
+            (false, Some(alias)) => {
+                aliases.insert(alias, sent_topic.clone());
+                sent_topic
+            }
+            (false, None) => sent_topic,
+            (true, Some(alias)) => {
+                aliased += 1;
+                aliases
+                    .get(&alias)
+                    .cloned()
+                    .unwrap_or_else(|| panic!("alias {alias} was never set"))
+            }
+            (true, None) => panic!("a PUBLISH with neither topic nor alias"),
+        };
+        assert_eq!((resolved.as_str(), sent_payload.as_str()), (topic, payload));
+    }
+    // The repeated topics went out as aliases, not only with them.
+    assert_eq!(aliased, 2, "messages sent by alias alone");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_status_reaches_later_subscribers() {
     let broker = start_broker().await;

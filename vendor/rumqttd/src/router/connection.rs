@@ -76,7 +76,11 @@ impl Connection {
     pub fn topic_alias_max(&mut self, max: u16) -> &mut Connection {
         // if topic_alias_max is 0, that means client doesn't want to use / support topic alias
         if max > 0 {
-            self.broker_topic_aliases = Some(BrokerAliases::new(max));
+            // WARMHOUSE PATCH (14): aliases now stand for topics, and each
+            // keeps its topic name for the connection's life: at most
+            // `BROKER_ASSIGNED_ALIASES` of them, whatever the client allows.
+            self.broker_topic_aliases =
+                Some(BrokerAliases::new(max.min(BROKER_ASSIGNED_ALIASES)));
         }
         self
     }
@@ -91,6 +95,10 @@ impl Connection {
         self
     }
 }
+
+/// WARMHOUSE PATCH (14): the most topic aliases the broker assigns on one
+/// connection (MQTT 5 lets it use fewer than the client's maximum).
+const BROKER_ASSIGNED_ALIASES: u16 = 64;
 
 #[derive(Debug)]
 pub(crate) struct BrokerAliases {

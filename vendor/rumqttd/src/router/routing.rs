@@ -765,9 +765,8 @@ impl Router {
                                 !group.is_empty()
                             });
 
-                            if let Some(broker_aliases) = connection.broker_topic_aliases.as_mut() {
-                                broker_aliases.remove_alias(filter);
-                            }
+                            // WARMHOUSE PATCH (14): aliases stand for topics,
+                            // not filters, and last as long as the connection.
 
                             // remove the subscription id
                             connection.subscription_ids.remove(filter);
@@ -1566,21 +1565,13 @@ fn forward_device_data(
         return ConsumeStatus::FilterCaughtup;
     }
 
+    // WARMHOUSE PATCH (14): server-assigned topic aliases stand for a topic
+    // name (MQTT 5, 3.3.2.3.4), so they are looked up per message by its
+    // topic. Upstream keyed them by subscription filter: on a wildcard
+    // subscription a message for `a/y` went out with the alias `a/x` had
+    // been given, and the client read it as `a/x`.
+    let subscription_id = connection.subscription_ids.get(&request.filter).copied();
     let broker_topic_aliases = &mut connection.broker_topic_aliases;
-    let mut topic_alias = broker_topic_aliases
-        .as_ref()
-        .and_then(|aliases| aliases.get_alias(&request.filter));
-
-    let topic_alias_already_exists = topic_alias.is_some();
-
-    // if topic alias doesn't exists, try creating new one!
-    if !topic_alias_already_exists {
-        topic_alias = broker_topic_aliases
-            .as_mut()
-            .and_then(|broker_aliases| broker_aliases.set_new_alias(&request.filter))
-    }
-
-    let subscription_id = connection.subscription_ids.get(&request.filter);
 
     // Fill and notify device data
     let forwards = publishes
@@ -1591,19 +1582,27 @@ fn forward_device_data(
             // `push_forwards`; upstream sent every message at the
             // subscription's QoS (a QoS 0 publish arrived as QoS 2).
 
-            // if there is some topic alias to use, set it in publish properties
-            if topic_alias.is_some() {
-                let mut props = properties.unwrap_or_default();
-                props.topic_alias = topic_alias;
-                properties = Some(props);
+            if let (Some(aliases), Ok(topic)) = (
+                broker_topic_aliases.as_mut(),
+                std::str::from_utf8(&publish.topic),
+            ) {
+                let (alias, known) = match aliases.get_alias(topic) {
+                    Some(alias) => (Some(alias), true),
+                    None => (aliases.set_new_alias(topic), false),
+                };
+                if alias.is_some() {
+                    let mut props = properties.unwrap_or_default();
+                    props.topic_alias = alias;
+                    properties = Some(props);
+                }
+                // A known alias replaces the topic; a new one goes out with
+                // the topic, which sets the mapping on the client.
+                if known {
+                    publish.topic.clear()
+                }
             }
 
-            // We want to clear topic if we are using an existing alias
-            if topic_alias_already_exists {
-                publish.topic.clear()
-            }
-
-            if let Some(&subscription_id) = subscription_id {
+            if let Some(subscription_id) = subscription_id {
                 // create new props if not already exists
                 let mut props = properties.unwrap_or_default();
                 props.subscription_identifiers.push(subscription_id);
