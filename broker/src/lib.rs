@@ -44,7 +44,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use warmhouse_service_kit::{admin_router, serve, Readiness};
 
-pub use config::{BrokerConfig, DeviceAuth, ListenerAuth, ListenerSpec, Secret};
+pub use config::{
+    BrokerConfig, DeviceAuth, ListenerAuth, ListenerSpec, Secret, DEFAULT_MAX_PAYLOAD_SIZE,
+};
 pub use probe::{Listener, ProbeAuth, Prober, Protocol, TlsProbe, PROBE_DEVICE_ID};
 
 use access::DeviceAccess;

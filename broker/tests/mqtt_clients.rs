@@ -767,6 +767,122 @@ async fn mqtt5_topic_aliases_stand_for_topics_not_filters() {
     assert_eq!(aliased, 2, "messages sent by alias alone");
 }
 
+/// A topic alias of 0 (or above the broker's 4,096) is a protocol error:
+/// the broker says so with DISCONNECT 0x94 before it closes, also on a
+/// device topic that goes through the ingress (rumqttd's router answers
+/// it; this guards that the publish hook, patch 7, keeps it so).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_an_invalid_topic_alias_gets_disconnect_0x94() {
+    use tokio::io::AsyncWriteExt;
+    let broker = start_broker().await;
+    for alias in [0u16, 4097] {
+        let mut socket = raw_connect(&broker, Version::V5, "dev-bad-alias").await;
+        let mut body = mqtt_bytes(b"/tenants/dev-bad-alias/telemetry");
+        body.extend_from_slice(&[0x00, 0x01, 0x03, 0x23]);
+        body.extend_from_slice(&alias.to_be_bytes());
+        body.extend_from_slice(b"payload");
+        socket
+            .write_all(&raw_packet(0x32, &body))
+            .await
+            .expect("send PUBLISH");
+        let answer = read_until_closed(&mut socket).await;
+        assert_eq!(answer.first(), Some(&0xE0), "alias {alias}: {answer:?}");
+        assert_eq!(answer.get(2), Some(&0x94), "alias {alias}: {answer:?}");
+    }
+}
+
+/// A packet over the listener's maximum ends the connection unacknowledged;
+/// on MQTT 5 after DISCONNECT 0x95 (rumqttd closed without a word; patch
+/// 15). Only the fixed header is sent: the broker refuses on the length.
+async fn refuses_oversized_packets(version: Version) {
+    use tokio::io::AsyncWriteExt;
+    let broker = start_broker().await;
+    let mut socket = raw_connect(&broker, version, "dev-oversized").await;
+    let too_large = warmhouse_broker::DEFAULT_MAX_PAYLOAD_SIZE + 1;
+    let mut header = vec![0x32];
+    let mut length = too_large;
+    loop {
+        let byte = (length % 128) as u8;
+        length /= 128;
+        header.push(if length > 0 { byte | 0x80 } else { byte });
+        if length == 0 {
+            break;
+        }
+    }
+    header.extend_from_slice(&mqtt_bytes(b"/tenants/dev-oversized/telemetry"));
+    socket.write_all(&header).await.expect("send the header");
+    let answer = read_until_closed(&mut socket).await;
+    match version {
+        Version::V311 => assert_eq!(answer, Vec::<u8>::new()),
+        Version::V5 => {
+            assert_eq!(answer.first(), Some(&0xE0), "{answer:?}");
+            assert_eq!(answer.get(2), Some(&0x95), "{answer:?}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt311_an_oversized_packet_closes_the_connection() {
+    refuses_oversized_packets(Version::V311).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_an_oversized_packet_gets_disconnect_0x95() {
+    refuses_oversized_packets(Version::V5).await;
+}
+
+/// MQTT 5 CONNACK states the broker's Maximum Packet Size (rumqttd did
+/// not; patch 15). The client is rumqttc's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_connack_states_the_maximum_packet_size() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let broker = start_broker().await;
+    let options = MqttOptions::new("dev-max-packet", "127.0.0.1", broker.mqtt_v5_addr.port());
+    let (_client, mut events) = AsyncClient::new(options, 10);
+    let connack = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event::Incoming(Packet::ConnAck(ack)) = events.poll().await.expect("connect") {
+                return ack;
+            }
+        }
+    })
+    .await
+    .expect("CONNACK in time");
+    let stated = connack.properties.and_then(|p| p.max_packet_size);
+    assert_eq!(
+        stated,
+        Some(warmhouse_broker::DEFAULT_MAX_PAYLOAD_SIZE as u32)
+    );
+}
+
+/// A message larger than the subscriber's own Maximum Packet Size is not
+/// sent to it (MQTT 5, 3.1.2.11.4): the subscriber stays connected and gets
+/// the next message that fits (rumqttd sent it anyway; patch 15).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_a_message_over_the_clients_maximum_packet_size_is_not_sent() {
+    let broker = start_broker().await;
+    let commands = topic("dev-small-packets", Channel::Commands);
+    let mut subscriber = Subscriber::start(
+        &broker,
+        Version::V5,
+        &commands,
+        1,
+        &["-C", "1", "-D", "connect", "maximum-packet-size", "200"],
+    )
+    .await;
+    let large = "x".repeat(500);
+    publish(&broker, Version::V5, &commands, &large, 1, false).await;
+    publish(&broker, Version::V5, &commands, "small", 1, false).await;
+    assert_eq!(
+        subscriber.next_message().await,
+        received(1, false, &commands, "small"),
+        "everything the subscriber printed: {:#?}",
+        subscriber.seen
+    );
+    assert!(subscriber.exit_status().await.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_status_reaches_later_subscribers() {
     let broker = start_broker().await;

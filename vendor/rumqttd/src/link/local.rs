@@ -51,6 +51,8 @@ pub struct LinkBuilder<'a> {
     topic_alias_max: u16,
     // WARMHOUSE PATCH (7): false by default
     link_acks: bool,
+    // WARMHOUSE PATCH (15): none by default
+    client_max_packet_size: Option<u32>,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -65,6 +67,7 @@ impl<'a> LinkBuilder<'a> {
             dynamic_filters: false,
             topic_alias_max: 0,
             link_acks: false,
+            client_max_packet_size: None,
         }
     }
 
@@ -88,6 +91,12 @@ impl<'a> LinkBuilder<'a> {
 
     pub fn topic_alias_max(mut self, max: u16) -> Self {
         self.topic_alias_max = max;
+        self
+    }
+
+    /// WARMHOUSE PATCH (15): the client's MQTT 5 Maximum Packet Size.
+    pub fn client_max_packet_size(mut self, max: Option<u32>) -> Self {
+        self.client_max_packet_size = max;
         self
     }
 
@@ -155,6 +164,7 @@ impl<'a> LinkBuilder<'a> {
             .last_will(self.last_will, self.last_will_properties)
             .topic_alias_max(self.topic_alias_max);
         connection.link_acks = self.link_acks;
+        connection.client_max_packet_size = self.client_max_packet_size;
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();

@@ -63,6 +63,12 @@ impl<P: Protocol> Network<P> {
         }
     }
 
+    /// WARMHOUSE PATCH (15): the largest packet (remaining length) this
+    /// connection accepts.
+    pub fn max_incoming_size(&self) -> usize {
+        self.max_incoming_size
+    }
+
     /// WARMHOUSE PATCH (13): whether this connection speaks MQTT 5 (only
     /// then may the server send DISCONNECT).
     pub fn is_v5(&self) -> bool {

@@ -2,6 +2,7 @@ use crate::hook::{Acknowledge, ConnectionInfo, HookedPublish, OrderedAcks, Publi
 use crate::link::local::{LinkError, LinkRx, LinkTx};
 use crate::link::network;
 use crate::link::network::Network;
+use crate::protocol;
 use crate::local::LinkBuilder;
 use crate::protocol::{
     ConnAck, Connect, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, LastWillProperties, Login, Packet, Protocol,
@@ -32,6 +33,9 @@ pub enum Error {
     /// WARMHOUSE PATCH (13)
     #[error("PUBLISH with an invalid topic name {0:?}")]
     InvalidTopicName(String),
+    /// WARMHOUSE PATCH (15)
+    #[error("packet of {0} bytes over the listener's maximum")]
+    PacketTooLarge(usize),
     #[error("Network {0}")]
     Network(#[from] network::Error),
     #[error("Timeout")]
@@ -273,6 +277,7 @@ impl<P: Protocol> RemoteLink<P> {
             .last_will_properties(lastwill_props)
             .dynamic_filters(dynamic_filters)
             .topic_alias_max(topic_alias_max.unwrap_or(0))
+            .client_max_packet_size(props.as_ref().and_then(|p| p.max_packet_size))
             .link_acks(hooked.is_some())
             // WARMHOUSE PATCH (10): without blocking the listener's thread.
             .build_async()
@@ -285,6 +290,11 @@ impl<P: Protocol> RemoteLink<P> {
             if let Packet::ConnAck(_ack, props) = &mut packet {
                 let mut new_props = props.clone().unwrap_or_default();
                 new_props.assigned_client_identifier = assigned_client_id;
+                // WARMHOUSE PATCH (15): MQTT 5 clients learn the largest
+                // packet this listener takes (3.2.2.3.6) instead of finding
+                // out by being disconnected.
+                new_props.max_packet_size =
+                    Some(u32::try_from(network.max_incoming_size()).unwrap_or(u32::MAX));
                 *props = Some(new_props);
                 network.write(packet).await?;
             }
@@ -331,6 +341,17 @@ impl<P: Protocol> RemoteLink<P> {
         })
     }
 
+    /// WARMHOUSE PATCH (13): ends the connection for `error`; on MQTT 5 the
+    /// client is told why first (a 3.1.1 server sends no DISCONNECT).
+    async fn refuse(&mut self, reason_code: DisconnectReasonCode, error: Error) -> Error {
+        if self.network.is_v5() {
+            let disconnect = Disconnect { reason_code };
+            // Best effort: the connection ends either way.
+            let _ = self.network.write(Packet::Disconnect(disconnect, None)).await;
+        }
+        error
+    }
+
     pub async fn start(&mut self) -> Result<(), Error> {
         self.network.set_keepalive(self.connect.keep_alive);
         let mut read = VecDeque::new();
@@ -344,20 +365,25 @@ impl<P: Protocol> RemoteLink<P> {
             let acks_waiting = self.hooked.as_ref().is_some_and(|h| !h.acks.is_empty());
             select! {
                 o = self.network.read(), if can_read => {
-                    let packet = o?;
-                    read.push_back(packet);
-                    self.network.readv(&mut read)?;
+                    let batch = o.and_then(|packet| {
+                        read.push_back(packet);
+                        self.network.readv(&mut read)
+                    });
+                    // WARMHOUSE PATCH (15): a packet over the listener's
+                    // `max_payload_size` ends an MQTT 5 connection with
+                    // DISCONNECT 0x95 (upstream closed it without a word).
+                    if let Err(network::Error::Protocol(
+                        protocol::Error::PayloadSizeLimitExceeded(size),
+                    )) = batch
+                    {
+                        let reason = DisconnectReasonCode::PacketTooLarge;
+                        return Err(self.refuse(reason, Error::PacketTooLarge(size)).await);
+                    }
+                    batch?;
                     // WARMHOUSE PATCH (13): before the hook or the router
                     // sees (and acknowledges) anything of this batch.
-                    if let Some(topic) = read.iter().find_map(invalid_publish_topic) {
-                        if self.network.is_v5() {
-                            let disconnect = Disconnect {
-                                reason_code: DisconnectReasonCode::TopicNameInvalid,
-                            };
-                            // Best effort: the connection ends either way.
-                            let _ = self.network.write(Packet::Disconnect(disconnect, None)).await;
-                        }
-                        return Err(Error::InvalidTopicName(topic));
+                    if let Some((reason, error)) = read.iter().find_map(invalid_publish) {
+                        return Err(self.refuse(reason, error).await);
                     }
                     if let Some(hooked) = &mut self.hooked {
                         hooked.take(&mut read);
@@ -401,21 +427,28 @@ impl<P: Protocol> RemoteLink<P> {
     }
 }
 
-/// WARMHOUSE PATCH (13): the topic of a PUBLISH that MQTT forbids, for the
-/// log: wildcards (3.3.2-2), U+0000 or invalid UTF-8 (1.5.3-1, 1.5.3-2), or
-/// empty (4.7.3-1) unless an MQTT 5 topic alias stands for it (3.3.2.3.4).
-/// Upstream acknowledged and routed such publishes.
-fn invalid_publish_topic(packet: &Packet) -> Option<String> {
+/// WARMHOUSE PATCH (13): what is wrong with a PUBLISH topic that MQTT
+/// forbids, with the MQTT 5 reason code: wildcards (3.3.2-2), U+0000 or
+/// invalid UTF-8 (1.5.3-1, 1.5.3-2), or empty (4.7.3-1) unless an MQTT 5
+/// topic alias stands for it (3.3.2.3.4; the router checks the alias).
+/// Upstream acknowledged and routed such topics.
+fn invalid_publish(packet: &Packet) -> Option<(DisconnectReasonCode, Error)> {
     let Packet::Publish(publish, properties) = packet else {
         return None;
     };
-    let aliased = properties.as_ref().is_some_and(|p| p.topic_alias.is_some());
+    let alias = properties.as_ref().and_then(|p| p.topic_alias);
     let valid = match std::str::from_utf8(&publish.topic) {
-        Ok("") => aliased,
+        Ok("") => alias.is_some(),
         Ok(topic) => !topic.contains(['+', '#', '\0']),
         Err(_) => false,
     };
-    (!valid).then(|| String::from_utf8_lossy(&publish.topic).into_owned())
+    (!valid).then(|| {
+        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+        (
+            DisconnectReasonCode::TopicNameInvalid,
+            Error::InvalidTopicName(topic),
+        )
+    })
 }
 
 /// WARMHOUSE PATCH (7): a publish hook after its connection ended.

@@ -36,6 +36,9 @@ pub struct Connection {
     /// WARMHOUSE PATCH (7): the link acknowledges this connection's
     /// publishes (a publish hook decides when), so the router must not.
     pub(crate) link_acks: bool,
+    /// WARMHOUSE PATCH (15): the largest packet the client takes (its MQTT 5
+    /// Maximum Packet Size); larger messages are not sent to it.
+    pub(crate) client_max_packet_size: Option<u32>,
 }
 
 impl Connection {
@@ -70,6 +73,7 @@ impl Connection {
             broker_topic_aliases: None,
             subscription_ids: HashMap::new(),
             link_acks: false,
+            client_max_packet_size: None,
         }
     }
 

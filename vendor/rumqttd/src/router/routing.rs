@@ -1571,17 +1571,19 @@ fn forward_device_data(
     // subscription a message for `a/y` went out with the alias `a/x` had
     // been given, and the client read it as `a/x`.
     let subscription_id = connection.subscription_ids.get(&request.filter).copied();
+    let client_max_packet_size = connection.client_max_packet_size;
     let broker_topic_aliases = &mut connection.broker_topic_aliases;
 
     // Fill and notify device data
     let forwards = publishes
         .into_iter()
-        .map(|((mut publish, mut properties), offset)| {
+        .filter_map(|((mut publish, mut properties), offset)| {
             // WARMHOUSE PATCH (12): the QoS a message goes out at (the lower
             // of its publish QoS and the subscription's) is set by
             // `push_forwards`; upstream sent every message at the
             // subscription's QoS (a QoS 0 publish arrived as QoS 2).
 
+            let mut new_alias_topic = None;
             if let (Some(aliases), Ok(topic)) = (
                 broker_topic_aliases.as_mut(),
                 std::str::from_utf8(&publish.topic),
@@ -1590,6 +1592,7 @@ fn forward_device_data(
                     Some(alias) => (Some(alias), true),
                     None => (aliases.set_new_alias(topic), false),
                 };
+                new_alias_topic = (alias.is_some() && !known).then(|| topic.to_owned());
                 if alias.is_some() {
                     let mut props = properties.unwrap_or_default();
                     props.topic_alias = alias;
@@ -1609,12 +1612,27 @@ fn forward_device_data(
                 properties = Some(props);
             }
 
-            Forward {
+            // WARMHOUSE PATCH (15): a message larger than the client's
+            // Maximum Packet Size is discarded as if it had been sent (MQTT
+            // 5, 3.1.2.11.4); an alias it would have set is not kept.
+            if let Some(max) = client_max_packet_size {
+                let size = crate::protocol::v5::publish_packet_size(&publish, &properties);
+                if size > max as usize {
+                    if let (Some(aliases), Some(topic)) =
+                        (broker_topic_aliases.as_mut(), new_alias_topic)
+                    {
+                        aliases.remove_alias(&topic);
+                    }
+                    return None;
+                }
+            }
+
+            Some(Forward {
                 cursor: offset,
                 size: 0,
                 publish,
                 properties,
-            }
+            })
         });
 
     let (len, inflight) = outgoing.push_forwards(forwards, qos, filter_idx);

@@ -313,6 +313,16 @@ fn write_remaining_length(stream: &mut BytesMut, len: usize) -> Result<usize, Er
 }
 
 /// Return number of remaining length bytes required for encoding length
+/// WARMHOUSE PATCH (15): the size of a PUBLISH on the wire, fixed header
+/// included (what a client's Maximum Packet Size limits).
+pub(crate) fn publish_packet_size(
+    publish: &Publish,
+    properties: &Option<PublishProperties>,
+) -> usize {
+    let len = publish::len(publish, properties);
+    1 + len_len(len) + len
+}
+
 fn len_len(len: usize) -> usize {
     if len >= 2_097_152 {
         4
