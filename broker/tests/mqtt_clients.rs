@@ -883,6 +883,67 @@ async fn mqtt5_a_message_over_the_clients_maximum_packet_size_is_not_sent() {
     assert!(subscriber.exit_status().await.success());
 }
 
+/// MQTT 5 No Local (3.8.3.1): a subscription with it set does not get the
+/// messages its own connection publishes, and still gets everyone else's
+/// (rumqttd ignored the option; patch 16). The client is rumqttc's, which
+/// publishes and subscribes on one connection; the other publisher is
+/// mosquitto_pub.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_no_local_keeps_a_clients_own_messages_from_it() {
+    use rumqttc::v5::mqttbytes::v5::{Filter, Packet};
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let broker = start_broker().await;
+    let commands = topic("dev-no-local", Channel::Commands);
+    let options = MqttOptions::new("dev-no-local", "127.0.0.1", broker.mqtt_v5_addr.port());
+    let (client, mut events) = AsyncClient::new(options, 10);
+    let mut filter = Filter::new(commands.clone(), QoS::AtLeastOnce);
+    filter.nolocal = true;
+    client
+        .subscribe_many([filter])
+        .await
+        .expect("queue SUBSCRIBE");
+    let (tx, mut payloads) = mpsc::unbounded_channel();
+    let (subscribed_tx, subscribed) = tokio::sync::oneshot::channel();
+    let mut subscribed_tx = Some(subscribed_tx);
+    let task = tokio::spawn(async move {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => {
+                    if let Some(tx) = subscribed_tx.take() {
+                        let _ = tx.send(());
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) => {
+                    let _ = tx.send(String::from_utf8_lossy(&publish.payload).into_owned());
+                }
+                Ok(_) => {}
+                Err(err) => {
+                    let _ = tx.send(format!("connection failed: {err}"));
+                    return;
+                }
+            }
+        }
+    });
+    tokio::time::timeout(WAIT, subscribed)
+        .await
+        .expect("SUBACK in time")
+        .expect("SUBACK");
+    client
+        .publish(&commands, QoS::AtLeastOnce, false, "own")
+        .await
+        .expect("queue the own publish");
+    publish(&broker, Version::V5, &commands, "other", 1, false).await;
+    let first = tokio::time::timeout(WAIT, payloads.recv())
+        .await
+        .expect("a message in time")
+        .expect("the subscriber runs");
+    assert_eq!(first, "other", "the client got its own message back");
+    let more = tokio::time::timeout(Duration::from_secs(1), payloads.recv()).await;
+    assert!(more.is_err(), "another message arrived: {more:?}");
+    task.abort();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_status_reaches_later_subscribers() {
     let broker = start_broker().await;

@@ -23,6 +23,9 @@ pub struct PublishData {
     pub publish: Publish,
     pub properties: Option<PublishProperties>,
     pub timestamp: Instant,
+    /// WARMHOUSE PATCH (16): the publisher's client id, hashed
+    /// (`client_origin`; 0 when unknown), for MQTT 5 No Local.
+    pub origin: u64,
 }
 
 impl From<PubWithProp> for PublishData {
@@ -31,8 +34,18 @@ impl From<PubWithProp> for PublishData {
             publish,
             properties,
             timestamp: Instant::now(),
+            origin: 0,
         }
     }
+}
+
+/// WARMHOUSE PATCH (16): what `PublishData::origin` holds for a client id.
+pub(crate) fn client_origin(client_id: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    client_id.hash(&mut hasher);
+    // 0 stands for "unknown".
+    hasher.finish().max(1)
 }
 
 // TODO: remove this from here
@@ -155,11 +168,14 @@ impl DataLog {
         (filter_idx, data.log.next_offset())
     }
 
+    /// WARMHOUSE PATCH (16): `skip_origin` leaves out what that publisher
+    /// published (a No Local subscription's own messages).
     pub fn native_readv(
         &self,
         filter_idx: FilterIdx,
         offset: Offset,
         len: u64,
+        skip_origin: Option<u64>,
     ) -> io::Result<(Position, Vec<(PubWithProp, Offset)>)> {
         // unwrap to get index of `self.native` is fine here, because when a new subscribe packet
         // arrives in `Router::handle_device_payload`, it first calls the function
@@ -202,6 +218,7 @@ impl DataLog {
         // no need to include timestamp when returning
         let o = o
             .into_iter()
+            .filter(|(pubdata, _)| skip_origin != Some(pubdata.origin))
             .map(|(pubdata, offset)| ((pubdata.publish, pubdata.properties), offset))
             .collect();
 
@@ -243,16 +260,25 @@ impl DataLog {
         publish: Publish,
         publish_properties: Option<PublishProperties>,
         topic: Topic,
+        // WARMHOUSE PATCH (16)
+        origin: u64,
     ) {
         let pub_with_props = (publish, publish_properties);
-        self.retained_publishes.insert(topic, pub_with_props.into());
+        let mut data = PublishData::from(pub_with_props);
+        data.origin = origin;
+        self.retained_publishes.insert(topic, data);
     }
 
     pub fn remove_from_retained_publishes(&mut self, topic: Topic) {
         self.retained_publishes.remove(&topic);
     }
 
-    pub fn read_retained_messages(&mut self, filter: &str) -> Vec<PubWithProp> {
+    /// WARMHOUSE PATCH (16): `skip_origin` as in `native_readv`.
+    pub fn read_retained_messages(
+        &mut self,
+        filter: &str,
+        skip_origin: Option<u64>,
+    ) -> Vec<PubWithProp> {
         trace!(info = "reading retain msg", filter = &filter);
         let now = Instant::now();
 
@@ -285,7 +311,7 @@ impl DataLog {
         // no need to include timestamp when returning
         self.retained_publishes
             .iter()
-            .filter(|(topic, _)| matches(topic, filter))
+            .filter(|(topic, p)| matches(topic, filter) && skip_origin != Some(p.origin))
             .map(|(_, p)| (p.publish.clone(), p.properties.clone()))
             .collect()
     }

@@ -203,6 +203,10 @@ pub struct DataRequest {
     max_count: usize,
     pub(crate) forward_retained: bool,
     pub(crate) group: Option<String>,
+    /// WARMHOUSE PATCH (16): with MQTT 5 No Local, the subscriber's own
+    /// `client_origin`: its own messages are not forwarded to it.
+    #[serde(default)]
+    pub(crate) skip_origin: Option<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
