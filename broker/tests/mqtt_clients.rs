@@ -944,6 +944,114 @@ async fn mqtt5_no_local_keeps_a_clients_own_messages_from_it() {
     task.abort();
 }
 
+/// An MQTT 5 session of rumqttc's client: connects, optionally
+/// subscribes at QoS 1, and hands back whether the broker had a session and
+/// the connection.
+async fn v5_session(
+    broker: &RunningBroker,
+    client_id: &str,
+    clean_start: bool,
+    session_expiry: Option<u32>,
+    subscribe: Option<&str>,
+) -> (bool, rumqttc::v5::AsyncClient, rumqttc::v5::EventLoop) {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", broker.mqtt_v5_addr.port());
+    options
+        .set_clean_start(clean_start)
+        .set_session_expiry_interval(session_expiry);
+    let (client, mut events) = AsyncClient::new(options, 10);
+    if let Some(filter) = subscribe {
+        client
+            .subscribe(filter, QoS::AtLeastOnce)
+            .await
+            .expect("queue SUBSCRIBE");
+    }
+    let session_present = tokio::time::timeout(WAIT, async {
+        let mut session_present = None;
+        loop {
+            match events.poll().await.expect("the session's connection") {
+                Event::Incoming(Packet::ConnAck(ack)) => {
+                    session_present = Some(ack.session_present);
+                    if subscribe.is_none() {
+                        break;
+                    }
+                }
+                Event::Incoming(Packet::SubAck(_)) => break,
+                _ => {}
+            }
+        }
+        session_present.expect("CONNACK before SUBACK")
+    })
+    .await
+    .expect("CONNACK (and SUBACK) in time");
+    (session_present, client, events)
+}
+
+/// MQTT 5 (3.1.2.11.2): the Session Expiry Interval, not Clean Start,
+/// decides whether a session outlives its connection, and it ends when the
+/// interval has passed (rumqttd kept every Clean Start 0 session forever and
+/// no Clean Start 1 session at all; patch 17).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_the_session_expiry_interval_decides_what_is_kept() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::Event;
+    let broker = start_broker().await;
+
+    // Clean Start with an expiry: kept, and what came meanwhile is delivered.
+    let commands = topic("dev-expiry-kept", Channel::Commands);
+    let (_, client, events) =
+        v5_session(&broker, "dev-expiry-kept", true, Some(60), Some(&commands)).await;
+    drop((client, events));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    publish(&broker, Version::V5, &commands, "while away", 1, false).await;
+    let (present, _client, mut events) =
+        v5_session(&broker, "dev-expiry-kept", false, Some(60), None).await;
+    assert!(present, "a Clean Start session with an expiry was not kept");
+    let payload = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Event::Incoming(Packet::Publish(p)) = events.poll().await.expect("session") {
+                return String::from_utf8_lossy(&p.payload).into_owned();
+            }
+        }
+    })
+    .await
+    .expect("the message sent while away");
+    assert_eq!(payload, "while away");
+
+    // No expiry (0): the session ends with the connection.
+    let (_, client, events) = v5_session(
+        &broker,
+        "dev-expiry-none",
+        false,
+        None,
+        Some("/tenants/dev-expiry-none/commands"),
+    )
+    .await;
+    drop((client, events));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (present, _, _) = v5_session(&broker, "dev-expiry-none", false, None, None).await;
+    assert!(
+        !present,
+        "a session without an expiry outlived its connection"
+    );
+
+    // Expiry 1 s: gone 2.5 s later.
+    let (_, client, events) = v5_session(
+        &broker,
+        "dev-expiry-short",
+        false,
+        Some(1),
+        Some("/tenants/dev-expiry-short/commands"),
+    )
+    .await;
+    drop((client, events));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let (present, _, _) = v5_session(&broker, "dev-expiry-short", false, Some(1), None).await;
+    assert!(!present, "a session outlived its expiry interval");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_status_reaches_later_subscribers() {
     let broker = start_broker().await;

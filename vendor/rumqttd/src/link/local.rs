@@ -53,6 +53,8 @@ pub struct LinkBuilder<'a> {
     link_acks: bool,
     // WARMHOUSE PATCH (15): none by default
     client_max_packet_size: Option<u32>,
+    // WARMHOUSE PATCH (17): none (MQTT 3.1.1 rules) by default
+    session_expiry: Option<u32>,
 }
 
 impl<'a> LinkBuilder<'a> {
@@ -68,6 +70,7 @@ impl<'a> LinkBuilder<'a> {
             topic_alias_max: 0,
             link_acks: false,
             client_max_packet_size: None,
+            session_expiry: None,
         }
     }
 
@@ -91,6 +94,13 @@ impl<'a> LinkBuilder<'a> {
 
     pub fn topic_alias_max(mut self, max: u16) -> Self {
         self.topic_alias_max = max;
+        self
+    }
+
+    /// WARMHOUSE PATCH (17): the MQTT 5 Session Expiry Interval (None on
+    /// MQTT 3.1.1).
+    pub fn session_expiry(mut self, secs: Option<u32>) -> Self {
+        self.session_expiry = secs;
         self
     }
 
@@ -165,6 +175,7 @@ impl<'a> LinkBuilder<'a> {
             .topic_alias_max(self.topic_alias_max);
         connection.link_acks = self.link_acks;
         connection.client_max_packet_size = self.client_max_packet_size;
+        connection.session_expiry = self.session_expiry;
         let incoming = Incoming::new(connection.client_id.to_owned());
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();

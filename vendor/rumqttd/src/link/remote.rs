@@ -278,6 +278,7 @@ impl<P: Protocol> RemoteLink<P> {
             .dynamic_filters(dynamic_filters)
             .topic_alias_max(topic_alias_max.unwrap_or(0))
             .client_max_packet_size(props.as_ref().and_then(|p| p.max_packet_size))
+            .session_expiry(mqtt5.then_some(session_expiry))
             .link_acks(hooked.is_some())
             // WARMHOUSE PATCH (10): without blocking the listener's thread.
             .build_async()

@@ -39,6 +39,9 @@ pub struct Connection {
     /// WARMHOUSE PATCH (15): the largest packet the client takes (its MQTT 5
     /// Maximum Packet Size); larger messages are not sent to it.
     pub(crate) client_max_packet_size: Option<u32>,
+    /// WARMHOUSE PATCH (17): MQTT 5 Session Expiry Interval in seconds
+    /// (0 when absent); None on MQTT 3.1.1, whose Clean Session decides.
+    pub(crate) session_expiry: Option<u32>,
 }
 
 impl Connection {
@@ -74,6 +77,27 @@ impl Connection {
             subscription_ids: HashMap::new(),
             link_acks: false,
             client_max_packet_size: None,
+            session_expiry: None,
+        }
+    }
+
+    /// WARMHOUSE PATCH (17): whether the session outlives the network
+    /// connection: on MQTT 5 when the Session Expiry Interval is above 0,
+    /// whatever Clean Start said (3.1.2.11.2); on 3.1.1 without Clean
+    /// Session.
+    pub(crate) fn keeps_session(&self) -> bool {
+        match self.session_expiry {
+            Some(secs) => secs > 0,
+            None => !self.clean,
+        }
+    }
+
+    /// WARMHOUSE PATCH (17): when a session saved now expires (None: never;
+    /// 0xFFFFFFFF means never in MQTT 5).
+    pub(crate) fn session_expires_at(&self, now: std::time::Instant) -> Option<std::time::Instant> {
+        match self.session_expiry {
+            Some(u32::MAX) | None => None,
+            Some(secs) => Some(now + std::time::Duration::from_secs(u64::from(secs))),
         }
     }
 

@@ -1,4 +1,6 @@
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::time::Instant;
 
 use super::{
     scheduler::{PauseReason, Tracker},
@@ -7,20 +9,44 @@ use super::{
 
 pub struct Graveyard {
     connections: HashMap<String, SavedState>,
+    /// WARMHOUSE PATCH (17): when saved sessions expire, soonest first.
+    expiries: BinaryHeap<Reverse<(Instant, String)>>,
 }
 
 impl Graveyard {
     pub fn new() -> Graveyard {
         Graveyard {
             connections: HashMap::new(),
+            expiries: BinaryHeap::new(),
         }
     }
 
     /// Add a new connection.
     /// Return tracker of previous connection if connection id already exists
     pub fn retrieve(&mut self, id: &str) -> Option<SavedState> {
-        self.connections.remove(id)
+        let saved = self.connections.remove(id)?;
+        // WARMHOUSE PATCH (17): an expired session is gone.
+        let expired = saved.expires_at.is_some_and(|at| at <= Instant::now());
+        (!expired).then_some(saved)
     }
+
+    /// WARMHOUSE PATCH (17): drops the sessions whose Session Expiry
+    /// Interval has passed since their client left.
+    pub fn expire(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.expiries.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((at, id))) = self.expiries.pop() else {
+                break;
+            };
+            // Only if it was not retrieved (and saved again) since.
+            if self.connections.get(&id).is_some_and(|s| s.expires_at == Some(at)) {
+                self.connections.remove(&id);
+            }
+        }
+    }
+
 
     /// Save connection tracker
     pub fn save_state(
@@ -29,6 +55,8 @@ impl Graveyard {
         subscriptions: HashSet<String>,
         metrics: ConnectionEvents,
         unacked_pubrels: VecDeque<u16>,
+        // WARMHOUSE PATCH (17): when the session expires (None: never).
+        expires_at: Option<Instant>,
     ) {
         tracker.pause(PauseReason::Busy);
         let id = tracker.id.clone();
@@ -39,22 +67,15 @@ impl Graveyard {
             unacked_pubrels,
         };
 
+        if let Some(at) = expires_at {
+            self.expiries.push(Reverse((at, id.clone())));
+        }
         self.connections.insert(
             id,
             SavedState {
                 session_state: Some(session_state),
                 metrics,
-            },
-        );
-    }
-
-    /// Save only metrics for connection
-    pub fn save_metrics(&mut self, id: String, metrics: ConnectionEvents) {
-        self.connections.insert(
-            id,
-            SavedState {
-                session_state: None,
-                metrics,
+                expires_at,
             },
         );
     }
@@ -64,6 +85,8 @@ impl Graveyard {
 pub struct SavedState {
     pub session_state: Option<SessionState>,
     pub metrics: ConnectionEvents,
+    /// WARMHOUSE PATCH (17)
+    pub expires_at: Option<Instant>,
 }
 
 #[derive(Debug)]

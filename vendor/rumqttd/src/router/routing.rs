@@ -320,6 +320,8 @@ impl Router {
         }
 
         // Retrieve previous connection state from graveyard
+        // WARMHOUSE PATCH (17): expired sessions go first.
+        self.graveyard.expire(std::time::Instant::now());
         let saved = self.graveyard.retrieve(&client_id);
         let clean_session = connection.clean;
         let previous_session = saved.as_ref().is_some_and(|s| s.session_state.is_some());
@@ -514,7 +516,13 @@ impl Router {
         }
 
         // Save state for persistent sessions
-        if !connection.clean {
+        // WARMHOUSE PATCH (17): by the MQTT 5 Session Expiry Interval where
+        // there is one (upstream kept every Clean Start 0 session forever and
+        // none with Clean Start 1), and only until it expires.
+        let now = std::time::Instant::now();
+        self.graveyard.expire(now);
+        if connection.keeps_session() {
+            let expires_at = connection.session_expires_at(now);
             // Add inflight data requests back to tracker
             inflight_data_requests
                 .into_iter()
@@ -539,13 +547,12 @@ impl Router {
                 connection.subscriptions,
                 connection.events,
                 outgoing.unacked_pubrels,
+                expires_at,
             );
-        } else {
-            tracker.pause(PauseReason::Busy);
-            let id = tracker.id.clone();
-            // Only save metrics in clean session
-            self.graveyard.save_metrics(id, connection.events);
         }
+        // WARMHOUSE PATCH (17): a session that is not kept leaves nothing
+        // behind (upstream kept every client id's connection events forever,
+        // so clients with ever new ids grew memory without bound).
         self.router_meters.total_connections -= 1;
     }
 
