@@ -16,6 +16,11 @@ use crate::probe::Listener;
 
 /// MQTT payloads up to 64 KiB plus room for topic and properties.
 pub const DEFAULT_MAX_PAYLOAD_SIZE: usize = 65_536 + 1_024;
+/// A device subscribes to its command topic; a few more leave room for
+/// firmware that also listens to a broadcast topic.
+pub const DEFAULT_DEVICE_MAX_SUBSCRIPTIONS: usize = 8;
+pub const DEFAULT_DEVICE_MAX_TOPIC_LENGTH: usize = 256;
+pub const DEFAULT_DEVICE_MAX_TOPIC_LEVELS: usize = 8;
 /// The edge bridge reads a large window of publishes per network read.
 pub const DEFAULT_MAX_INFLIGHT_COUNT: usize = 1_000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
@@ -150,6 +155,22 @@ pub struct BrokerConfig {
     /// window is fixed at 100 inside rumqttd 0.20.)
     #[arg(long, env = "WARMHOUSE_BROKER_MAX_INFLIGHT_COUNT", default_value_t = DEFAULT_MAX_INFLIGHT_COUNT)]
     pub max_inflight_count: usize,
+
+    /// Topic filters one device connection may subscribe at a time (a
+    /// device needs one, its command topic); more drop the connection
+    /// (MQTT 5: DISCONNECT 0x97).
+    #[arg(long, env = "WARMHOUSE_BROKER_DEVICE_MAX_SUBSCRIPTIONS", default_value_t = DEFAULT_DEVICE_MAX_SUBSCRIPTIONS)]
+    pub device_max_subscriptions: usize,
+
+    /// Longest topic or filter a device connection may use, in bytes
+    /// (MQTT 5: DISCONNECT 0x90 / 0x8F).
+    #[arg(long, env = "WARMHOUSE_BROKER_DEVICE_MAX_TOPIC_LENGTH", default_value_t = DEFAULT_DEVICE_MAX_TOPIC_LENGTH)]
+    pub device_max_topic_length: usize,
+
+    /// Most `/`-separated levels in a device connection's topic or filter
+    /// (`/tenants/{id}/commands/ack` has 5).
+    #[arg(long, env = "WARMHOUSE_BROKER_DEVICE_MAX_TOPIC_LEVELS", default_value_t = DEFAULT_DEVICE_MAX_TOPIC_LEVELS)]
+    pub device_max_topic_levels: usize,
 
     /// How long a new TCP connection may take to send CONNECT, in ms.
     #[arg(long, env = "WARMHOUSE_BROKER_CONNECTION_TIMEOUT_MS", default_value_t = DEFAULT_CONNECTION_TIMEOUT_MS)]
@@ -319,6 +340,9 @@ impl BrokerConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_payload_size: DEFAULT_MAX_PAYLOAD_SIZE,
             max_inflight_count: DEFAULT_MAX_INFLIGHT_COUNT,
+            device_max_subscriptions: DEFAULT_DEVICE_MAX_SUBSCRIPTIONS,
+            device_max_topic_length: DEFAULT_DEVICE_MAX_TOPIC_LENGTH,
+            device_max_topic_levels: DEFAULT_DEVICE_MAX_TOPIC_LEVELS,
             connection_timeout_ms: DEFAULT_CONNECTION_TIMEOUT_MS,
             next_connection_delay_ms: DEFAULT_NEXT_CONNECTION_DELAY_MS,
             max_segment_size: DEFAULT_MAX_SEGMENT_SIZE,
@@ -495,6 +519,18 @@ impl BrokerConfig {
             ("max connections", self.max_connections as u64),
             ("max payload size", self.max_payload_size as u64),
             ("max inflight count", self.max_inflight_count as u64),
+            (
+                "device max subscriptions",
+                self.device_max_subscriptions as u64,
+            ),
+            (
+                "device max topic length",
+                self.device_max_topic_length as u64,
+            ),
+            (
+                "device max topic levels",
+                self.device_max_topic_levels as u64,
+            ),
             ("max outgoing packet count", self.max_outgoing_packet_count),
             ("connection timeout", u64::from(self.connection_timeout_ms)),
             // A zero tokio interval panics inside rumqttd's timer thread.
@@ -529,6 +565,16 @@ impl BrokerConfig {
                 dynamic_filters: false,
                 tenant_from_username: false,
                 publish_hook: None,
+                // Devices get what a device needs; services are trusted.
+                client_limits: if spec.auth == ListenerAuth::Service {
+                    rumqttd::ClientLimits::default()
+                } else {
+                    rumqttd::ClientLimits {
+                        max_subscriptions: Some(self.device_max_subscriptions),
+                        max_topic_length: Some(self.device_max_topic_length),
+                        max_topic_levels: Some(self.device_max_topic_levels),
+                    }
+                },
             };
             let mut tls = None;
             match spec.auth {

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::Context;
-use prometheus::{Histogram, IntCounter, IntGauge};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge};
 use rumqttd::hook::{Acknowledge, ConnectionInfo, HookedPublish, PublishHook};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::QoS;
@@ -26,15 +26,18 @@ pub struct IngressHook {
     /// PUBACKs released.
     released: IntCounter,
     safe_wait: Histogram,
+    /// Connections dropped for breaking a device limit (rumqttd patch 19).
+    limits_exceeded: IntCounterVec,
 }
 
 impl IngressHook {
-    pub fn new(ingress: Arc<Ingress>) -> Arc<Self> {
+    pub fn new(ingress: Arc<Ingress>, limits_exceeded: IntCounterVec) -> Arc<Self> {
         let metrics = ingress.metrics();
         Arc::new(Self {
             held: metrics.in_flight.clone(),
             released: metrics.acked.clone(),
             safe_wait: metrics.safe_wait.clone(),
+            limits_exceeded,
             ingress,
         })
     }
@@ -105,6 +108,11 @@ impl PublishHook for IngressHook {
 
     fn disconnected(&self, info: &ConnectionInfo) {
         self.ingress.disconnected(&device_connection(info));
+    }
+
+    fn limit_exceeded(&self, info: &ConnectionInfo, limit: &'static str) {
+        tracing::warn!(client_id = %info.client_id, limit, "device connection broke a limit: dropped");
+        self.limits_exceeded.with_label_values(&[limit]).inc();
     }
 
     fn will(&self, info: &ConnectionInfo, will: HookedPublish<'_>) {

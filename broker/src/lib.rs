@@ -175,7 +175,12 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     let (device_ingress, drainer) =
         warmhouse_edge_bridge::Ingress::start(&config.ingress, &broker_id, &registry)
             .context("starting the device ingress")?;
-    install_publish_hooks(&mut rumqttd_config, &listeners, &device_ingress)?;
+    install_publish_hooks(
+        &mut rumqttd_config,
+        &listeners,
+        &device_ingress,
+        metrics.client_limits_exceeded.clone(),
+    )?;
     let event_task = start_revocation_consumer(&config, &broker_id, &revocations, &metrics).await;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let stopped = {
@@ -412,8 +417,9 @@ fn install_publish_hooks(
     config: &mut rumqttd::Config,
     listeners: &[ListenerSpec],
     device_ingress: &Arc<warmhouse_edge_bridge::Ingress>,
+    client_limits_exceeded: prometheus::IntCounterVec,
 ) -> anyhow::Result<()> {
-    let hook = ingress::IngressHook::new(device_ingress.clone());
+    let hook = ingress::IngressHook::new(device_ingress.clone(), client_limits_exceeded);
     for spec in listeners {
         if spec.auth == ListenerAuth::Service {
             continue;

@@ -28,6 +28,7 @@ pub struct BrokerMetrics {
     pub device_auth: IntCounterVec,
     pub revocations: IntCounterVec,
     pub revocation_consumer_up: IntGauge,
+    pub client_limits_exceeded: IntCounterVec,
 }
 
 impl BrokerMetrics {
@@ -125,6 +126,16 @@ impl BrokerMetrics {
                     "revocation_consumer_up",
                     "1 while the registry-events consumer reads from Kafka; 0 when it cannot (revocations then only take effect at reconnect)",
                 ))?,
+            )?,
+            client_limits_exceeded: register(
+                registry,
+                IntCounterVec::new(
+                    opts(
+                        "client_limits_exceeded_total",
+                        "Device connections dropped for breaking a limit, by limit (subscriptions, topic_length, topic_levels)",
+                    ),
+                    &["limit"],
+                )?,
             )?,
         })
     }

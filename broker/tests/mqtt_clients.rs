@@ -1149,6 +1149,103 @@ async fn stored_messages_do_not_pin_their_connections_read_buffers() {
     );
 }
 
+/// A device connection gets what a device needs and no more (rumqttd
+/// patch 19): more subscriptions than allowed, or a topic or filter that is
+/// too long or too deep, drop it (MQTT 5: DISCONNECT 0x97, 0x90, 0x8F), and
+/// the broker counts it; a connection within the limits is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_device_connections_are_held_to_their_limits() {
+    use tokio::io::AsyncWriteExt;
+    let broker = start_broker_with(|config| BrokerConfig {
+        device_max_subscriptions: 2,
+        device_max_topic_length: 64,
+        device_max_topic_levels: 6,
+        ..config
+    })
+    .await;
+    let subscribe = |filters: &[&str]| {
+        let mut body = vec![0x00, 0x01, 0x00];
+        for filter in filters {
+            body.extend_from_slice(&mqtt_bytes(filter.as_bytes()));
+            body.push(0x01);
+        }
+        raw_packet(0x82, &body)
+    };
+    let publish_to = |topic: &str| {
+        let mut body = mqtt_bytes(topic.as_bytes());
+        body.extend_from_slice(&[0x00, 0x01, 0x00]);
+        body.extend_from_slice(b"x");
+        raw_packet(0x32, &body)
+    };
+    let long = format!("/tenants/dev-limits/{}", "x".repeat(60));
+    let cases: [(&str, Vec<u8>, u8); 4] = [
+        (
+            "three subscriptions",
+            subscribe(&[
+                "/tenants/dev-limits/a",
+                "/tenants/dev-limits/b",
+                "/tenants/dev-limits/c",
+            ]),
+            0x97,
+        ),
+        ("a long filter", subscribe(&[&long]), 0x8F),
+        (
+            "a deep filter",
+            subscribe(&["/tenants/dev-limits/a/b/c/d"]),
+            0x8F,
+        ),
+        ("a long topic", publish_to(&long), 0x90),
+    ];
+    for (what, packet, reason) in cases {
+        let mut socket = raw_connect(&broker, Version::V5, "dev-limits").await;
+        socket.write_all(&packet).await.expect("send");
+        let answer = read_until_closed(&mut socket).await;
+        let disconnect = answer.windows(3).find(|w| w[0] == 0xE0);
+        assert_eq!(
+            disconnect.map(|w| w[2]),
+            Some(reason),
+            "{what}: the broker sent {answer:?}"
+        );
+    }
+    // Within the limits: two subscriptions are granted.
+    let mut within = Subscriber::start(
+        &broker,
+        Version::V5,
+        "/tenants/dev-limits/commands",
+        1,
+        &["-t", "/tenants/dev-limits/status", "-C", "1"],
+    )
+    .await;
+    publish(
+        &broker,
+        Version::V5,
+        "/tenants/dev-limits/status",
+        "fine",
+        1,
+        false,
+    )
+    .await;
+    assert_eq!(
+        within.next_message().await,
+        received(1, false, "/tenants/dev-limits/status", "fine")
+    );
+    let metrics = reqwest::get(format!("http://{}/metrics", broker.admin_addr))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    for (limit, count) in [
+        ("subscriptions", 1),
+        ("topic_length", 2),
+        ("topic_levels", 1),
+    ] {
+        let sample =
+            format!(r#"warmhouse_broker_client_limits_exceeded_total{{limit="{limit}"}} {count}"#);
+        assert!(metrics.contains(&sample), "{sample} missing from {metrics}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_status_reaches_later_subscribers() {
     let broker = start_broker().await;

@@ -106,6 +106,11 @@ pub trait PublishHook: Send + Sync + 'static {
     /// The connection ended (its pending acknowledgements are dropped).
     fn disconnected(&self, _connection: &ConnectionInfo) {}
 
+    /// WARMHOUSE PATCH (19): the connection broke one of its listener's
+    /// `ClientLimits` (`"subscriptions"`, `"topic_length"` or
+    /// `"topic_levels"`) and is being disconnected.
+    fn limit_exceeded(&self, _connection: &ConnectionInfo, _limit: &'static str) {}
+
     /// The broker is publishing the connection's last will (after any will
     /// delay; never after a clean DISCONNECT or a resumed session).
     fn will(&self, _connection: &ConnectionInfo, _will: HookedPublish<'_>) {}

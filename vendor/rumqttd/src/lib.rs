@@ -166,6 +166,25 @@ pub struct ConnectionSettings {
     /// (see [`hook`]).
     #[serde(skip)]
     pub publish_hook: Option<Arc<dyn hook::PublishHook>>,
+    /// WARMHOUSE PATCH (19): what one client of this listener may do.
+    #[serde(default)]
+    pub client_limits: ClientLimits,
+}
+
+/// WARMHOUSE PATCH (19): limits on one client connection, so that one
+/// client cannot make the router's work or memory grow without bound. A
+/// client that breaks one is disconnected (MQTT 5: with the reason code).
+/// `None` is no limit (upstream's behaviour).
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientLimits {
+    /// Topic filters subscribed at a time on one connection
+    /// (DISCONNECT 0x97, Quota exceeded).
+    pub max_subscriptions: Option<usize>,
+    /// Bytes in a PUBLISH topic or a SUBSCRIBE filter (0x90 / 0x8F).
+    pub max_topic_length: Option<usize>,
+    /// Levels (`/`-separated) in a PUBLISH topic or a SUBSCRIBE filter
+    /// (0x90 / 0x8F).
+    pub max_topic_levels: Option<usize>,
 }
 
 impl ConnectionSettings {

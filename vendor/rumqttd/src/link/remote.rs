@@ -10,7 +10,7 @@ use crate::protocol::{
     PublishProperties, QoS,
 };
 use crate::router::{Event, Notification, TOPIC_ALIAS_MAX};
-use crate::{ConnectionId, ConnectionSettings};
+use crate::{ClientLimits, ConnectionId, ConnectionSettings};
 
 use flume::{RecvError, SendError, Sender, TrySendError};
 use bytes::Bytes;
@@ -36,6 +36,9 @@ pub enum Error {
     /// WARMHOUSE PATCH (15)
     #[error("packet of {0} bytes over the listener's maximum")]
     PacketTooLarge(usize),
+    /// WARMHOUSE PATCH (19)
+    #[error("client limit exceeded: {0}")]
+    LimitExceeded(&'static str),
     #[error("Network {0}")]
     Network(#[from] network::Error),
     #[error("Timeout")]
@@ -71,6 +74,10 @@ pub struct RemoteLink<P> {
     pub(crate) will_delay_interval: u32,
     /// WARMHOUSE PATCH (7): set on a listener with a publish hook.
     hooked: Option<Hooked>,
+    /// WARMHOUSE PATCH (19): this client's limits, and the filters it has
+    /// subscribed on this connection.
+    limits: ClientLimits,
+    subscribed: HashSet<String>,
 }
 
 /// WARMHOUSE PATCH (7): a link whose publishes a hook sees first; the link
@@ -233,6 +240,8 @@ impl<P: Protocol> RemoteLink<P> {
         publish_hook: Option<Arc<dyn PublishHook>>,
         max_inflight_count: usize,
         mqtt5: bool,
+        // WARMHOUSE PATCH (19)
+        limits: ClientLimits,
     ) -> Result<RemoteLink<P>, Error> {
         let Packet::Connect(connect, props, lastwill, lastwill_props, _) = connect_packet else {
             return Err(Error::NotConnectPacket(connect_packet));
@@ -324,7 +333,54 @@ impl<P: Protocol> RemoteLink<P> {
             notifications: VecDeque::with_capacity(100),
             will_delay_interval,
             hooked,
+            limits,
+            subscribed: HashSet::new(),
         })
+    }
+
+    /// WARMHOUSE PATCH (19): the first limit this batch breaks, with the
+    /// MQTT 5 reason code; records the batch's subscriptions.
+    fn broken_limit(&mut self, packets: &VecDeque<Packet>) -> Option<(DisconnectReasonCode, &'static str)> {
+        let limits = &self.limits;
+        let too_big = |topic: &str| {
+            if limits.max_topic_length.is_some_and(|max| topic.len() > max) {
+                Some("topic_length")
+            } else if limits.max_topic_levels.is_some_and(|max| topic.split('/').count() > max) {
+                Some("topic_levels")
+            } else {
+                None
+            }
+        };
+        for packet in packets {
+            match packet {
+                Packet::Publish(publish, _) => {
+                    let topic = std::str::from_utf8(&publish.topic).unwrap_or_default();
+                    if let Some(limit) = too_big(topic) {
+                        return Some((DisconnectReasonCode::TopicNameInvalid, limit));
+                    }
+                }
+                Packet::Subscribe(subscribe, _) => {
+                    for filter in &subscribe.filters {
+                        if let Some(limit) = too_big(&filter.path) {
+                            return Some((DisconnectReasonCode::TopicFilterInvalid, limit));
+                        }
+                        if limits.max_subscriptions.is_some() {
+                            self.subscribed.insert(filter.path.clone());
+                        }
+                    }
+                    if limits.max_subscriptions.is_some_and(|max| self.subscribed.len() > max) {
+                        return Some((DisconnectReasonCode::QuotaExceeded, "subscriptions"));
+                    }
+                }
+                Packet::Unsubscribe(unsubscribe, _) => {
+                    for filter in &unsubscribe.filters {
+                        self.subscribed.remove(filter);
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
     }
 
     /// WARMHOUSE PATCH (7): the hook and what it needs once the link has
@@ -385,6 +441,13 @@ impl<P: Protocol> RemoteLink<P> {
                     // sees (and acknowledges) anything of this batch.
                     if let Some((reason, error)) = read.iter().find_map(invalid_publish) {
                         return Err(self.refuse(reason, error).await);
+                    }
+                    // WARMHOUSE PATCH (19)
+                    if let Some((reason, limit)) = self.broken_limit(&read) {
+                        if let Some(hooked) = &self.hooked {
+                            hooked.hook.limit_exceeded(&hooked.info, limit);
+                        }
+                        return Err(self.refuse(reason, Error::LimitExceeded(limit)).await);
                     }
                     if let Some(hooked) = &mut self.hooked {
                         hooked.take(&mut read);

@@ -647,6 +647,8 @@ async fn remote<P: Protocol>(
     // WARMHOUSE PATCH (7)
     let publish_hook = config.publish_hook.clone();
     let max_inflight_count = config.max_inflight_count;
+    // WARMHOUSE PATCH (19)
+    let client_limits = config.client_limits.clone();
 
     // WARMHOUSE PATCH (3): a certificate connection is shown to the auth
     // handler too (tenant id and certificate hash), so a revoked device is
@@ -730,6 +732,7 @@ async fn remote<P: Protocol>(
         publish_hook,
         max_inflight_count,
         mqtt5,
+        client_limits,
     )
     .await
     {
