@@ -459,30 +459,15 @@ async fn mqtt311_keep_alive_zero_is_accepted() {
 async fn mqtt5_keep_alive_zero_is_accepted() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let broker = start_broker().await;
-    let mut socket = tokio::net::TcpStream::connect(broker.mqtt_v5_addr)
-        .await
-        .expect("connect to the MQTT 5 listener");
-    let client_id = b"dev-v5-keepalive0";
-    let mut connect = vec![
-        0x00, 0x04, b'M', b'Q', b'T', b'T', 5, 0x02, 0x00, 0x00, 0x00,
-    ];
-    connect.extend_from_slice(&[0x00, client_id.len() as u8]);
-    connect.extend_from_slice(client_id);
-    let mut packet = vec![0x10, connect.len() as u8];
-    packet.extend_from_slice(&connect);
-    socket.write_all(&packet).await.expect("send CONNECT");
-    let mut header = [0u8; 4];
-    tokio::time::timeout(WAIT, socket.read_exact(&mut header))
-        .await
-        .expect("an answer to CONNECT in time")
-        .expect("a CONNACK for keep alive 0, not a closed socket");
-    assert_eq!(header[0], 0x20, "CONNACK expected: {header:?}");
-    assert_eq!(header[3], 0x00, "CONNACK reason code: {header:?}");
-    let mut properties = vec![0u8; usize::from(header[1]) - 2];
-    socket
-        .read_exact(&mut properties)
-        .await
-        .expect("the CONNACK's properties");
+    // Answered with a successful CONNACK, not a closed socket.
+    let mut socket = raw_connect_with(
+        broker.mqtt_v5_addr,
+        Version::V5,
+        "dev-v5-keepalive0",
+        0,
+        &[],
+    )
+    .await;
     // Quiet for longer than any deadline a keep alive of 0 could have made,
     // then a PINGREQ is still answered.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -529,12 +514,28 @@ async fn raw_connect_to(
     version: Version,
     client_id: &str,
 ) -> tokio::net::TcpStream {
+    raw_connect_with(addr, version, client_id, 30, &[]).await
+}
+
+/// The same with a keep alive and, on MQTT 5, CONNECT properties (short).
+async fn raw_connect_with(
+    addr: SocketAddr,
+    version: Version,
+    client_id: &str,
+    keep_alive: u16,
+    v5_properties: &[u8],
+) -> tokio::net::TcpStream {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut socket = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let mut body = mqtt_bytes(b"MQTT");
+    let [keep_alive_msb, keep_alive_lsb] = keep_alive.to_be_bytes();
     match version {
-        Version::V311 => body.extend_from_slice(&[4, 0x02, 0x00, 30]),
-        Version::V5 => body.extend_from_slice(&[5, 0x02, 0x00, 30, 0x00]),
+        Version::V311 => body.extend_from_slice(&[4, 0x02, keep_alive_msb, keep_alive_lsb]),
+        Version::V5 => {
+            body.extend_from_slice(&[5, 0x02, keep_alive_msb, keep_alive_lsb]);
+            body.push(u8::try_from(v5_properties.len()).expect("short CONNECT properties"));
+            body.extend_from_slice(v5_properties);
+        }
     }
     body.extend_from_slice(&mqtt_bytes(client_id.as_bytes()));
     socket
@@ -716,19 +717,15 @@ fn parse_v5_qos0_publish(body: &[u8]) -> (String, Option<u16>, String) {
 async fn mqtt5_topic_aliases_stand_for_topics_not_filters() {
     use tokio::io::AsyncWriteExt;
     let broker = start_broker().await;
-    let mut socket = tokio::net::TcpStream::connect(broker.mqtt_v5_addr)
-        .await
-        .expect("connect");
-    // CONNECT, Topic Alias Maximum 10.
-    let mut body = mqtt_bytes(b"MQTT");
-    body.extend_from_slice(&[5, 0x02, 0x00, 30, 0x03, 0x22, 0x00, 10]);
-    body.extend_from_slice(&mqtt_bytes(b"alias-subscriber"));
-    socket
-        .write_all(&raw_packet(0x10, &body))
-        .await
-        .expect("CONNECT");
-    let (connack, _) = read_raw_packet(&mut socket).await;
-    assert_eq!(connack, 0x20);
+    // CONNECT with Topic Alias Maximum 10.
+    let mut socket = raw_connect_with(
+        broker.mqtt_v5_addr,
+        Version::V5,
+        "alias-subscriber",
+        30,
+        &[0x22, 0x00, 10],
+    )
+    .await;
     // SUBSCRIBE at QoS 0, so no acknowledgements are due.
     let mut subscribe = vec![0x00, 0x01, 0x00];
     subscribe.extend_from_slice(&mqtt_bytes(b"/tenants/dev-alias/#"));

@@ -503,7 +503,7 @@ fn invalid_publish(packet: &Packet) -> Option<(DisconnectReasonCode, Error)> {
     let alias = properties.as_ref().and_then(|p| p.topic_alias);
     let valid = match std::str::from_utf8(&publish.topic) {
         Ok("") => alias.is_some(),
-        Ok(topic) => !topic.contains(['+', '#', '\0']),
+        Ok(topic) => protocol::valid_topic(topic) && !topic.contains('\0'),
         Err(_) => false,
     };
     (!valid).then(|| {
