@@ -1146,6 +1146,131 @@ async fn stored_messages_do_not_pin_their_connections_read_buffers() {
     );
 }
 
+/// A rumqttc MQTT 3.1.1 client with `client_id` subscribes to `filter`
+/// at QoS 1 and, once it has its SUBACK, drops its connection: with
+/// `clean_session` its session ends, without it is kept. (Not a DISCONNECT:
+/// rumqttd can then drop the next client that takes the same connection
+/// slot, problem 2 in broker/README.md.)
+async fn subscribe_and_leave(port: u16, client_id: &str, filter: &str, clean_session: bool) {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+    options.set_clean_session(clean_session);
+    let (client, mut events) = AsyncClient::new(options, 10);
+    client
+        .subscribe(filter, QoS::AtLeastOnce)
+        .await
+        .expect("queue SUBSCRIBE");
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::SubAck(_))) => return,
+                Ok(_) => {}
+                Err(err) => panic!("{client_id}: the connection failed: {err}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{client_id}: SUBACK in time"));
+}
+
+/// A filter's log (about 8.7 KB) is freed when no connection or kept
+/// session subscribes to it any more (rumqttd patch 20; rumqttd kept every
+/// filter ever subscribed, so with one command filter per device every
+/// replica grew with every device it ever saw). Freed filters can be
+/// subscribed again, and a kept session's filter is not freed. Memory is
+/// counted as live heap bytes, after a first round that makes what is made
+/// once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn filters_are_freed_when_nothing_uses_them() {
+    use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+    const CLIENTS: usize = 2000;
+    let broker = start_broker().await;
+    let port = broker.mqtt_v4_addr.port();
+
+    // A kept session (MQTT 3.1.1, Clean Session 0) leaves its filter behind.
+    let kept = topic("dev-free-kept", Channel::Commands);
+    subscribe_and_leave(port, "dev-free-kept", &kept, false).await;
+
+    // A filter freed when its only subscriber left is subscribed again while
+    // another filter has just been made (and may take the freed one's
+    // place): each subscriber gets its own messages only.
+    let first = topic("dev-free-again", Channel::Commands);
+    let second = topic("dev-free-other", Channel::Commands);
+    let mut once = Subscriber::start(&broker, Version::V311, &first, 1, &["-C", "1"]).await;
+    publish(&broker, Version::V311, &first, "before", 1, false).await;
+    assert_eq!(
+        once.next_message().await,
+        received(1, false, &first, "before")
+    );
+    assert!(once.exit_status().await.success());
+    let mut other = Subscriber::start(&broker, Version::V311, &second, 1, &["-C", "1"]).await;
+    let mut again = Subscriber::start(&broker, Version::V311, &first, 1, &["-C", "1"]).await;
+    publish(&broker, Version::V311, &first, "again", 1, false).await;
+    publish(&broker, Version::V311, &second, "other", 1, false).await;
+    assert_eq!(
+        again.next_message().await,
+        received(1, false, &first, "again")
+    );
+    assert_eq!(
+        other.next_message().await,
+        received(1, false, &second, "other")
+    );
+    assert!(again.exit_status().await.success());
+    assert!(other.exit_status().await.success());
+
+    // CLIENTS clients, 20 at a time, each subscribing to a filter of its own
+    // and leaving (clean session).
+    let churn = |round: usize| async move {
+        let mut workers = tokio::task::JoinSet::new();
+        for worker in 0..20 {
+            workers.spawn(async move {
+                for i in (worker..CLIENTS).step_by(20) {
+                    let device = format!("dev-free-{round}-{i}");
+                    let filter = topic(&device, Channel::Commands);
+                    subscribe_and_leave(port, &device, &filter, true).await;
+                }
+            });
+        }
+        while let Some(done) = workers.join_next().await {
+            done.expect("a subscribing client");
+        }
+    };
+    churn(0).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = live_heap_bytes();
+    churn(1).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let grown = live_heap_bytes() - before;
+
+    // The kept session's filter survived all that: what was published while
+    // its client was away reaches it when it comes back.
+    publish(&broker, Version::V311, &kept, "while away", 1, false).await;
+    let mut options = MqttOptions::new("dev-free-kept", "127.0.0.1", port);
+    options.set_clean_session(false);
+    let (_client, mut events) = AsyncClient::new(options, 10);
+    let payload = tokio::time::timeout(WAIT, async {
+        loop {
+            match events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => {
+                    return String::from_utf8_lossy(&p.payload).into_owned()
+                }
+                Ok(_) => {}
+                Err(err) => panic!("the kept session's connection failed: {err}"),
+            }
+        }
+    })
+    .await
+    .expect("the message published while the kept session was away");
+    assert_eq!(payload, "while away");
+
+    eprintln!("{CLIENTS} clients with a filter each grew the heap by {grown} bytes");
+    assert!(
+        grown < 1 << 20,
+        "{CLIENTS} clients, each subscribing to a filter of its own and leaving, grew the heap by {} KB",
+        grown >> 10
+    );
+}
+
 /// A device connection gets what a device needs and no more (rumqttd
 /// patch 19): more subscriptions than allowed, or a topic or filter that is
 /// too long or too deep, drop it (MQTT 5: DISCONNECT 0x97, 0x90, 0x8F), and

@@ -45,6 +45,15 @@ impl FilterTrie {
         node.here = Some(idx);
     }
 
+    /// WARMHOUSE PATCH (20): removes `filter` (as inserted), and the nodes
+    /// only it needed, so a trie whose filters come and go (one command
+    /// filter per device, devices moving between replicas) does not keep a
+    /// node for every filter it ever held.
+    pub(crate) fn remove(&mut self, filter: &str) {
+        let levels: Vec<&str> = filter.split('/').collect();
+        remove(&mut self.root, &levels);
+    }
+
     /// Every filter `topic` matches. Per MQTT 3.1.1 section 4.7.2, a topic
     /// starting with `$` is not matched by a wildcard at the first level.
     pub(crate) fn matches(&self, topic: &str) -> Vec<FilterIdx> {
@@ -60,6 +69,38 @@ impl FilterTrie {
         );
         found
     }
+}
+
+/// WARMHOUSE PATCH (20): `true` when `node` holds nothing any more (its
+/// parent drops it).
+fn remove(node: &mut Node, levels: &[&str]) -> bool {
+    match levels.split_first() {
+        None => node.here = None,
+        // `#` is always the last level of a valid filter.
+        Some((&"#", _)) => node.multi = None,
+        Some((&"+", rest)) => {
+            if node.single.as_deref_mut().is_some_and(|single| remove(single, rest)) {
+                node.single = None;
+            }
+        }
+        Some((exact, rest)) => {
+            if node
+                .children
+                .get_mut(*exact)
+                .is_some_and(|child| remove(child, rest))
+            {
+                node.children.remove(*exact);
+                // A map keeps its largest capacity: one level that held
+                // every device's filter would stay that big for good.
+                if node.children.capacity() > 64
+                    && node.children.len() < node.children.capacity() / 4
+                {
+                    node.children.shrink_to_fit();
+                }
+            }
+        }
+    }
+    node.children.is_empty() && node.single.is_none() && node.multi.is_none() && node.here.is_none()
 }
 
 fn walk(
@@ -149,5 +190,44 @@ mod tests {
                 .collect();
             assert_eq!(found, expected, "topic {topic:?}");
         }
+    }
+
+    /// WARMHOUSE PATCH (20): what is removed matches nothing any more,
+    /// the rest matches as before, and a trie emptied of its filters holds
+    /// no nodes.
+    #[test]
+    fn removed_filters_match_nothing_and_leave_no_nodes() {
+        let mut trie = FilterTrie::default();
+        for (idx, filter) in FILTERS.iter().enumerate() {
+            trie.insert(filter, idx);
+        }
+        let removed = ["a/+", "/tenants/d1/commands", "#", "$SYS/x", "+/+/c"];
+        for filter in removed {
+            trie.remove(filter);
+        }
+        for topic in TOPICS {
+            let mut found = trie.matches(topic);
+            found.sort_unstable();
+            let expected: Vec<usize> = FILTERS
+                .iter()
+                .enumerate()
+                .filter(|(_, filter)| !removed.contains(filter))
+                .filter(|(_, filter)| {
+                    if topic.starts_with('$') {
+                        filter.starts_with('$') && matches(&topic[1..], &filter[1..])
+                    } else {
+                        matches(topic, filter)
+                    }
+                })
+                .map(|(idx, _)| idx)
+                .collect();
+            assert_eq!(found, expected, "topic {topic:?}");
+        }
+        for filter in FILTERS {
+            trie.remove(filter);
+        }
+        assert!(trie.root.children.is_empty());
+        assert!(trie.root.single.is_none());
+        assert!(trie.root.multi.is_none() && trie.root.here.is_none());
     }
 }

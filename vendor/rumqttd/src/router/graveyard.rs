@@ -11,6 +11,9 @@ pub struct Graveyard {
     connections: HashMap<String, SavedState>,
     /// WARMHOUSE PATCH (17): when saved sessions expire, soonest first.
     expiries: BinaryHeap<Reverse<(Instant, String)>>,
+    /// WARMHOUSE PATCH (20): subscriptions of the sessions dropped here
+    /// (expired or replaced), for the router to release their filters.
+    released: Vec<String>,
 }
 
 impl Graveyard {
@@ -18,6 +21,7 @@ impl Graveyard {
         Graveyard {
             connections: HashMap::new(),
             expiries: BinaryHeap::new(),
+            released: Vec::new(),
         }
     }
 
@@ -27,7 +31,28 @@ impl Graveyard {
         let saved = self.connections.remove(id)?;
         // WARMHOUSE PATCH (17): an expired session is gone.
         let expired = saved.expires_at.is_some_and(|at| at <= Instant::now());
-        (!expired).then_some(saved)
+        if expired {
+            self.release(saved);
+            return None;
+        }
+        Some(saved)
+    }
+
+    /// WARMHOUSE PATCH (20): the saved state of `id`, left in place.
+    pub fn get(&self, id: &str) -> Option<&SavedState> {
+        self.connections.get(id)
+    }
+
+    /// WARMHOUSE PATCH (20): subscriptions of the sessions dropped since
+    /// the last call; their filters have one user fewer.
+    pub fn take_released(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.released)
+    }
+
+    fn release(&mut self, saved: SavedState) {
+        if let Some(session) = saved.session_state {
+            self.released.extend(session.subscriptions);
+        }
     }
 
     /// WARMHOUSE PATCH (17): drops the sessions whose Session Expiry
@@ -42,7 +67,9 @@ impl Graveyard {
             };
             // Only if it was not retrieved (and saved again) since.
             if self.connections.get(&id).is_some_and(|s| s.expires_at == Some(at)) {
-                self.connections.remove(&id);
+                if let Some(saved) = self.connections.remove(&id) {
+                    self.release(saved);
+                }
             }
         }
     }
@@ -70,7 +97,7 @@ impl Graveyard {
         if let Some(at) = expires_at {
             self.expiries.push(Reverse((at, id.clone())));
         }
-        self.connections.insert(
+        let replaced = self.connections.insert(
             id,
             SavedState {
                 session_state: Some(session_state),
@@ -78,6 +105,10 @@ impl Graveyard {
                 expires_at,
             },
         );
+        // WARMHOUSE PATCH (20)
+        if let Some(saved) = replaced {
+            self.release(saved);
+        }
     }
 }
 

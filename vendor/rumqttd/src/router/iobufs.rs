@@ -18,6 +18,12 @@ use super::{Forward, IncomingMeter, OutgoingMeter};
 const MAX_INFLIGHT: usize = 100;
 const MAX_PKID: u16 = MAX_INFLIGHT as u16;
 
+/// WARMHOUSE PATCH (20): a filter log as in-flight publishes remember it:
+/// its index and its generation (`DataLog::generation`). Filters are freed
+/// and their slots reused; the generation tells a log made later in the same
+/// slot from the one a publish was read from.
+pub(crate) type LogId = (FilterIdx, u64);
+
 #[derive(Debug)]
 pub struct Incoming {
     /// Identifier associated with connected client
@@ -59,7 +65,7 @@ pub struct Outgoing {
     /// Handle which is given to router to allow router to communicate with this connection
     pub(crate) handle: Sender<()>,
     /// The buffer to keep track of inflight packets.
-    inflight_buffer: VecDeque<(u16, FilterIdx, Option<Cursor>)>,
+    inflight_buffer: VecDeque<(u16, LogId, Option<Cursor>)>,
     /// PubRels waiting for PubComp
     pub(crate) unacked_pubrels: VecDeque<u16>,
     /// Last packet id
@@ -113,7 +119,8 @@ impl Outgoing {
         &mut self,
         publishes: impl Iterator<Item = Forward>,
         qos: u8,
-        filter_idx: usize,
+        // WARMHOUSE PATCH (20): with its generation.
+        filter_idx: LogId,
     ) -> (usize, usize) {
         let mut buffer = self.data_buffer.lock();
 
@@ -202,7 +209,7 @@ impl Outgoing {
 
     // Here we are assuming that the first unique filter_idx we find while iterating will have the
     // least corresponding cursor because of the way we insert into the inflight_buffer
-    pub fn retransmission_map(&self) -> HashMap<FilterIdx, Cursor> {
+    pub fn retransmission_map(&self) -> HashMap<LogId, Cursor> {
         let mut o = HashMap::new();
         for (_, filter_idx, cursor) in self.inflight_buffer.iter() {
             // if cursor in None, it means it was a retained publish
@@ -224,10 +231,11 @@ mod test {
         let (mut outgoing, _) = Outgoing::new("retransmission-test".to_string());
         let mut result = HashMap::new();
 
-        result.insert(0, (0, 8));
-        result.insert(1, (0, 1));
-        result.insert(2, (1, 1));
-        result.insert(3, (1, 0));
+        // WARMHOUSE PATCH (20): logs are (index, generation).
+        result.insert((0, 0), (0, 8));
+        result.insert((1, 0), (0, 1));
+        result.insert((2, 0), (1, 1));
+        result.insert((3, 0), (1, 0));
 
         let buf = vec![
             (1, 0, Some((0, 8))),
@@ -243,7 +251,9 @@ mod test {
             (1, 3, Some((1, 3))),
         ];
 
-        outgoing.inflight_buffer.extend(buf);
+        outgoing
+            .inflight_buffer
+            .extend(buf.into_iter().map(|(pkid, idx, cursor)| (pkid, (idx, 0), cursor)));
         assert_eq!(outgoing.retransmission_map(), result);
     }
 

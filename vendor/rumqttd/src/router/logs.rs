@@ -1,6 +1,6 @@
 use super::Ack;
 use slab::Slab;
-use tracing::{info, trace};
+use tracing::{info, trace, warn};
 
 use crate::protocol::{
     matches, ConnAck, ConnAckProperties, PingResp, PubAck, PubComp, PubRec, PubRel, Publish,
@@ -76,6 +76,9 @@ pub struct DataLog {
     /// WARMHOUSE PATCH (8): the filters by topic level (was a cache of the
     /// filters of every topic ever published, filled by a linear scan).
     filter_trie: FilterTrie,
+    /// WARMHOUSE PATCH (20): the generation the next filter log gets (see
+    /// `Data::generation`).
+    next_generation: u64,
 }
 
 impl DataLog {
@@ -84,10 +87,16 @@ impl DataLog {
         let mut filter_indexes = HashMap::new();
         let retained_publishes = HashMap::new();
         let mut filter_trie = FilterTrie::default();
+        let mut next_generation = 0;
 
         if let Some(warmup_filters) = config.initialized_filters.clone() {
             for filter in warmup_filters {
-                let data = Data::new(&filter, &config);
+                let mut data = Data::new(&filter, &config);
+                // WARMHOUSE PATCH (20): configured filters stay without
+                // subscribers.
+                data.pinned = true;
+                data.generation = next_generation;
+                next_generation += 1;
 
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
@@ -103,7 +112,54 @@ impl DataLog {
             filter_trie,
             filter_indexes,
             retained_publishes,
+            next_generation,
         })
+    }
+
+    /// WARMHOUSE PATCH (20): one more subscription (of a live connection or
+    /// a kept session) reads the log at `idx`.
+    pub fn subscribe(&mut self, idx: FilterIdx) {
+        if let Some(data) = self.native.get_mut(idx) {
+            data.users += 1;
+        }
+    }
+
+    /// WARMHOUSE PATCH (20): a subscription to `filter` (the log's filter,
+    /// without `$share/{group}/`) ended. When it was the last, the filter's
+    /// log, waiters and meter are freed and the filter leaves the index and
+    /// the trie (retained messages are kept apart and stay). Returns whether
+    /// it was freed. The caller makes sure no `DataRequest` for it is left
+    /// (trackers, waiters, pending notifications).
+    pub fn unsubscribe(&mut self, filter: &str) -> bool {
+        let Some(&idx) = self.filter_indexes.get(filter) else {
+            return false;
+        };
+        let Some(data) = self.native.get_mut(idx) else {
+            return false;
+        };
+        data.users = data.users.saturating_sub(1);
+        if data.users > 0 || data.pinned {
+            return false;
+        }
+        self.native.remove(idx);
+        self.filter_indexes.remove(filter);
+        // Maps keep their largest capacity: shrink once most of it is free.
+        if self.filter_indexes.capacity() > 64
+            && self.filter_indexes.len() < self.filter_indexes.capacity() / 4
+        {
+            self.filter_indexes.shrink_to_fit();
+        }
+        self.filter_trie.remove(filter);
+        trace!(filter, "freed a filter nothing subscribes to");
+        true
+    }
+
+    /// WARMHOUSE PATCH (20): the generation of the log at `idx`: a log made
+    /// later in the same slab slot has another, so a filter index kept
+    /// somewhere (a connection's in-flight publishes) is not taken for the
+    /// new log's.
+    pub fn generation(&self, idx: FilterIdx) -> Option<u64> {
+        self.native.get(idx).map(|data| data.generation)
     }
 
     pub fn meter(&mut self, filter: &str) -> Option<&mut SubscriptionMeter> {
@@ -117,20 +173,24 @@ impl DataLog {
             .map(|data| &data.waiters)
     }
 
+    /// WARMHOUSE PATCH (20): the waiter of `subscription` (as the client
+    /// subscribed it, `$share/{group}/` included) on the log of `filter`
+    /// (without it). Upstream looked the log up by the subscription, so a
+    /// shared subscription's waiter stayed after UNSUBSCRIBE and was woken
+    /// by the next message, and it took the connection's first waiter on
+    /// the log, whichever subscription it was for.
     pub fn remove_waiters_for_id(
         &mut self,
         id: ConnectionId,
-        filter: &Filter,
+        filter: &str,
+        subscription: &str,
     ) -> Option<DataRequest> {
-        let data = self
-            .native
-            .get_mut(*self.filter_indexes.get(filter)?)
-            .unwrap();
+        let data = self.native.get_mut(*self.filter_indexes.get(filter)?)?;
         let waiters = data.waiters.get_mut();
 
         waiters
             .iter()
-            .position(|&(conn_id, _)| conn_id == id)
+            .position(|(conn_id, request)| *conn_id == id && request.filter == subscription)
             .and_then(|index| {
                 waiters
                     .swap_remove_back(index)
@@ -151,7 +211,10 @@ impl DataLog {
         let (filter_idx, data) = match filter_indexes.get(filter) {
             Some(idx) => (*idx, self.native.get(*idx).unwrap()),
             None => {
-                let data = Data::new(filter, &self.config);
+                let mut data = Data::new(filter, &self.config);
+                // WARMHOUSE PATCH (20)
+                data.generation = self.next_generation;
+                self.next_generation += 1;
 
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
@@ -181,7 +244,11 @@ impl DataLog {
         // arrives in `Router::handle_device_payload`, it first calls the function
         // `next_native_offset` which creates a new commitlog if one doesn't exist. So any new
         // reads will definitely happen on a valid filter.
-        let data = self.native.get(filter_idx).unwrap();
+        // WARMHOUSE PATCH (20): filters are freed; a request for one that
+        // is gone (which the router does not leave behind) reads nothing.
+        let data = self.native.get(filter_idx).ok_or_else(|| {
+            io::Error::new(io::ErrorKind::NotFound, "filter log freed")
+        })?;
         let mut o = Vec::new();
         // TODO: `readv` is infallible but its current return type does not
         // reflect that. Consequently, this method is also infallible.
@@ -241,8 +308,11 @@ impl DataLog {
         // filter as `request` is "done", that is, the subscriber has caught up. In other words,
         // there has been atleast 1 call to `native_readv` for the same filter, which means if
         // `native_readv` hasn't paniced, so this won't panic either.
-        let data = self.native.get_mut(request.filter_idx).unwrap();
-        data.waiters.register(id, request);
+        // WARMHOUSE PATCH (20): a request for a freed filter is dropped.
+        match self.native.get_mut(request.filter_idx) {
+            Some(data) => data.waiters.register(id, request),
+            None => warn!(filter = request.filter, "request for a freed filter dropped"),
+        }
     }
 
     /// Cleanup a connection from all the waiters
@@ -322,6 +392,14 @@ pub struct Data<T> {
     pub log: CommitLog<T>,
     pub waiters: Waiters<DataRequest>,
     meter: SubscriptionMeter,
+    /// WARMHOUSE PATCH (20): subscriptions reading this log, of live
+    /// connections and kept sessions; at 0 the log is freed.
+    users: usize,
+    /// WARMHOUSE PATCH (20): a configured (`initialized_filters`) filter,
+    /// never freed.
+    pinned: bool,
+    /// WARMHOUSE PATCH (20): unique among the logs this router ever made.
+    generation: u64,
 }
 
 impl<T> Data<T>
@@ -353,6 +431,9 @@ where
             log,
             waiters,
             meter: metrics,
+            users: 0,
+            pinned: false,
+            generation: 0,
         }
     }
 

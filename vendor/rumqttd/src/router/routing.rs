@@ -324,6 +324,8 @@ impl Router {
         // WARMHOUSE PATCH (17): expired sessions go first.
         self.graveyard.expire(std::time::Instant::now());
         let saved = self.graveyard.retrieve(&client_id);
+        // WARMHOUSE PATCH (20): subscriptions of sessions dropped here.
+        let mut released = self.graveyard.take_released();
         let clean_session = connection.clean;
         let previous_session = saved.as_ref().is_some_and(|s| s.session_state.is_some());
         // for qos2 pending pubrels
@@ -351,7 +353,13 @@ impl Router {
             )
         } else {
             // Only retrieve metrics in clean session
-            connection.events = saved.map_or_else(ConnectionEvents::default, |s| s.metrics);
+            // WARMHOUSE PATCH (20): the session it does not resume ends.
+            connection.events = saved.map_or_else(ConnectionEvents::default, |s| {
+                if let Some(state) = s.session_state {
+                    released.extend(state.subscriptions);
+                }
+                s.metrics
+            });
             Tracker::new(client_id.clone())
         };
 
@@ -382,6 +390,17 @@ impl Router {
 
         self.connection_map.insert(client_id.clone(), connection_id);
         info!(connection_id, "Client connection registered");
+
+        // WARMHOUSE PATCH (20): a resumed session's subscriptions are the
+        // connection's (upstream left them out of the subscription map, so
+        // they could not be unsubscribed); their filters keep their users.
+        for filter in &self.connections[connection_id].subscriptions {
+            self.subscription_map
+                .entry(filter.clone())
+                .or_default()
+                .insert(connection_id);
+        }
+        self.release_subscriptions(released);
 
         assert_eq!(self.ackslog.insert(ackslog), connection_id);
         assert_eq!(self.scheduler.add(tracker), connection_id);
@@ -500,6 +519,10 @@ impl Router {
         for filter in connection.subscriptions.iter() {
             if let Some(connections) = self.subscription_map.get_mut(filter) {
                 connections.remove(&id);
+                // WARMHOUSE PATCH (20): no entry for a filter nobody holds.
+                if connections.is_empty() {
+                    self.subscription_map.remove(filter);
+                }
             }
         }
 
@@ -530,7 +553,13 @@ impl Router {
                 .for_each(|r| tracker.register_data_request(r));
 
             for request in tracker.data_requests.iter_mut() {
-                if let Some(cursor) = retransmissions.get(&request.filter_idx) {
+                // WARMHOUSE PATCH (20): in-flight publishes of this very log,
+                // not of a freed one whose slot it reuses.
+                let log = self
+                    .datalog
+                    .generation(request.filter_idx)
+                    .map(|generation| (request.filter_idx, generation));
+                if let Some(cursor) = log.and_then(|log| retransmissions.get(&log)) {
                     request.cursor = *cursor;
                     // reset the group cursor
                     if let Some(group_name) = &request.group {
@@ -550,11 +579,29 @@ impl Router {
                 outgoing.unacked_pubrels,
                 expires_at,
             );
+        } else {
+            // WARMHOUSE PATCH (20): its filters lose a user, and those left
+            // without one are freed.
+            self.release_subscriptions(connection.subscriptions);
         }
+        // WARMHOUSE PATCH (20): sessions expired or replaced in the graveyard.
+        let released = self.graveyard.take_released();
+        self.release_subscriptions(released);
         // WARMHOUSE PATCH (17): a session that is not kept leaves nothing
         // behind (upstream kept every client id's connection events forever,
         // so clients with ever new ids grew memory without bound).
         self.router_meters.total_connections -= 1;
+    }
+
+    /// WARMHOUSE PATCH (20): `subscriptions` (as clients subscribed them)
+    /// ended with their connection or session: their filters have one user
+    /// fewer and are freed when none is left. Their data requests must be
+    /// gone already (with the connection's tracker and waiters, or the
+    /// session's saved state).
+    fn release_subscriptions(&mut self, subscriptions: impl IntoIterator<Item = Filter>) {
+        for subscription in subscriptions {
+            self.datalog.unsubscribe(log_filter(&subscription));
+        }
     }
 
     /// Handles new incoming data on a topic
@@ -750,6 +797,11 @@ impl Router {
                         debug!("Removing subscription on filter {}", filter);
                         if let Some(connection_ids) = self.subscription_map.get_mut(filter) {
                             let removed = connection_ids.remove(&id);
+                            // WARMHOUSE PATCH (20): no entry for a filter
+                            // nobody holds.
+                            if connection_ids.is_empty() {
+                                self.subscription_map.remove(filter);
+                            }
                             if !removed {
                                 continue;
                             }
@@ -787,7 +839,20 @@ impl Router {
                             let ackslog = self.ackslog.get_mut(id).unwrap();
                             ackslog.unsuback(unsuback);
                             self.scheduler.untrack(id, filter);
-                            self.datalog.remove_waiters_for_id(id, filter);
+                            // WARMHOUSE PATCH (20): the request may be parked
+                            // on the filter's log (under the log's filter,
+                            // without `$share/{group}/`), or be woken by a
+                            // publish earlier in this batch and wait in
+                            // `notifications`, which would track it again
+                            // after this UNSUBSCRIBE (and upstream then kept
+                            // delivering). None may be left: the filter's
+                            // log may be freed now.
+                            let log = log_filter(filter);
+                            self.datalog.remove_waiters_for_id(id, log, filter);
+                            self.notifications.retain(|(waiter, request)| {
+                                !(*waiter == id && request.filter == *filter)
+                            });
+                            self.datalog.unsubscribe(log);
                             force_ack = true;
                         }
                     }
@@ -997,6 +1062,8 @@ impl Router {
         // call to `insert(_)` returns `true` if it didn't contain the filter_path already
         // i.e. its a new subscription
         if connection.subscriptions.insert(filter_path.clone()) {
+            // WARMHOUSE PATCH (20): one more user of the filter's log.
+            self.datalog.subscribe(filter_idx);
             let request = DataRequest {
                 filter: filter_path.clone(),
                 filter_idx,
@@ -1600,6 +1667,8 @@ fn forward_device_data(
 
     let qos = request.qos;
     let filter_idx = request.filter_idx;
+    // WARMHOUSE PATCH (20): the log was just read, so it exists.
+    let generation = datalog.generation(filter_idx).unwrap_or(u64::MAX);
     request.read_count += publishes.len();
     request.cursor = next;
     // println!("{:?} {:?} {}", start, next, request.read_count);
@@ -1678,7 +1747,9 @@ fn forward_device_data(
             })
         });
 
-    let (len, inflight) = outgoing.push_forwards(forwards, qos, filter_idx);
+    // WARMHOUSE PATCH (20): in-flight publishes remember the log's generation.
+    let log = (filter_idx, generation);
+    let (len, inflight) = outgoing.push_forwards(forwards, qos, log);
 
     debug!(
         inflight_count = inflight,
@@ -1754,11 +1825,14 @@ fn print_status(router: &mut Router, metrics: Print) {
 
             let metrics = match metrics {
                 Some(v) => Some(v),
-                None => router.graveyard.retrieve(&id).map(|v| {
+                // WARMHOUSE PATCH (20): looked at, not taken (upstream took
+                // the session out of the graveyard to print it).
+                None => router.graveyard.get(&id).map(|v| {
                     (
-                        v.metrics,
+                        v.metrics.clone(),
                         v.session_state
-                            .map(|s| s.tracker)
+                            .as_ref()
+                            .map(|s| s.tracker.clone())
                             .unwrap_or(Tracker::new(id)),
                     )
                 }),
@@ -1836,6 +1910,15 @@ fn validate_clientid(client_id: &str) -> Result<(), RouterError> {
     }
 
     Ok(())
+}
+
+/// WARMHOUSE PATCH (20): the filter whose log a subscription reads: the
+/// subscription without `$share/{group}/` (as `extract_group` splits it).
+fn log_filter(subscription: &str) -> &str {
+    subscription
+        .strip_prefix("$share/")
+        .and_then(|s| s.split_once('/'))
+        .map_or(subscription, |(_, path)| path)
 }
 
 fn extract_group(filter: &str) -> Option<(String, String)> {
