@@ -21,6 +21,11 @@ pub const DEFAULT_MAX_PAYLOAD_SIZE: usize = 65_536 + 1_024;
 pub const DEFAULT_DEVICE_MAX_SUBSCRIPTIONS: usize = 8;
 pub const DEFAULT_DEVICE_MAX_TOPIC_LENGTH: usize = 256;
 pub const DEFAULT_DEVICE_MAX_TOPIC_LEVELS: usize = 8;
+/// A device publishing a reading every few seconds has one or two
+/// publishes waiting for their PUBACK (held until Kafka or the spool has
+/// them); 64 leaves room for a backlog sent after a reconnect, or during a
+/// Kafka hiccup, without letting one connection hold the ingress's memory.
+pub const DEFAULT_DEVICE_MAX_INFLIGHT: u16 = 64;
 /// The edge bridge reads a large window of publishes per network read.
 pub const DEFAULT_MAX_INFLIGHT_COUNT: usize = 1_000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
@@ -171,6 +176,13 @@ pub struct BrokerConfig {
     /// (`/tenants/{id}/commands/ack` has 5).
     #[arg(long, env = "WARMHOUSE_BROKER_DEVICE_MAX_TOPIC_LEVELS", default_value_t = DEFAULT_DEVICE_MAX_TOPIC_LEVELS)]
     pub device_max_topic_levels: usize,
+
+    /// QoS 1 and 2 publishes one device connection may have unacknowledged
+    /// (PUBACKs wait until the reading is safe). MQTT 5: stated in CONNACK
+    /// as Receive Maximum, more gets DISCONNECT 0x93; MQTT 3.1.1: the broker
+    /// stops reading the connection while that many wait.
+    #[arg(long, env = "WARMHOUSE_BROKER_DEVICE_MAX_INFLIGHT", default_value_t = DEFAULT_DEVICE_MAX_INFLIGHT)]
+    pub device_max_inflight: u16,
 
     /// How long a new TCP connection may take to send CONNECT, in ms.
     #[arg(long, env = "WARMHOUSE_BROKER_CONNECTION_TIMEOUT_MS", default_value_t = DEFAULT_CONNECTION_TIMEOUT_MS)]
@@ -343,6 +355,7 @@ impl BrokerConfig {
             device_max_subscriptions: DEFAULT_DEVICE_MAX_SUBSCRIPTIONS,
             device_max_topic_length: DEFAULT_DEVICE_MAX_TOPIC_LENGTH,
             device_max_topic_levels: DEFAULT_DEVICE_MAX_TOPIC_LEVELS,
+            device_max_inflight: DEFAULT_DEVICE_MAX_INFLIGHT,
             connection_timeout_ms: DEFAULT_CONNECTION_TIMEOUT_MS,
             next_connection_delay_ms: DEFAULT_NEXT_CONNECTION_DELAY_MS,
             max_segment_size: DEFAULT_MAX_SEGMENT_SIZE,
@@ -531,6 +544,7 @@ impl BrokerConfig {
                 "device max topic levels",
                 self.device_max_topic_levels as u64,
             ),
+            ("device max inflight", u64::from(self.device_max_inflight)),
             ("max outgoing packet count", self.max_outgoing_packet_count),
             ("connection timeout", u64::from(self.connection_timeout_ms)),
             // A zero tokio interval panics inside rumqttd's timer thread.
@@ -573,6 +587,7 @@ impl BrokerConfig {
                         max_subscriptions: Some(self.device_max_subscriptions),
                         max_topic_length: Some(self.device_max_topic_length),
                         max_topic_levels: Some(self.device_max_topic_levels),
+                        max_inflight: Some(self.device_max_inflight),
                     }
                 },
             };

@@ -132,7 +132,7 @@ impl BrokerMetrics {
                 IntCounterVec::new(
                     opts(
                         "client_limits_exceeded_total",
-                        "Device connections dropped for breaking a limit, by limit (subscriptions, topic_length, topic_levels)",
+                        "Device connections dropped for breaking a limit, by limit (subscriptions, topic_length, topic_levels, inflight)",
                     ),
                     &["limit"],
                 )?,

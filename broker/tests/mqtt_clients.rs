@@ -1368,6 +1368,147 @@ async fn mqtt5_device_connections_are_held_to_their_limits() {
     }
 }
 
+/// A raw QoS 2 PUBLISH of `payload` to `topic` with packet id `pkid`.
+fn raw_qos2_publish(version: Version, topic: &str, pkid: u16, payload: &str) -> Vec<u8> {
+    let mut body = mqtt_bytes(topic.as_bytes());
+    body.extend_from_slice(&pkid.to_be_bytes());
+    if matches!(version, Version::V5) {
+        body.push(0x00);
+    }
+    body.extend_from_slice(payload.as_bytes());
+    raw_packet(0x34, &body)
+}
+
+/// Sends QoS 2 PUBLISHes with packet ids `pkids` one at a time, each
+/// answered by its PUBREC, and sends no PUBREL: each QoS 2 flow stays
+/// unfinished (no PUBCOMP), whatever the broker's Kafka does.
+async fn unfinished_qos2_flows(
+    socket: &mut tokio::net::TcpStream,
+    version: Version,
+    topic: &str,
+    pkids: std::ops::RangeInclusive<u16>,
+) {
+    use tokio::io::AsyncWriteExt;
+    for pkid in pkids {
+        let packet = raw_qos2_publish(version, topic, pkid, &reading(u32::from(pkid)));
+        socket.write_all(&packet).await.expect("send PUBLISH");
+        let (first, body) = tokio::time::timeout(WAIT, read_raw_packet(socket))
+            .await
+            .expect("PUBREC in time");
+        assert_eq!(first, 0x50, "PUBREC expected for {pkid}: {body:?}");
+        assert_eq!(body[..2], pkid.to_be_bytes(), "PUBREC for {pkid}");
+    }
+}
+
+/// A device connection may have `WARMHOUSE_BROKER_DEVICE_MAX_INFLIGHT` QoS 1
+/// and 2 publishes unacknowledged (rumqttd patch 24). MQTT 5: the CONNACK
+/// states it as Receive Maximum, a client that keeps to it (rumqttc,
+/// publishing as fast as it can) is served, and one that sends more than
+/// that without a PUBACK or PUBCOMP gets DISCONNECT 0x93, counted. MQTT
+/// 3.1.1 cannot be told: the broker only stops reading at the limit, and
+/// QoS 2 flows waiting for the client's PUBREL do not stop it (it could
+/// never read the PUBREL). QoS 2 flows without PUBREL make the unacknowledged
+/// count exact, whatever Kafka's speed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_connections_are_held_to_their_inflight_limit() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::mqttbytes::QoS;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    use tokio::io::AsyncWriteExt;
+    const LIMIT: u16 = 4;
+    const MESSAGES: usize = 40;
+    let broker = start_broker_with(|config| BrokerConfig {
+        device_max_inflight: LIMIT,
+        ..config
+    })
+    .await;
+
+    // rumqttc (100 in flight by default) takes the CONNACK's Receive Maximum
+    // and gets every publish acknowledged.
+    let telemetry = topic("dev-inflight-ok", Channel::Telemetry);
+    let options = MqttOptions::new("dev-inflight-ok", "127.0.0.1", broker.mqtt_v5_addr.port());
+    let (client, mut events) = AsyncClient::new(options, 10);
+    let publisher = tokio::spawn(async move {
+        for seq in 0..MESSAGES {
+            client
+                .publish(&telemetry, QoS::AtLeastOnce, false, reading(seq as u32))
+                .await
+                .expect("queue a publish");
+        }
+        client
+    });
+    let (receive_maximum, acked) = tokio::time::timeout(WAIT, async {
+        let (mut receive_maximum, mut acked) = (None, 0);
+        while acked < MESSAGES {
+            match events.poll().await.expect("the publisher's connection") {
+                Event::Incoming(Packet::ConnAck(ack)) => {
+                    receive_maximum = Some(ack.properties.and_then(|p| p.receive_max));
+                }
+                Event::Incoming(Packet::PubAck(_)) => acked += 1,
+                _ => {}
+            }
+        }
+        (receive_maximum, acked)
+    })
+    .await
+    .expect("every publish acknowledged in time");
+    assert_eq!(
+        receive_maximum,
+        Some(Some(LIMIT)),
+        "CONNACK Receive Maximum"
+    );
+    assert_eq!(acked, MESSAGES);
+    drop(publisher.await.expect("the publisher"));
+
+    // MQTT 5: one more than the limit unacknowledged.
+    let v5_topic = topic("dev-inflight-v5", Channel::Telemetry);
+    let mut socket = raw_connect(&broker, Version::V5, "dev-inflight-v5").await;
+    unfinished_qos2_flows(&mut socket, Version::V5, &v5_topic, 1..=LIMIT).await;
+    let over = raw_qos2_publish(Version::V5, &v5_topic, LIMIT + 1, &reading(99));
+    socket.write_all(&over).await.expect("send PUBLISH");
+    let answer = read_until_closed(&mut socket).await;
+    assert_eq!(
+        answer.first(),
+        Some(&0xE0),
+        "DISCONNECT expected, the broker sent {answer:?}"
+    );
+    assert_eq!(
+        answer.get(2),
+        Some(&0x93),
+        "Receive Maximum exceeded: {answer:?}"
+    );
+
+    // MQTT 3.1.1: QoS 2 flows waiting for PUBREL do not stop the reading,
+    // and nothing is refused; PUBREL gets PUBCOMP.
+    let v4_topic = topic("dev-inflight-v4", Channel::Telemetry);
+    let mut socket = raw_connect(&broker, Version::V311, "dev-inflight-v4").await;
+    unfinished_qos2_flows(&mut socket, Version::V311, &v4_topic, 1..=LIMIT + 2).await;
+    for pkid in 1..=LIMIT + 2 {
+        let [msb, lsb] = pkid.to_be_bytes();
+        socket
+            .write_all(&[0x62, 0x02, msb, lsb])
+            .await
+            .expect("send PUBREL");
+        let (first, body) = tokio::time::timeout(WAIT, read_raw_packet(&mut socket))
+            .await
+            .expect("PUBCOMP in time");
+        assert_eq!(
+            (first, &body[..2]),
+            (0x70, &pkid.to_be_bytes()[..]),
+            "PUBCOMP"
+        );
+    }
+
+    let metrics = reqwest::get(format!("http://{}/metrics", broker.admin_addr))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    let sample = r#"warmhouse_broker_client_limits_exceeded_total{limit="inflight"} 1"#;
+    assert!(metrics.contains(sample), "{sample} missing from {metrics}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retained_status_reaches_later_subscribers() {
     let broker = start_broker().await;

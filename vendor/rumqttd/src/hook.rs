@@ -107,8 +107,9 @@ pub trait PublishHook: Send + Sync + 'static {
     fn disconnected(&self, _connection: &ConnectionInfo) {}
 
     /// WARMHOUSE PATCH (19): the connection broke one of its listener's
-    /// `ClientLimits` (`"subscriptions"`, `"topic_length"` or
-    /// `"topic_levels"`) and is being disconnected.
+    /// `ClientLimits` (`"subscriptions"`, `"topic_length"`,
+    /// `"topic_levels"`, or `"inflight"` on MQTT 5, patch 24) and is being
+    /// disconnected.
     fn limit_exceeded(&self, _connection: &ConnectionInfo, _limit: &'static str) {}
 
     /// The broker is publishing the connection's last will (after any will

@@ -185,6 +185,13 @@ pub struct ClientLimits {
     /// Levels (`/`-separated) in a PUBLISH topic or a SUBSCRIBE filter
     /// (0x90 / 0x8F).
     pub max_topic_levels: Option<usize>,
+    /// WARMHOUSE PATCH (24): QoS 1 and 2 PUBLISHes the client may have
+    /// unacknowledged (no PUBACK or PUBCOMP sent yet; 0 counts as 1). MQTT 5
+    /// clients are told in CONNACK (Receive Maximum) and disconnected with
+    /// 0x93 (Receive Maximum exceeded) when they send more; MQTT 3.1.1 has
+    /// no way to say it, so the broker stops reading the connection while
+    /// that many wait.
+    pub max_inflight: Option<u16>,
 }
 
 impl ConnectionSettings {

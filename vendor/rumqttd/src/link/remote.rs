@@ -78,6 +78,82 @@ pub struct RemoteLink<P> {
     /// subscribed on this connection.
     limits: ClientLimits,
     subscribed: HashSet<String>,
+    /// WARMHOUSE PATCH (24): the client's QoS 1 and 2 publishes without a
+    /// PUBACK or PUBCOMP sent yet (counted when `limits.max_inflight` is set).
+    unacked: Unacked,
+}
+
+/// WARMHOUSE PATCH (24): QoS 1 and 2 PUBLISHes of the client the broker has
+/// not sent a PUBACK or PUBCOMP for (MQTT 5, 3.3.4: what Receive Maximum
+/// bounds). Whoever acknowledges (the publish hook's link or the router),
+/// every QoS 1 PUBLISH gets one PUBACK, and a QoS 2 one is done with its
+/// PUBCOMP (its retransmissions before that are the same publish).
+#[derive(Default)]
+struct Unacked {
+    qos1: usize,
+    /// Packet id of each QoS 2 flow, and whether its PUBREC went out (the
+    /// client's PUBREL is awaited then).
+    qos2: HashMap<u16, bool>,
+}
+
+impl Unacked {
+    /// What Receive Maximum counts.
+    fn count(&self) -> usize {
+        self.qos1 + self.qos2.len()
+    }
+
+    /// What waits on the broker (not on the client's PUBREL): reading stops
+    /// on this, or a QoS 2 flow could never get its PUBREL read.
+    fn awaiting_broker(&self) -> usize {
+        self.qos1 + self.qos2.values().filter(|pubrec_sent| !**pubrec_sent).count()
+    }
+
+    /// `count` once `packets` (read from the client) are in.
+    fn with(&self, packets: &VecDeque<Packet>) -> usize {
+        let mut new_qos2 = HashSet::new();
+        let mut count = self.count();
+        for packet in packets {
+            match packet {
+                Packet::Publish(publish, _) if publish.qos == QoS::AtLeastOnce => count += 1,
+                Packet::Publish(publish, _) if publish.qos == QoS::ExactlyOnce => {
+                    if !self.qos2.contains_key(&publish.pkid) && new_qos2.insert(publish.pkid) {
+                        count += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        count
+    }
+
+    fn received(&mut self, packets: &VecDeque<Packet>) {
+        for packet in packets {
+            match packet {
+                Packet::Publish(publish, _) if publish.qos == QoS::AtLeastOnce => self.qos1 += 1,
+                Packet::Publish(publish, _) if publish.qos == QoS::ExactlyOnce => {
+                    self.qos2.entry(publish.pkid).or_insert(false);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn sent<'a>(&mut self, packets: impl IntoIterator<Item = &'a Packet>) {
+        for packet in packets {
+            match packet {
+                Packet::PubAck(..) => self.qos1 = self.qos1.saturating_sub(1),
+                Packet::PubRec(pubrec, _) => {
+                    if let Some(pubrec_sent) = self.qos2.get_mut(&pubrec.pkid) {
+                        *pubrec_sent = true;
+                    }
+                }
+                Packet::PubComp(pubcomp, _) => {
+                    self.qos2.remove(&pubcomp.pkid);
+                }
+                _ => {}
+            }
+        }
+    }
 }
 
 /// WARMHOUSE PATCH (7): a link whose publishes a hook sees first; the link
@@ -305,6 +381,11 @@ impl<P: Protocol> RemoteLink<P> {
                 // out by being disconnected.
                 new_props.max_packet_size =
                     Some(u32::try_from(network.max_incoming_size()).unwrap_or(u32::MAX));
+                // WARMHOUSE PATCH (24): how many QoS 1 and 2 publishes the
+                // client may have unacknowledged (3.2.2.3.3).
+                if mqtt5 {
+                    new_props.receive_max = limits.max_inflight.map(|max| max.max(1));
+                }
                 *props = Some(new_props);
                 network.write(packet).await?;
             }
@@ -335,6 +416,7 @@ impl<P: Protocol> RemoteLink<P> {
             hooked,
             limits,
             subscribed: HashSet::new(),
+            unacked: Unacked::default(),
         })
     }
 
@@ -419,6 +501,14 @@ impl<P: Protocol> RemoteLink<P> {
             // WARMHOUSE PATCH (7): with as many acknowledgements waiting as
             // allowed, stop reading: TCP slows the client down.
             let can_read = self.hooked.as_ref().map_or(true, |h| h.acks.has_room());
+            // WARMHOUSE PATCH (24): an MQTT 3.1.1 client cannot be told its
+            // in-flight limit, so at the limit the link stops reading it
+            // (an MQTT 5 client was told, and is read on so that breaking
+            // the limit is seen).
+            let max_inflight = self.limits.max_inflight.map(|max| usize::from(max.max(1)));
+            let can_read = can_read
+                && (self.network.is_v5()
+                    || max_inflight.map_or(true, |max| self.unacked.awaiting_broker() < max));
             let acks_waiting = self.hooked.as_ref().is_some_and(|h| !h.acks.is_empty());
             select! {
                 o = self.network.read(), if can_read => {
@@ -449,6 +539,21 @@ impl<P: Protocol> RemoteLink<P> {
                         }
                         return Err(self.refuse(reason, Error::LimitExceeded(limit)).await);
                     }
+                    // WARMHOUSE PATCH (24): more QoS 1 and 2 publishes
+                    // unacknowledged than the Receive Maximum the CONNACK
+                    // stated: DISCONNECT 0x93 (MQTT 5, 3.3.4), and nothing of
+                    // the batch is acknowledged or routed.
+                    if let Some(max) = max_inflight {
+                        if self.network.is_v5() && self.unacked.with(&read) > max {
+                            if let Some(hooked) = &self.hooked {
+                                hooked.hook.limit_exceeded(&hooked.info, "inflight");
+                            }
+                            let reason = DisconnectReasonCode::ReceiveMaximumExceeded;
+                            let error = Error::LimitExceeded("inflight");
+                            return Err(self.refuse(reason, error).await);
+                        }
+                        self.unacked.received(&read);
+                    }
                     if let Some(hooked) = &mut self.hooked {
                         hooked.take(&mut read);
                     }
@@ -464,6 +569,10 @@ impl<P: Protocol> RemoteLink<P> {
                     Some(hooked) => hooked.acks.poll_ready(cx),
                     None => std::task::Poll::Pending,
                 }), if acks_waiting => {
+                    // WARMHOUSE PATCH (24)
+                    if max_inflight.is_some() {
+                        self.unacked.sent(&acks);
+                    }
                     self.network.writev(acks.into()).await?;
                 }
                 // Receive from router when previous when state isn't in collision
@@ -480,6 +589,11 @@ impl<P: Protocol> RemoteLink<P> {
                             unscheduled = true;
                         }
 
+                    }
+                    // WARMHOUSE PATCH (24): acknowledgements from the router
+                    // (a listener without a publish hook).
+                    if max_inflight.is_some() {
+                        self.unacked.sent(&packets);
                     }
                     self.network.writev(packets).await?;
                     if unscheduled {
