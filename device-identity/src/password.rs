@@ -68,9 +68,142 @@ pub fn verify(password: &str, phc: &str) -> anyhow::Result<bool> {
     }
 }
 
+/// Passwords already verified against their stored hash, so a device that
+/// reconnects (a broker replica restarted, a reconnect storm of the whole
+/// fleet) costs a SHA-256 instead of an Argon2id verification.
+///
+/// It memoises [`verify`] and nothing else: the key binds the stored PHC
+/// string and the password, so a rotated or revoked password (another or no
+/// stored hash) never matches an entry, and whether the device is enabled is
+/// still read from the database at every connect. Only matches are kept; a
+/// wrong password always pays the full Argon2id. Entries live at most
+/// `lifetime` and at most `capacity` are kept (least recently used go first).
+/// What is kept is SHA-256 of a 256-bit random secret with its hash: no
+/// help to anyone who reads the process's memory.
+#[derive(Clone)]
+pub struct VerifiedPasswords {
+    cache: Option<moka::sync::Cache<[u8; 32], ()>>,
+}
+
+/// How [`VerifiedPasswords::verify`] decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verification {
+    /// Matched, from the cache (no Argon2id).
+    Remembered,
+    /// Matched, by Argon2id (and now remembered).
+    Verified,
+    /// Did not match.
+    Wrong,
+}
+
+impl Verification {
+    pub fn matches(self) -> bool {
+        !matches!(self, Verification::Wrong)
+    }
+
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Verification::Remembered => "remembered",
+            Verification::Verified => "verified",
+            Verification::Wrong => "wrong",
+        }
+    }
+}
+
+impl VerifiedPasswords {
+    /// Keeps up to `capacity` verified passwords for `lifetime` each;
+    /// `capacity` 0 keeps none (every check runs Argon2id).
+    pub fn new(capacity: u64, lifetime: std::time::Duration) -> Self {
+        let cache = (capacity > 0 && !lifetime.is_zero()).then(|| {
+            moka::sync::Cache::builder()
+                .max_capacity(capacity)
+                .time_to_live(lifetime)
+                .build()
+        });
+        Self { cache }
+    }
+
+    /// [`verify`], remembered. Blocking (Argon2id on a miss): call it from
+    /// a blocking task, or use [`Self::remembered`] first.
+    pub fn verify(&self, password: &str, phc: &str) -> anyhow::Result<Verification> {
+        if self.remembered(password, phc) {
+            return Ok(Verification::Remembered);
+        }
+        if !verify(password, phc)? {
+            return Ok(Verification::Wrong);
+        }
+        if let Some(cache) = &self.cache {
+            cache.insert(Self::key(password, phc), ());
+        }
+        Ok(Verification::Verified)
+    }
+
+    /// Whether this password was verified against this very hash lately
+    /// (cheap: no Argon2id).
+    pub fn remembered(&self, password: &str, phc: &str) -> bool {
+        if password.len() > MAX_PASSWORD_BYTES {
+            return false;
+        }
+        self.cache
+            .as_ref()
+            .is_some_and(|cache| cache.contains_key(&Self::key(password, phc)))
+    }
+
+    fn key(password: &str, phc: &str) -> [u8; 32] {
+        use sha2::{Digest, Sha256};
+        let mut hasher = Sha256::new();
+        // Length-prefixed, so no two (phc, password) pairs hash alike.
+        hasher.update((phc.len() as u64).to_be_bytes());
+        hasher.update(phc.as_bytes());
+        hasher.update(password.as_bytes());
+        hasher.finalize().into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verified_passwords_are_remembered_for_their_hash_only() {
+        let verified = VerifiedPasswords::new(100, std::time::Duration::from_secs(60));
+        let password = generate();
+        let phc = hash(&password).unwrap();
+        assert!(!verified.remembered(&password, &phc));
+        assert_eq!(
+            verified.verify(&password, &phc).unwrap(),
+            Verification::Verified
+        );
+        assert!(verified.remembered(&password, &phc));
+        assert_eq!(
+            verified.verify(&password, &phc).unwrap(),
+            Verification::Remembered
+        );
+        // Rotated: the same password against another hash (new salt), and
+        // another password against the old hash, are not remembered.
+        let rotated = hash(&password).unwrap();
+        assert!(!verified.remembered(&password, &rotated));
+        assert_eq!(verified.verify("wrong", &phc).unwrap(), Verification::Wrong);
+        assert_eq!(verified.verify("wrong", &phc).unwrap(), Verification::Wrong);
+        assert!(!verified.remembered("wrong", &phc));
+    }
+
+    #[test]
+    fn verified_passwords_expire_and_can_be_turned_off() {
+        let password = generate();
+        let phc = hash(&password).unwrap();
+        let off = VerifiedPasswords::new(0, std::time::Duration::from_secs(60));
+        assert_eq!(off.verify(&password, &phc).unwrap(), Verification::Verified);
+        assert_eq!(off.verify(&password, &phc).unwrap(), Verification::Verified);
+        let short = VerifiedPasswords::new(100, std::time::Duration::from_millis(50));
+        assert_eq!(
+            short.verify(&password, &phc).unwrap(),
+            Verification::Verified
+        );
+        std::thread::sleep(std::time::Duration::from_millis(120));
+        assert!(!short.remembered(&password, &phc));
+    }
 
     #[test]
     fn generated_passwords_are_long_random_and_url_safe() {

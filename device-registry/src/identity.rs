@@ -54,6 +54,10 @@ pub const DEFAULT_CERT_DAYS: u64 = 365;
 pub struct Identity {
     ca: Option<PlatformCa>,
     cert_validity: Duration,
+    /// Passwords that passed Argon2id lately (a reconnecting fleet skips it).
+    verified: password::VerifiedPasswords,
+    /// `warmhouse_registry_password_checks_total{outcome}`.
+    password_checks: Option<prometheus::IntCounterVec>,
 }
 
 impl Identity {
@@ -77,6 +81,8 @@ impl Identity {
         Ok(Self {
             ca,
             cert_validity: Duration::from_secs(cert_days.saturating_mul(24 * 3600)),
+            verified: password::VerifiedPasswords::new(0, Duration::ZERO),
+            password_checks: None,
         })
     }
 
@@ -85,7 +91,48 @@ impl Identity {
         Self {
             ca: Some(ca),
             cert_validity,
+            verified: password::VerifiedPasswords::new(0, Duration::ZERO),
+            password_checks: None,
         }
+    }
+
+    /// Remembers verified passwords (see [`password::VerifiedPasswords`])
+    /// and counts password checks in `metrics`.
+    pub fn remembering_passwords(
+        mut self,
+        verified: password::VerifiedPasswords,
+        metrics: &prometheus::Registry,
+    ) -> anyhow::Result<Self> {
+        let checks = prometheus::IntCounterVec::new(
+            prometheus::Opts::new(
+                "warmhouse_registry_password_checks_total",
+                "Device password checks at connect, by outcome: remembered (no Argon2id), verified (Argon2id), wrong",
+            ),
+            &["outcome"],
+        )?;
+        metrics
+            .register(Box::new(checks.clone()))
+            .context("registering warmhouse_registry_password_checks_total")?;
+        self.verified = verified;
+        self.password_checks = Some(checks);
+        Ok(self)
+    }
+
+    /// Whether `password` matches the stored `phc`, remembered.
+    async fn check_password(&self, password: &str, phc: String) -> Result<bool, Problem> {
+        let outcome = if self.verified.remembered(password, &phc) {
+            password::Verification::Remembered
+        } else {
+            let (verified, password) = (self.verified.clone(), password.to_owned());
+            tokio::task::spawn_blocking(move || verified.verify(&password, &phc))
+                .await
+                .map_err(|err| internal("password check task failed", err))?
+                .map_err(|err| internal("checking a password", err))?
+        };
+        if let Some(checks) = &self.password_checks {
+            checks.with_label_values(&[outcome.label()]).inc();
+        }
+        Ok(outcome.matches())
     }
 
     /// The platform CA certificate (PEM), when configured.
@@ -108,7 +155,23 @@ pub struct IdentityConfig {
     /// Lifetime of issued device certificates, in days.
     #[arg(long, env = "WARMHOUSE_REGISTRY_DEVICE_CERT_DAYS", default_value_t = DEFAULT_CERT_DAYS)]
     pub device_cert_days: u64,
+    /// Device passwords remembered after a successful Argon2id check, so a
+    /// reconnecting device costs a SHA-256 (0: none, every connect runs
+    /// Argon2id). Size it above the fleet.
+    #[arg(long, env = "WARMHOUSE_REGISTRY_VERIFIED_PASSWORDS", default_value_t = DEFAULT_VERIFIED_PASSWORDS)]
+    pub verified_passwords: u64,
+    /// How long a verified password is remembered, in seconds.
+    #[arg(long, env = "WARMHOUSE_REGISTRY_VERIFIED_PASSWORD_SECS", default_value_t = DEFAULT_VERIFIED_PASSWORD_SECS)]
+    pub verified_password_secs: u64,
 }
+
+/// Passwords remembered: above the assignment's fleet of 100,000 devices
+/// (about 100 bytes each).
+pub const DEFAULT_VERIFIED_PASSWORDS: u64 = 250_000;
+/// Twelve hours: a device that reconnects at least twice a day never pays
+/// Argon2id again; rotation and revocation do not wait for it (the key is
+/// the stored hash).
+pub const DEFAULT_VERIFIED_PASSWORD_SECS: u64 = 12 * 3600;
 
 impl Default for IdentityConfig {
     /// No CA (passwords only), certificates valid for a year.
@@ -117,19 +180,26 @@ impl Default for IdentityConfig {
             ca_cert: None,
             ca_key: None,
             device_cert_days: DEFAULT_CERT_DAYS,
+            verified_passwords: DEFAULT_VERIFIED_PASSWORDS,
+            verified_password_secs: DEFAULT_VERIFIED_PASSWORD_SECS,
         }
     }
 }
 
 impl IdentityConfig {
-    pub fn load(&self) -> anyhow::Result<Arc<Identity>> {
-        Identity::load(
+    /// The identity, counting its password checks in `metrics`.
+    pub fn load(&self, metrics: &prometheus::Registry) -> anyhow::Result<Arc<Identity>> {
+        let identity = Identity::load(
             self.ca_cert.as_deref(),
             self.ca_key.as_deref(),
             self.device_cert_days,
         )
-        .map(Arc::new)
-        .context("loading the platform CA")
+        .context("loading the platform CA")?;
+        let verified = password::VerifiedPasswords::new(
+            self.verified_passwords,
+            Duration::from_secs(self.verified_password_secs),
+        );
+        Ok(Arc::new(identity.remembering_passwords(verified, metrics)?))
     }
 }
 
@@ -389,6 +459,7 @@ pub async fn revoke_credentials(conn: &mut PgConnection, device_id: &str) -> Res
 /// Whether the device in `request` may connect now.
 pub async fn check_access(
     pool: &PgPool,
+    identity: &Identity,
     request: &AccessRequest,
 ) -> Result<AccessDecision, Problem> {
     let device_id = request.device_id();
@@ -420,12 +491,7 @@ pub async fn check_access(
             let Some(hash) = hash else {
                 return Ok(AccessDecision::refuse("no password issued"));
             };
-            let password = password.clone();
-            let matches = tokio::task::spawn_blocking(move || password::verify(&password, &hash))
-                .await
-                .map_err(|err| internal("password check task failed", err))?
-                .map_err(|err| internal("checking a password", err))?;
-            Ok(if matches {
+            Ok(if identity.check_password(password, hash).await? {
                 AccessDecision::allow()
             } else {
                 AccessDecision::refuse("wrong password")
@@ -545,7 +611,7 @@ pub async fn device_access(
             return Ok(Json(AccessDecision::refuse("wrong password")));
         }
     }
-    let decision = check_access(state.pool(), &request).await?;
+    let decision = check_access(state.pool(), state.identity(), &request).await?;
     tracing::debug!(
         device_id = request.device_id(),
         method = request.method(),

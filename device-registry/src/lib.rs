@@ -312,6 +312,7 @@ pub async fn start(
     let readiness = Readiness::new();
     readiness.set(READY_CHECK, true);
     let messaging_metrics = messaging::MessagingMetrics::register(&registry)?;
+    let identity = config.identity.load(&registry)?;
     let state = RegistryState {
         pool,
         http_metrics: HttpMetrics::register(&registry, "warmhouse_registry")?,
@@ -320,7 +321,7 @@ pub async fn start(
         readiness,
         topics: config.topics(),
         legacy,
-        identity: config.identity.load()?,
+        identity,
         telemetry_store: config.onboarding.telemetry_store(),
         onboarding: config.onboarding.clone(),
     };

@@ -99,6 +99,17 @@ impl Api {
         body
     }
 
+    /// `warmhouse_registry_password_checks_total{outcome}` from `/metrics`.
+    async fn password_checks(&self, outcome: &str) -> u64 {
+        let (status, body) = self.call(Method::GET, "/metrics", &admin(), None).await;
+        assert_eq!(status, StatusCode::OK);
+        let text = body.as_str().expect("metrics are text");
+        let series = format!("warmhouse_registry_password_checks_total{{outcome=\"{outcome}\"}} ");
+        text.lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .map_or(0, |value| value.trim().parse().expect("a counter value"))
+    }
+
     async fn allowed(&self, question: Value) -> bool {
         self.access(question).await["allowed"]
             .as_bool()
@@ -171,6 +182,11 @@ async fn credentials_are_issued_once_stored_as_hashes_and_checked_for_the_broker
     assert!(stored.starts_with("$argon2id$"), "{stored}");
     assert!(!stored.contains(&password));
     assert!(api.allowed(password_question("dev-pw", &password)).await);
+    // Reconnects: the password is remembered, Argon2id runs once.
+    assert!(api.allowed(password_question("dev-pw", &password)).await);
+    assert!(api.allowed(password_question("dev-pw", &password)).await);
+    assert_eq!(api.password_checks("verified").await, 1);
+    assert_eq!(api.password_checks("remembered").await, 2);
     let wrong = api.access(password_question("dev-pw", "not-it")).await;
     assert_eq!(wrong["allowed"], false);
     assert_eq!(wrong["reason"], "wrong password");
