@@ -129,11 +129,11 @@ impl<'a> LinkBuilder<'a> {
     }
 
     pub fn build(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
-        let (router_tx, event, link_rx, outgoing_data_buffer, incoming_data_buffer) =
+        let (router_tx, event, link_rx, outgoing_data_buffer, incoming_data_buffer, incarnation) =
             self.prepare();
         router_tx.send((0, event))?;
         link_rx.recv()?;
-        Self::finish(router_tx, link_rx, outgoing_data_buffer, incoming_data_buffer)
+        Self::finish(router_tx, link_rx, outgoing_data_buffer, incoming_data_buffer, incarnation)
     }
 
     /// WARMHOUSE PATCH (10): `build` without blocking the caller's thread
@@ -144,11 +144,11 @@ impl<'a> LinkBuilder<'a> {
     /// with the router busy, clients timed out waiting for CONNACK and came
     /// back with the same client id, replacing themselves.
     pub async fn build_async(self) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
-        let (router_tx, event, link_rx, outgoing_data_buffer, incoming_data_buffer) =
+        let (router_tx, event, link_rx, outgoing_data_buffer, incoming_data_buffer, incarnation) =
             self.prepare();
         router_tx.send_async((0, event)).await?;
         link_rx.recv_async().await?;
-        Self::finish(router_tx, link_rx, outgoing_data_buffer, incoming_data_buffer)
+        Self::finish(router_tx, link_rx, outgoing_data_buffer, incoming_data_buffer, incarnation)
     }
 
     #[allow(clippy::type_complexity)]
@@ -160,6 +160,8 @@ impl<'a> LinkBuilder<'a> {
         Receiver<()>,
         Arc<Mutex<VecDeque<Notification>>>,
         Arc<Mutex<VecDeque<Packet>>>,
+        // WARMHOUSE PATCH (25)
+        u64,
     ) {
         // Connect to router
         // Local connections to the router shall have access to all subscriptions
@@ -180,6 +182,8 @@ impl<'a> LinkBuilder<'a> {
         let (outgoing, link_rx) = Outgoing::new(connection.client_id.to_owned());
         let outgoing_data_buffer = outgoing.buffer();
         let incoming_data_buffer = incoming.buffer();
+        // WARMHOUSE PATCH (25)
+        let incarnation = connection.incarnation;
 
         let event = Event::Connect {
             connection,
@@ -192,6 +196,7 @@ impl<'a> LinkBuilder<'a> {
             link_rx,
             outgoing_data_buffer,
             incoming_data_buffer,
+            incarnation,
         )
     }
 
@@ -200,6 +205,8 @@ impl<'a> LinkBuilder<'a> {
         link_rx: Receiver<()>,
         outgoing_data_buffer: Arc<Mutex<VecDeque<Notification>>>,
         incoming_data_buffer: Arc<Mutex<VecDeque<Packet>>>,
+        // WARMHOUSE PATCH (25)
+        incarnation: u64,
     ) -> Result<(LinkTx, LinkRx, Notification), LinkError> {
         let notification = outgoing_data_buffer
             .lock()
@@ -214,7 +221,8 @@ impl<'a> LinkBuilder<'a> {
         };
 
         let tx = LinkTx::new(id, router_tx.clone(), incoming_data_buffer);
-        let rx = LinkRx::new(id, router_tx, link_rx, outgoing_data_buffer);
+        let mut rx = LinkRx::new(id, router_tx, link_rx, outgoing_data_buffer);
+        rx.incarnation = incarnation;
         Ok((tx, rx, notification))
     }
 }
@@ -432,6 +440,9 @@ pub struct LinkRx {
     router_rx: Receiver<()>,
     send_buffer: Arc<Mutex<VecDeque<Notification>>>,
     cache: VecDeque<Notification>,
+    /// WARMHOUSE PATCH (25): the router's `Connection::incarnation` of this
+    /// link's connection (0 when unknown).
+    incarnation: u64,
 }
 
 impl LinkRx {
@@ -447,11 +458,18 @@ impl LinkRx {
             router_rx,
             send_buffer: outgoing_data_buffer,
             cache: VecDeque::with_capacity(100),
+            incarnation: 0,
         }
     }
 
     pub fn id(&self) -> ConnectionId {
         self.connection_id
+    }
+
+    /// WARMHOUSE PATCH (25): what identifies this link's connection in
+    /// `Event::LinkEnded`.
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
     }
 
     pub fn recv(&mut self) -> Result<Option<Notification>, LinkError> {

@@ -67,6 +67,8 @@ pub enum Error {
 pub struct RemoteLink<P> {
     connect: Connect,
     pub(crate) connection_id: ConnectionId,
+    /// WARMHOUSE PATCH (25): see `Event::LinkEnded`.
+    pub(crate) incarnation: u64,
     network: Network<P>,
     link_tx: LinkTx,
     link_rx: LinkRx,
@@ -355,6 +357,8 @@ impl<P: Protocol> RemoteLink<P> {
             will_properties: lastwill_props.clone(),
         });
 
+        // WARMHOUSE PATCH (25)
+        let router = router_tx.clone();
         let (link_tx, link_rx, notification) = LinkBuilder::new(client_id, router_tx)
             .tenant_id(tenant_id)
             .clean_session(clean_session)
@@ -370,6 +374,7 @@ impl<P: Protocol> RemoteLink<P> {
             .await?;
 
         let id = link_rx.id();
+        let incarnation = link_rx.incarnation();
         Span::current().record("connection_id", id);
 
         if let Some(mut packet) = notification.into() {
@@ -387,7 +392,15 @@ impl<P: Protocol> RemoteLink<P> {
                     new_props.receive_max = limits.max_inflight.map(|max| max.max(1));
                 }
                 *props = Some(new_props);
-                network.write(packet).await?;
+                // WARMHOUSE PATCH (25): the router has registered the
+                // connection; if the client is gone before its CONNACK (a
+                // reset connection), the router must hear it. Upstream
+                // returned the error without a word and the connection
+                // stayed in the router for good, client id and all.
+                if let Err(error) = network.write(packet).await {
+                    router.send_async((id, Event::LinkEnded(incarnation))).await.ok();
+                    return Err(error.into());
+                }
             }
         }
 
@@ -408,6 +421,7 @@ impl<P: Protocol> RemoteLink<P> {
         Ok(RemoteLink {
             connect,
             connection_id: id,
+            incarnation,
             network,
             link_tx,
             link_rx,

@@ -42,6 +42,9 @@ pub struct Connection {
     /// WARMHOUSE PATCH (17): MQTT 5 Session Expiry Interval in seconds
     /// (0 when absent); None on MQTT 3.1.1, whose Clean Session decides.
     pub(crate) session_expiry: Option<u32>,
+    /// WARMHOUSE PATCH (25): unique among this process's connections (a
+    /// connection id is reused as soon as its connection is gone).
+    pub(crate) incarnation: u64,
 }
 
 impl Connection {
@@ -78,6 +81,7 @@ impl Connection {
             link_acks: false,
             client_max_packet_size: None,
             session_expiry: None,
+            incarnation: NEXT_INCARNATION.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -123,6 +127,9 @@ impl Connection {
         self
     }
 }
+
+/// WARMHOUSE PATCH (25): the next `Connection::incarnation`.
+static NEXT_INCARNATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// WARMHOUSE PATCH (14): the most topic aliases the broker assigns on one
 /// connection (MQTT 5 lets it use fewer than the client's maximum).

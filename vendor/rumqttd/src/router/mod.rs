@@ -59,6 +59,10 @@ pub enum Event {
     DeviceData,
     /// Disconnection request
     Disconnect,
+    /// WARMHOUSE PATCH (25): the network link of the connection with this
+    /// `Connection::incarnation` ended. Unlike `Disconnect`, it does nothing
+    /// when the connection id has meanwhile gone to another connection.
+    LinkEnded(u64),
     /// Shadow
     Shadow(ShadowRequest),
     /// Collect and send alerts to all alerts links

@@ -246,6 +246,22 @@ impl Router {
             Event::NewAlert(tx) => self.handle_new_alert(tx),
             Event::DeviceData => self.handle_device_payload(id),
             Event::Disconnect => self.handle_disconnection(id, None),
+            // WARMHOUSE PATCH (25): only if `id` is still that connection.
+            // The router may have removed it already (its client sent
+            // DISCONNECT, a newer connection took its client id, it broke a
+            // rule) and given `id` to a newcomer, which upstream's
+            // `Disconnect` then dropped.
+            Event::LinkEnded(incarnation) => {
+                if self
+                    .connections
+                    .get(id)
+                    .is_some_and(|c| c.incarnation == incarnation)
+                {
+                    self.handle_disconnection(id, None);
+                } else {
+                    debug!(connection_id = id, "link of a connection already gone ended");
+                }
+            }
             Event::Ready => self.scheduler.reschedule(id, ScheduleReason::Ready),
             Event::Shadow(request) => {
                 retrieve_shadow(&mut self.datalog, &mut self.obufs[id], request)

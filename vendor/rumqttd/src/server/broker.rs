@@ -745,16 +745,14 @@ async fn remote<P: Protocol>(
 
     let connection_id = link.connection_id;
     let will_delay_interval = link.will_delay_interval;
-    let mut send_disconnect = true;
 
     match link.start().await {
         // Connection got closed. This shouldn't usually happen.
         Ok(_) => error!("connection-stop"),
-        // No need to send a disconnect message when disconnection
-        // originated internally in the router.
+        // WARMHOUSE PATCH (25): the router dropped the connection; telling
+        // it the link ended is harmless now (see below).
         Err(remote::Error::Link(e)) => {
             error!(error=?e, "router-drop");
-            send_disconnect = false;
         }
         // Connection was closed by peer
         Err(remote::Error::Network(network::Error::Io(err)) | remote::Error::Io(err))
@@ -768,11 +766,14 @@ async fn remote<P: Protocol>(
         }
     };
 
-    if send_disconnect {
-        let disconnect = Event::Disconnect;
-        let message = (connection_id, disconnect);
-        router_tx.send(message).ok();
-    }
+    // WARMHOUSE PATCH (25): for this connection only. Upstream sent
+    // `Disconnect` for the connection id, which the router may already have
+    // given to a newcomer (after this client's DISCONNECT, a takeover of its
+    // client id, or a rule it broke): in a reconnect storm well-behaved
+    // clients were dropped right after their CONNACK. And without blocking
+    // the listener's thread on a full router channel.
+    let ended = Event::LinkEnded(link.incarnation);
+    router_tx.send_async((connection_id, ended)).await.ok();
 
     // WARMHOUSE PATCH (7): the hook hears the connection ended.
     let ended_hook = link.end_hooked();
