@@ -221,7 +221,10 @@ impl Scheduler {
         let tracker_data_req = tracker.get_data_requests();
         let mut uniq = HashSet::with_capacity(tracker_data_req.len());
 
-        let all_uniq = tracker_data_req.iter().all(|x| uniq.insert(x.filter_idx));
+        // WARMHOUSE PATCH (27): one request per subscription. Upstream
+        // keyed on the filter's log, which a `$share/{group}/` subscription
+        // and a plain one of the same filter share legitimately.
+        let all_uniq = tracker_data_req.iter().all(|x| uniq.insert(&x.filter));
 
         if !all_uniq {
             Some(&tracker.data_requests)
