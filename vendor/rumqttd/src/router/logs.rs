@@ -79,6 +79,9 @@ pub struct DataLog {
     /// WARMHOUSE PATCH (20): the generation the next filter log gets (see
     /// `Data::generation`).
     next_generation: u64,
+    /// WARMHOUSE PATCH (28): filters held when `native` last tried to
+    /// shrink (see `shrink_native`).
+    native_shrunk_at: usize,
 }
 
 impl DataLog {
@@ -113,6 +116,7 @@ impl DataLog {
             filter_indexes,
             retained_publishes,
             next_generation,
+            native_shrunk_at: usize::MAX,
         })
     }
 
@@ -142,6 +146,7 @@ impl DataLog {
             return false;
         }
         self.native.remove(idx);
+        self.shrink_native(idx);
         self.filter_indexes.remove(filter);
         // Maps keep their largest capacity: shrink once most of it is free.
         if self.filter_indexes.capacity() > 64
@@ -152,6 +157,23 @@ impl DataLog {
         self.filter_trie.remove(filter);
         trace!(filter, "freed a filter nothing subscribes to");
         true
+    }
+
+    /// WARMHOUSE PATCH (28): gives back the slab room of freed filters once
+    /// most of it is free (a client that subscribed to 20,000 filters and
+    /// left kept about 5 MB of it). A slab cannot shrink past its highest
+    /// filter still held and trying costs a pass over it, so it is tried
+    /// when the filters held have halved since the last try, or when the
+    /// highest slot was just freed.
+    fn shrink_native(&mut self, freed: FilterIdx) {
+        let (len, capacity) = (self.native.len(), self.native.capacity());
+        if capacity <= 64 || len * 4 >= capacity {
+            return;
+        }
+        if len * 2 <= self.native_shrunk_at || freed + 1 >= capacity {
+            self.native.shrink_to_fit();
+            self.native_shrunk_at = len;
+        }
     }
 
     /// WARMHOUSE PATCH (20): the generation of the log at `idx`: a log made
@@ -219,6 +241,10 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = self.native.insert(data);
+                // WARMHOUSE PATCH (28): growing again: shrink again later.
+                if self.native.len() > self.native_shrunk_at {
+                    self.native_shrunk_at = usize::MAX;
+                }
                 self.filter_indexes.insert(filter.to_owned(), idx);
                 // WARMHOUSE PATCH (8): upstream matched the new filter
                 // against every topic published so far.

@@ -541,6 +541,8 @@ impl Router {
                 }
             }
         }
+        // WARMHOUSE PATCH (28): and no room kept for thousands of them.
+        shrink_map(&mut self.subscription_map);
 
         // Add disconnection event to metrics
         let time = match SystemTime::now().duration_since(SystemTime::UNIX_EPOCH) {
@@ -817,6 +819,8 @@ impl Router {
                             // nobody holds.
                             if connection_ids.is_empty() {
                                 self.subscription_map.remove(filter);
+                                // WARMHOUSE PATCH (28)
+                                shrink_map(&mut self.subscription_map);
                             }
                             if !removed {
                                 continue;
@@ -993,6 +997,13 @@ impl Router {
             }
         }
 
+        // WARMHOUSE PATCH (28): the buffer a connection's link filled is
+        // swapped in here and then lent to the next connection: one burst
+        // (a client that sent 10,000 publishes while the router was busy)
+        // left every later batch a buffer of that size, for good.
+        if packets.capacity() > 4 * MAX_CHANNEL_CAPACITY {
+            packets.shrink_to(MAX_CHANNEL_CAPACITY);
+        }
         self.cache = Some(packets);
 
         // Prepare AcksRequest in tracker if router is operating in a
@@ -1009,6 +1020,10 @@ impl Router {
             while let Some((id, request)) = self.notifications.pop_front() {
                 self.scheduler.track(id, request);
                 self.scheduler.reschedule(id, ScheduleReason::FreshData);
+            }
+            // WARMHOUSE PATCH (28): likewise after waking many waiters.
+            if self.notifications.capacity() > 4096 {
+                self.notifications.shrink_to(1024);
             }
         }
 
@@ -1931,6 +1946,15 @@ fn validate_clientid(client_id: &str) -> Result<(), RouterError> {
     }
 
     Ok(())
+}
+
+/// WARMHOUSE PATCH (28): a map keeps the room of its largest size; give it
+/// back once three quarters are free (amortised: the next shrink needs the
+/// map to lose three quarters again).
+fn shrink_map<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
+    if map.capacity() > 64 && map.len() < map.capacity() / 4 {
+        map.shrink_to_fit();
+    }
 }
 
 /// WARMHOUSE PATCH (20): the filter whose log a subscription reads: the
