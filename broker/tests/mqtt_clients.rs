@@ -1148,9 +1148,9 @@ async fn stored_messages_do_not_pin_their_connections_read_buffers() {
 
 /// A rumqttc MQTT 3.1.1 client with `client_id` subscribes to `filter`
 /// at QoS 1 and, once it has its SUBACK, drops its connection: with
-/// `clean_session` its session ends, without it is kept. (Not a DISCONNECT:
-/// rumqttd can then drop the next client that takes the same connection
-/// slot, problem 2 in broker/README.md.)
+/// `clean_session` its session ends, without it is kept. (It sends no
+/// DISCONNECT: before rumqttd patch 25 one could drop the next client to
+/// take the same connection id.)
 async fn subscribe_and_leave(port: u16, client_id: &str, filter: &str, clean_session: bool) {
     use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
     let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
