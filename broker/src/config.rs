@@ -30,7 +30,12 @@ pub const DEFAULT_DEVICE_MAX_INFLIGHT: u16 = 64;
 pub const DEFAULT_MAX_INFLIGHT_COUNT: usize = 1_000;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 20_000;
 pub const DEFAULT_CONNECTION_TIMEOUT_MS: u16 = 10_000;
-pub const DEFAULT_NEXT_CONNECTION_DELAY_MS: u64 = 1;
+/// No pause between accepts: rumqttd's 1 ms (a timer tick, often 2 ms on a
+/// busy listener thread) capped accepts at 300 to 500 a second, below the
+/// rate a fleet reconnects at after a replica restart, so devices timed out
+/// and came back again. A storm queues at the registry instead
+/// (`registry_concurrency`).
+pub const DEFAULT_NEXT_CONNECTION_DELAY_MS: u64 = 0;
 /// Small segments: rumqttd's sample config (100 MiB x 10) lets one filter
 /// grow to ~1 GiB of memory.
 pub const DEFAULT_MAX_SEGMENT_SIZE: usize = 4 << 20;
@@ -188,8 +193,8 @@ pub struct BrokerConfig {
     #[arg(long, env = "WARMHOUSE_BROKER_CONNECTION_TIMEOUT_MS", default_value_t = DEFAULT_CONNECTION_TIMEOUT_MS)]
     pub connection_timeout_ms: u16,
 
-    /// Pause after each accepted connection, in ms (caps the accept rate of
-    /// a reconnect storm).
+    /// Pause after each accepted connection, in ms (0: none; n caps a
+    /// listener's accept rate below 1000/n a second).
     #[arg(long, env = "WARMHOUSE_BROKER_NEXT_CONNECTION_DELAY_MS", default_value_t = DEFAULT_NEXT_CONNECTION_DELAY_MS)]
     pub next_connection_delay_ms: u64,
 

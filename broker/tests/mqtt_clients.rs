@@ -1146,6 +1146,64 @@ async fn stored_messages_do_not_pin_their_connections_read_buffers() {
     );
 }
 
+/// What one idle device connection (connected, subscribed to its command
+/// topic, one reading published) costs the broker in live heap. Upstream
+/// allocated every buffer at its bound at connect (the router's incoming
+/// and outgoing queues, the link's read and write buffers, 1,024 messages
+/// for each filter's first log segment): about 120 KB a device; patch 26
+/// lets them grow with use. The connections are raw sockets, so the test's
+/// own side adds next to nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_device_connection_costs_little_heap() {
+    use tokio::io::AsyncWriteExt;
+    const DEVICES: usize = 500;
+    let broker = start_broker().await;
+    let addr = broker.mqtt_v4_addr;
+    let connect_device = |i: usize| async move {
+        let device = format!("dev-idle-{i}");
+        let mut socket = raw_connect_to(addr, Version::V311, &device).await;
+        let mut subscribe = vec![0x00, 0x01];
+        subscribe.extend(mqtt_bytes(topic(&device, Channel::Commands).as_bytes()));
+        subscribe.push(1);
+        socket
+            .write_all(&raw_packet(0x82, &subscribe))
+            .await
+            .expect("SUBSCRIBE");
+        let (suback, _) = read_raw_packet(&mut socket).await;
+        assert_eq!(suback, 0x90, "{device} got no SUBACK");
+        let mut publish = mqtt_bytes(topic(&device, Channel::Telemetry).as_bytes());
+        publish.extend([0x00, 0x01]);
+        publish.extend(reading(1).as_bytes());
+        socket
+            .write_all(&raw_packet(0x32, &publish))
+            .await
+            .expect("PUBLISH");
+        let (puback, _) = read_raw_packet(&mut socket).await;
+        assert_eq!(puback, 0x40, "{device} got no PUBACK");
+        socket
+    };
+    // Warm up what is made once (runtimes, pools, the ingress's producer).
+    let mut warm = Vec::new();
+    for i in 0..50 {
+        warm.push(connect_device(i).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = live_heap_bytes();
+    let mut held = Vec::new();
+    for i in 50..50 + DEVICES {
+        held.push(connect_device(i).await);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let per_device = (live_heap_bytes() - before) / DEVICES as i64;
+    assert!(
+        per_device < 32 << 10,
+        "an idle device connection holds {} KB of heap",
+        per_device >> 10
+    );
+    eprintln!("an idle device connection holds {per_device} bytes of heap");
+    drop(held);
+}
+
 /// A rumqttc MQTT 3.1.1 client with `client_id` subscribes to `filter`
 /// at QoS 1 and, once it has its SUBACK, drops its connection: with
 /// `clean_session` its session ends, without it is kept. (It sends no
@@ -1535,6 +1593,72 @@ async fn retained_status_reaches_later_subscribers() {
     }
 }
 
+/// MQTT 5 Message Expiry on a retained message (patch 21): it reaches every
+/// subscriber while its interval runs, however many read it, and nobody
+/// after. Upstream took the whole time since publishing off the stored
+/// interval at every read, so the second subscriber within the interval
+/// found it expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt5_a_retained_message_lives_its_expiry_interval_for_every_subscriber() {
+    let broker = start_broker().await;
+    let status = topic("dev-expiring", Channel::Status);
+    let port = Version::V5.port(&broker).to_string();
+    let output = tokio::time::timeout(
+        WAIT,
+        Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port,
+                "-V",
+                "mqttv5",
+                "-t",
+                &status,
+                "-m",
+                r#"{"online":true}"#,
+                "-q",
+                "1",
+                "-r",
+                "-D",
+                "publish",
+                "message-expiry-interval",
+                "4",
+            ])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("mosquitto_pub finishes in time")
+    .expect("mosquitto_pub runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let published = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for reader in 1..=3 {
+        let mut later = Subscriber::start(&broker, Version::V5, &status, 1, &["-C", "1"]).await;
+        assert_eq!(
+            later.next_message().await,
+            received(1, true, &status, r#"{"online":true}"#),
+            "subscriber {reader}, {:?} after publishing",
+            published.elapsed()
+        );
+    }
+    // Past its interval it is gone.
+    tokio::time::sleep(
+        Duration::from_secs(4).saturating_sub(published.elapsed()) + Duration::from_secs(1),
+    )
+    .await;
+    let mut late = Subscriber::start(&broker, Version::V5, &status, 1, &[]).await;
+    assert_eq!(
+        late.messages_within(Duration::from_secs(1)).await,
+        Vec::<String>::new()
+    );
+}
+
 async fn last_will_on_unclean_disconnect(version: Version, device: &str) {
     let broker = start_broker().await;
     let status = topic(device, Channel::Status);
@@ -1720,64 +1844,111 @@ async fn start_fails_clearly_when_a_port_is_taken() {
     assert!(err.contains("not available"), "{err}");
 }
 
-/// rumqttd 0.20 bug, reproduced with a real client: a client id the router
-/// refuses (here one containing '/') leaves a dead entry in the listener's
-/// will-handler map; the second connect with that id panics while holding
-/// the map's mutex, and every later connection on that listener panics on
-/// the poisoned mutex. The broker cannot repair rumqttd in-process, so the
-/// self-probe must notice: /readyz turns 503 and `failed()` resolves (the
-/// binary then exits for a restart). When rumqttd is fixed, this test
-/// fails at the first assertion and should become a survival test.
+/// Runs `mosquitto_sub` with client id `client_id` for at most `seconds`.
+async fn mosquitto_sub_for(port: &str, client_id: &str, seconds: &str) -> std::process::ExitStatus {
+    tokio::time::timeout(
+        WAIT + Duration::from_secs(20),
+        Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                port,
+                "-i",
+                client_id,
+                "-t",
+                "/tenants/dev-1/commands",
+                "-W",
+                seconds,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .status(),
+    )
+    .await
+    .expect("mosquitto_sub gives up in time")
+    .expect("mosquitto_sub runs")
+}
+
+/// rumqttd 0.20 bug (upstream issue #1062), fixed by patch 23: a client id
+/// the router refuses (here one containing '/') left a dead entry in the
+/// listener's will-handler map; the second connect with that id panicked
+/// while holding the map's mutex, and every later connection on that
+/// listener panicked on the poisoned mutex. Now the listener serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listener_wedged_by_rumqttd_is_detected() {
-    let mut broker = start_broker_with(|config| BrokerConfig {
+async fn a_client_id_the_router_refuses_does_not_wedge_the_listener() {
+    let broker = start_broker_with(|config| BrokerConfig {
         probe_interval_secs: 1,
         probe_failure_limit: 2,
         ..config
     })
     .await;
     let port = broker.mqtt_v4_addr.port().to_string();
-    for _ in 0..2 {
-        let status = tokio::time::timeout(
-            WAIT,
-            Command::new("mosquitto_sub")
-                // It never gets a CONNACK; -W bounds its reconnect attempts.
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &port,
-                    "-i",
-                    "dev/1",
-                    "-t",
-                    "/tenants/dev-1/commands",
-                    "-W",
-                    "2",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .status(),
-        )
-        .await
-        .expect("mosquitto_sub gives up in time")
-        .expect("mosquitto_sub runs");
+    for _ in 0..3 {
+        // It never gets a CONNACK; -W bounds its reconnect attempts.
+        let status = mosquitto_sub_for(&port, "dev/1", "2").await;
         assert!(!status.success(), "rumqttd accepted client id dev/1");
     }
-
-    let err = tokio::time::timeout(Duration::from_secs(15), broker.failed())
-        .await
-        .expect("the wedged listener is reported");
-    let err = format!("{err:#}");
-    assert!(
-        err.contains("mqtt_v4 listener failed 2 probes in a row"),
-        "{err}"
-    );
+    publish(
+        &broker,
+        Version::V311,
+        &topic("dev-ok", Channel::Telemetry),
+        &reading(1),
+        1,
+        false,
+    )
+    .await;
+    // Several probe rounds later the listener still passes them.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let ready = reqwest::get(format!("http://{}/readyz", broker.admin_addr))
         .await
-        .unwrap();
+        .expect("GET /readyz");
+    assert_eq!(ready.status(), 200);
+    publish(
+        &broker,
+        Version::V311,
+        &topic("dev-ok", Channel::Telemetry),
+        &reading(2),
+        1,
+        false,
+    )
+    .await;
+}
+
+/// A listener whose probe cannot get in (here: the router holds as many
+/// connections as it may) turns /readyz 503 and `failed()` resolves (the
+/// binary then exits for a restart), so the replica leaves the load balancer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_the_probe_cannot_use_is_detected() {
+    let mut broker = start_broker_with(|config| BrokerConfig {
+        probe_interval_secs: 1,
+        probe_failure_limit: 2,
+        max_connections: 4,
+        ..config
+    })
+    .await;
+    let port = broker.mqtt_v4_addr.port().to_string();
+    // Clients that hold every connection the router takes (the rest are
+    // refused and retry until -W ends them).
+    let holders: Vec<_> = (0..6)
+        .map(|i| {
+            let port = port.clone();
+            tokio::spawn(
+                async move { mosquitto_sub_for(&port, &format!("holder-{i}"), "20").await },
+            )
+        })
+        .collect();
+    let err = tokio::time::timeout(Duration::from_secs(15), broker.failed())
+        .await
+        .expect("the listener the probe cannot use is reported");
+    let err = format!("{err:#}");
+    assert!(err.contains("listener failed 2 probes in a row"), "{err}");
+    let ready = reqwest::get(format!("http://{}/readyz", broker.admin_addr))
+        .await
+        .expect("GET /readyz");
     assert_eq!(ready.status(), 503);
-    let ready: serde_json::Value = ready.json().await.unwrap();
-    assert_eq!(ready["checks"]["mqtt_v4"], false, "{ready}");
-    assert_eq!(ready["checks"]["mqtt_v5"], true, "{ready}");
+    for holder in holders {
+        holder.abort();
+    }
 }

@@ -457,7 +457,8 @@ impl LinkRx {
             router_tx,
             router_rx,
             send_buffer: outgoing_data_buffer,
-            cache: VecDeque::with_capacity(100),
+            // WARMHOUSE PATCH (26): grows with use.
+            cache: VecDeque::new(),
             incarnation: 0,
         }
     }

@@ -42,6 +42,10 @@ pub struct Network<P> {
     protocol: P,
 }
 
+/// WARMHOUSE PATCH (26): starting size of a connection's read and write
+/// buffers.
+const INITIAL_BUFFER_BYTES: usize = 1024;
+
 impl<P: Protocol> Network<P> {
     pub fn new(
         socket: Box<dyn N>,
@@ -51,8 +55,11 @@ impl<P: Protocol> Network<P> {
     ) -> Network<P> {
         Network {
             socket,
-            read: BytesMut::with_capacity(10 * 1024),
-            write: BytesMut::with_capacity(10 * 1024),
+            // WARMHOUSE PATCH (26): both grow when a packet needs it; most
+            // connections are devices whose packets are a few hundred bytes
+            // (upstream: 10 KiB each, resident once used).
+            read: BytesMut::with_capacity(INITIAL_BUFFER_BYTES),
+            write: BytesMut::with_capacity(INITIAL_BUFFER_BYTES),
             max_incoming_size,
             max_connection_buffer_len,
             // Overwritten by keepalive value in connect packet, otherwise we

@@ -425,7 +425,8 @@ impl<P: Protocol> RemoteLink<P> {
             network,
             link_tx,
             link_rx,
-            notifications: VecDeque::with_capacity(100),
+            // WARMHOUSE PATCH (26): grows with use.
+            notifications: VecDeque::new(),
             will_delay_interval,
             hooked,
             limits,

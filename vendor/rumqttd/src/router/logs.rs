@@ -3,7 +3,7 @@ use slab::Slab;
 use tracing::{info, trace, warn};
 
 use crate::protocol::{
-    matches, ConnAck, ConnAckProperties, PingResp, PubAck, PubComp, PubRec, PubRel, Publish,
+    has_wildcards, matches, ConnAck, ConnAckProperties, PingResp, PubAck, PubComp, PubRec, PubRel, Publish,
     PublishProperties, SubAck, UnsubAck,
 };
 use crate::router::filter_trie::FilterTrie;
@@ -37,6 +37,24 @@ impl From<PubWithProp> for PublishData {
             origin: 0,
         }
     }
+}
+
+/// WARMHOUSE PATCH (21): the properties a retained message goes out with
+/// (its Message Expiry Interval reduced by the time it has waited), or
+/// `None` once it has expired.
+/// <https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112>
+fn remaining_lifetime(pubdata: &PublishData, now: Instant) -> Option<Option<PublishProperties>> {
+    let Some(properties) = pubdata.properties.as_ref() else {
+        return Some(None);
+    };
+    let Some(interval) = properties.message_expiry_interval else {
+        return Some(Some(properties.clone()));
+    };
+    let waited = u32::try_from(now.duration_since(pubdata.timestamp).as_secs()).unwrap_or(u32::MAX);
+    let remaining = interval.checked_sub(waited).filter(|left| *left > 0)?;
+    let mut properties = properties.clone();
+    properties.message_expiry_interval = Some(remaining);
+    Some(Some(properties))
 }
 
 /// WARMHOUSE PATCH (16): what `PublishData::origin` holds for a client id.
@@ -342,10 +360,45 @@ impl DataLog {
     }
 
     /// Cleanup a connection from all the waiters
-    pub fn clean(&mut self, id: ConnectionId) -> Vec<DataRequest> {
+    ///
+    /// WARMHOUSE PATCH (22): a connection waits only on the logs of its own
+    /// `subscriptions` (as the connection records them, shared ones with
+    /// their `$share/{group}/`), so only those are searched; upstream
+    /// searched every filter's waiters at every disconnect, which with a
+    /// command filter per device made a reconnect storm quadratic. Should a
+    /// subscription name no log (never expected), every log is searched.
+    pub fn clean<'a>(
+        &mut self,
+        id: ConnectionId,
+        subscriptions: impl IntoIterator<Item = &'a String>,
+    ) -> Vec<DataRequest> {
+        let logs: Option<Vec<FilterIdx>> = subscriptions
+            .into_iter()
+            .map(|subscription| {
+                let filter = subscription
+                    .strip_prefix("$share/")
+                    .and_then(|rest| rest.split_once('/'))
+                    .map_or(subscription.as_str(), |(_group, filter)| filter);
+                self.filter_indexes.get(filter).copied()
+            })
+            .collect();
         let mut inflight = Vec::new();
-        for (_, data) in self.native.iter_mut() {
-            inflight.append(&mut data.waiters.remove(id));
+        match logs {
+            Some(mut logs) => {
+                // Shared and plain subscriptions of one filter share its log.
+                logs.sort_unstable();
+                logs.dedup();
+                for idx in logs {
+                    if let Some(data) = self.native.get_mut(idx) {
+                        inflight.append(&mut data.waiters.remove(id));
+                    }
+                }
+            }
+            None => {
+                for (_, data) in self.native.iter_mut() {
+                    inflight.append(&mut data.waiters.remove(id));
+                }
+            }
         }
 
         inflight
@@ -370,6 +423,13 @@ impl DataLog {
     }
 
     /// WARMHOUSE PATCH (16): `skip_origin` as in `native_readv`.
+    /// WARMHOUSE PATCH (21): a filter without wildcards is looked up by
+    /// its topic instead of matched against every retained message (with a
+    /// retained status per device, every device's subscription scanned the
+    /// whole fleet's). Expiry is checked on the messages read, not on all of
+    /// them, and the stored Message Expiry Interval is left as it was
+    /// published: upstream subtracted the whole time since publishing from
+    /// it at every read, so a message read twice expired early.
     pub fn read_retained_messages(
         &mut self,
         filter: &str,
@@ -377,39 +437,30 @@ impl DataLog {
     ) -> Vec<PubWithProp> {
         trace!(info = "reading retain msg", filter = &filter);
         let now = Instant::now();
-
-        // discard expired retained messages
-        self.retained_publishes.retain(|_, pubdata| {
-            // Keep data if no properties exists, which implies no message expiry!
-            let Some(properties) = pubdata.properties.as_mut() else {
-                return true;
-            };
-
-            // Keep data if there is no message_expiry_interval
-            let Some(message_expiry_interval) = properties.message_expiry_interval.as_mut() else {
-                return true;
-            };
-
-            let time_spent = (now - pubdata.timestamp).as_secs() as u32;
-
-            let is_valid = time_spent < *message_expiry_interval;
-
-            // ignore expired messages
-            if is_valid {
-                // set message_expiry_interval to (original value - time spent waiting in server)
-                // ref: https://docs.oasis-open.org/mqtt/mqtt/v5.0/os/mqtt-v5.0-os.html#_Toc3901112
-                *message_expiry_interval -= time_spent;
+        let mut expired = Vec::new();
+        let mut read = Vec::new();
+        let mut take = |topic: &Topic, pubdata: &PublishData| match remaining_lifetime(pubdata, now)
+        {
+            Some(properties) => {
+                if skip_origin != Some(pubdata.origin) {
+                    read.push((pubdata.publish.clone(), properties));
+                }
             }
-
-            is_valid
-        });
-
-        // no need to include timestamp when returning
-        self.retained_publishes
-            .iter()
-            .filter(|(topic, p)| matches(topic, filter) && skip_origin != Some(p.origin))
-            .map(|(_, p)| (p.publish.clone(), p.properties.clone()))
-            .collect()
+            None => expired.push(topic.clone()),
+        };
+        if has_wildcards(filter) {
+            for (topic, pubdata) in self.retained_publishes.iter() {
+                if matches(topic, filter) {
+                    take(topic, pubdata);
+                }
+            }
+        } else if let Some((topic, pubdata)) = self.retained_publishes.get_key_value(filter) {
+            take(topic, pubdata);
+        }
+        for topic in expired {
+            self.retained_publishes.remove(&topic);
+        }
+        read
     }
 }
 
@@ -450,7 +501,8 @@ where
         // max_segment_size: usize, max_mem_segments: usize
         let log = CommitLog::new(max_segment_size, max_mem_segments).unwrap();
 
-        let waiters = Waiters::with_capacity(10);
+        // WARMHOUSE PATCH (26): grows with use.
+        let waiters = Waiters::with_capacity(0);
         let metrics = SubscriptionMeter::default();
         Data {
             filter: filter.to_owned(),
@@ -495,9 +547,11 @@ pub struct AckLog {
 impl AckLog {
     /// New log
     pub fn new() -> AckLog {
+        // WARMHOUSE PATCH (26): both grow with use (upstream reserved 100
+        // acks each for every connection).
         AckLog {
-            committed: VecDeque::with_capacity(100),
-            recorded: VecDeque::with_capacity(100),
+            committed: VecDeque::new(),
+            recorded: VecDeque::new(),
         }
     }
 

@@ -71,7 +71,9 @@ where
             panic!("at least 1 segment needs to exist in memory else what's the point of log");
         }
 
-        let mut segments = VecDeque::with_capacity(max_mem_segments);
+        // WARMHOUSE PATCH (26): grows as segments fill (most filters never
+        // get past their first).
+        let mut segments = VecDeque::new();
         segments.push_back(Segment::new());
 
         Ok(Self {

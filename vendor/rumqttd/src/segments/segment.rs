@@ -27,16 +27,19 @@ impl<T> Segment<T>
 where
     T: Storage + Clone,
 {
+    // WARMHOUSE PATCH (26): segments grow with their messages; upstream
+    // reserved 1,024 messages (about 250 KB of heap) for every filter's
+    // first segment, which a device's command filter never fills.
     pub(crate) fn with_offset(absolute_offset: u64) -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            data: Vec::new(),
             absolute_offset,
             total_size: 0,
         }
     }
     pub(crate) fn new() -> Self {
         Self {
-            data: Vec::with_capacity(1024),
+            data: Vec::new(),
             absolute_offset: 0,
             total_size: 0,
         }

@@ -495,7 +495,9 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                     .instrument(span)
                     .await
                 });
-                time::sleep(delay).await;
+                // WARMHOUSE PATCH (29): no pause when none is configured (see
+                // `pause_between_accepts`).
+                pause_between_accepts(delay).await;
                 continue;
             }
 
@@ -563,7 +565,7 @@ impl<P: Protocol + Clone + Send + 'static> Server<P> {
                 ),
             };
 
-            time::sleep(delay).await;
+            pause_between_accepts(delay).await;
         }
     }
 }
@@ -616,6 +618,44 @@ impl Callback for WSCallback {
             .headers_mut()
             .insert("sec-websocket-protocol", HeaderValue::from_static("mqtt"));
         Ok(response)
+    }
+}
+
+/// WARMHOUSE PATCH (29): `next_connection_delay_ms` after an accept.
+/// Upstream slept even for 0, and a Tokio sleep ends at the timer's next
+/// millisecond tick at the earliest: one listener accepted at most about
+/// 750 connections a second however fast it could serve them, and a fleet
+/// reconnecting at once timed out waiting for CONNACK.
+async fn pause_between_accepts(delay: Duration) {
+    if !delay.is_zero() {
+        time::sleep(delay).await;
+    }
+}
+
+/// WARMHOUSE PATCH (23): the will handlers, also after a panic elsewhere
+/// while they were locked (the map stays consistent: every change is one
+/// `insert` or `remove`).
+fn lock_will_handlers(
+    handlers: &Mutex<HashMap<String, Sender<AwaitingWill>>>,
+) -> std::sync::MutexGuard<'_, HashMap<String, Sender<AwaitingWill>>> {
+    handlers
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// WARMHOUSE PATCH (23): removes `client_id`'s will handler if it is still
+/// `ours` (a newer connection with the same client id may have replaced it).
+fn forget_will_handler(
+    handlers: &Mutex<HashMap<String, Sender<AwaitingWill>>>,
+    client_id: &str,
+    ours: &Sender<AwaitingWill>,
+) {
+    let mut handlers = lock_will_handlers(handlers);
+    if handlers
+        .get(client_id)
+        .is_some_and(|sender| sender.same_channel(ours))
+    {
+        handlers.remove(client_id);
     }
 }
 
@@ -706,20 +746,22 @@ async fn remote<P: Protocol>(
         client_id = format!("{tenant_id}.{client_id}");
     }
 
-    if let Some(sender) = will_handlers.lock().unwrap().remove(&client_id) {
+    // WARMHOUSE PATCH (23): the previous connection of this client id may
+    // have ended without ever waiting for its will (its link failed before
+    // CONNACK), so its receiver can be gone: that is no reason to panic.
+    // Upstream unwrapped `try_send` here while holding the lock, which
+    // poisoned it and made every later connection on the listener panic
+    // (upstream issue #1062).
+    let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
+    let previous = lock_will_handlers(&will_handlers).insert(client_id.clone(), will_tx.clone());
+    if let Some(sender) = previous {
         let awaiting_will = if clean_session {
             AwaitingWill::Fire
         } else {
             AwaitingWill::Cancel
         };
-        sender.try_send(awaiting_will).unwrap();
+        sender.try_send(awaiting_will).ok();
     }
-
-    let (will_tx, will_rx) = flume::bounded::<AwaitingWill>(1);
-    will_handlers
-        .lock()
-        .unwrap()
-        .insert(client_id.clone(), will_tx);
 
     // Start the link
     let mut link = match RemoteLink::new(
@@ -739,6 +781,8 @@ async fn remote<P: Protocol>(
         Ok(l) => l,
         Err(e) => {
             error!(error=?e, "Remote link error");
+            // WARMHOUSE PATCH (23): leave no will handler behind.
+            forget_will_handler(&will_handlers, &client_id, &will_tx);
             return;
         }
     };
@@ -790,7 +834,8 @@ async fn remote<P: Protocol>(
         Ok(w) => w.is_ok_and(|k| k == AwaitingWill::Fire),
         Err(_) => {
             // no need to keep the sender after timeout
-            will_handlers.lock().unwrap().remove(&client_id);
+            // WARMHOUSE PATCH (23): ours only, not a newer connection's.
+            forget_will_handler(&will_handlers, &client_id, &will_tx);
             // as will delay interval has passed, publish the will message
             true
         }
