@@ -55,6 +55,10 @@ pub struct StackOptions {
     pub query_port: Option<u16>,
     /// Also start PostgreSQL and the device registry (commands, state).
     pub registry: bool,
+    /// Devices authenticate against the registry (the brokers' production
+    /// setting): each needs a credential from it. Needs `registry`. Off,
+    /// the device listeners are open (docs/adr/0010-device-identity.md).
+    pub broker_device_auth: bool,
     pub registry_port: Option<u16>,
     /// Also start the API gateway (nginx) in front of the registry and the
     /// query API; needs `registry`.
@@ -84,6 +88,7 @@ impl Default for StackOptions {
             mqtt_port: None,
             query_port: None,
             registry: false,
+            broker_device_auth: false,
             registry_port: None,
             gateway: false,
             gateway_port: None,
@@ -149,53 +154,6 @@ impl Stack {
         let influxd = Influxd::start(&dir.join("influxdb"))?;
 
         let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
-        let mut brokers = Vec::new();
-        let mut broker_processes = Vec::new();
-        for replica in 0..options.broker_replicas.max(1) {
-            if let Some(config) = &options.broker_processes {
-                let config = broker_process::BrokerProcessConfig {
-                    kafka_bootstrap: tansu.bootstrap(),
-                    kafka_timeout: options.broker_kafka_timeout,
-                    ..config.clone()
-                };
-                let process = broker_process::BrokerProcess::start(
-                    &dir.join("brokers"),
-                    &format!("broker-{replica}"),
-                    &config,
-                )
-                .await
-                .with_context(|| format!("starting MQTT broker replica {replica}"))?;
-                broker_processes.push(process);
-                continue;
-            }
-            let mqtt_port = match options.mqtt_port {
-                Some(port) => port
-                    .checked_add(u16::try_from(replica).context("too many broker replicas")?)
-                    .context("MQTT port out of range")?,
-                None => free_port()?,
-            };
-            // Device listeners stay open here (the simulator and mosquitto
-            // clients connect anonymously; docs/adr/0010-device-identity.md
-            // has the production setup).
-            let mut ingress = warmhouse_edge_bridge::IngressConfig::new(
-                &tansu.bootstrap(),
-                dir.join(format!("broker-{replica}-spool")),
-            );
-            ingress.kafka_timeout_ms = options.broker_kafka_timeout.as_millis() as u64;
-            let broker_config = warmhouse_broker::BrokerConfig {
-                instance_id: Some(format!("broker-{replica}")),
-                ..warmhouse_broker::BrokerConfig::for_tests(
-                    loopback(mqtt_port),
-                    loopback(free_port()?),
-                    loopback(0),
-                    ingress,
-                )
-            };
-            let broker = warmhouse_broker::start(broker_config)
-                .await
-                .with_context(|| format!("starting MQTT broker replica {replica}"))?;
-            brokers.push(broker);
-        }
         let (stop, _) = tokio::sync::watch::channel(false);
 
         let mut writer_config =
@@ -242,6 +200,79 @@ impl Stack {
             (None, None)
         };
 
+        // Brokers last: with device authentication they ask the registry.
+        let device_auth = match (&registry, options.broker_device_auth) {
+            (_, false) => None,
+            (None, true) => {
+                anyhow::bail!("devices authenticate against the registry: start it too")
+            }
+            (Some(registry), true) => Some((
+                format!("http://{}", registry.addr),
+                warmhouse_service_kit::auth::issue_hs256(
+                    &jwt_secret,
+                    &warmhouse_service_kit::auth::Claims::admin("warmhouse-broker", TOKEN_TTL),
+                )?,
+            )),
+        };
+        let mut brokers = Vec::new();
+        let mut broker_processes = Vec::new();
+        for replica in 0..options.broker_replicas.max(1) {
+            if let Some(config) = &options.broker_processes {
+                let mut config = broker_process::BrokerProcessConfig {
+                    kafka_bootstrap: tansu.bootstrap(),
+                    kafka_timeout: options.broker_kafka_timeout,
+                    ..config.clone()
+                };
+                if let Some((url, token)) = &device_auth {
+                    config.env.extend([
+                        ("WARMHOUSE_BROKER_DEVICE_AUTH".into(), "registry".into()),
+                        ("WARMHOUSE_BROKER_REGISTRY_URL".into(), url.clone()),
+                        ("WARMHOUSE_BROKER_REGISTRY_TOKEN".into(), token.clone()),
+                    ]);
+                }
+                let process = broker_process::BrokerProcess::start(
+                    &dir.join("brokers"),
+                    &format!("broker-{replica}"),
+                    &config,
+                )
+                .await
+                .with_context(|| format!("starting MQTT broker replica {replica}"))?;
+                broker_processes.push(process);
+                continue;
+            }
+            let mqtt_port = match options.mqtt_port {
+                Some(port) => port
+                    .checked_add(u16::try_from(replica).context("too many broker replicas")?)
+                    .context("MQTT port out of range")?,
+                None => free_port()?,
+            };
+            // Device listeners stay open here (the simulator and mosquitto
+            // clients connect anonymously; docs/adr/0010-device-identity.md
+            // has the production setup).
+            let mut ingress = warmhouse_edge_bridge::IngressConfig::new(
+                &tansu.bootstrap(),
+                dir.join(format!("broker-{replica}-spool")),
+            );
+            ingress.kafka_timeout_ms = options.broker_kafka_timeout.as_millis() as u64;
+            let mut broker_config = warmhouse_broker::BrokerConfig {
+                instance_id: Some(format!("broker-{replica}")),
+                ..warmhouse_broker::BrokerConfig::for_tests(
+                    loopback(mqtt_port),
+                    loopback(free_port()?),
+                    loopback(0),
+                    ingress,
+                )
+            };
+            if let Some((url, token)) = &device_auth {
+                broker_config.device_auth = warmhouse_broker::DeviceAuth::Registry;
+                broker_config.registry_url = Some(url.clone());
+                broker_config.registry_token = Some(warmhouse_broker::Secret::new(token));
+            }
+            let broker = warmhouse_broker::start(broker_config)
+                .await
+                .with_context(|| format!("starting MQTT broker replica {replica}"))?;
+            brokers.push(broker);
+        }
         let gateway = match (&registry, options.gateway) {
             (_, false) => None,
             (None, true) => anyhow::bail!("the gateway routes to the registry: start it too"),

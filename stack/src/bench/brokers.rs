@@ -71,9 +71,9 @@ impl BrokerRun {
     }
 }
 
-struct RunningBroker {
-    process: ChildProcess,
-    port: u16,
+pub(super) struct RunningBroker {
+    pub(super) process: ChildProcess,
+    pub(super) port: u16,
     version: String,
     /// Our broker's Kafka (its PUBACKs wait for it); stopped with the broker.
     _kafka: Option<Tansu>,
@@ -301,21 +301,31 @@ pub async fn run(
         BrokerKind::Mosquitto => "mosquitto",
     });
     std::fs::create_dir_all(&dir).context("creating broker dir")?;
-    let (dir2, bin) = (dir.clone(), options.broker_bin.clone());
+    let mut broker = start(kind, &dir, &options.broker_bin).await?;
+    let result = drive(kind, &mut broker, options, run_id).await;
+    broker.process.terminate(Duration::from_secs(2));
+    result
+}
+
+/// Starts `kind` in `dir` (ours with a tansu of its own) and waits until it
+/// serves.
+pub(super) async fn start(
+    kind: BrokerKind,
+    dir: &Path,
+    broker_bin: &Path,
+) -> anyhow::Result<RunningBroker> {
+    let (dir2, bin) = (dir.to_path_buf(), broker_bin.to_path_buf());
     let kafka = match kind {
-        BrokerKind::Ours => Some(kafka_for_ours(&dir).await?),
+        BrokerKind::Ours => Some(kafka_for_ours(dir).await?),
         BrokerKind::Mosquitto => None,
     };
-    let mut broker = super::on_process_thread(move || match (kind, kafka) {
+    super::on_process_thread(move || match (kind, kafka) {
         (BrokerKind::Ours, Some(kafka)) => start_ours(&dir2, &bin, kafka),
         (BrokerKind::Ours, None) => bail!("our broker needs its Kafka"),
         (BrokerKind::Mosquitto, _) => start_mosquitto(&dir2),
     })
     .await
-    .context("starting the broker")??;
-    let result = drive(kind, &mut broker, options, run_id).await;
-    broker.process.terminate(Duration::from_secs(2));
-    result
+    .context("starting the broker")?
 }
 
 async fn drive(

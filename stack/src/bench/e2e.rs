@@ -144,6 +144,9 @@ pub struct Verification {
     pub duplicates: u64,
     /// Missing seqs below the highest stored one, over all series.
     pub gaps: u64,
+    /// The first series with a gap or a duplicate: "device metric: n points,
+    /// d distinct seqs, highest m".
+    pub irregular: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -282,8 +285,8 @@ async fn drive(stack: &Stack, dir: &Path, options: &E2eOptions) -> anyhow::Resul
     let influx = InfluxClient::new(InfluxSettings::new(stack.influxd.url(), "warmhouse"))?;
     let run_id = format!("e2e{}", warmhouse_service_kit::now_ms() % 1_000_000_000);
     let (homes, per_home) = options.fleet();
-    // The broker accepts at most 1,000 connections a second per listener
-    // (WARMHOUSE_BROKER_NEXT_CONNECTION_DELAY_MS): at most 500 a second here.
+    // Devices come online over 2 ms each (500 a second), as a fleet does,
+    // not in one burst.
     let spread_ms = (u64::from(options.devices) * 2).max(2000).to_string();
     let duration_secs = options.duration.as_secs().max(1);
     let config = super::sim_config(
@@ -323,7 +326,7 @@ async fn drive(stack: &Stack, dir: &Path, options: &E2eOptions) -> anyhow::Resul
     )
     .await;
     let probe_device = format!("probe-{run_id}");
-    let probe_connection = Connected::connect(stack.mqtt_port(), &probe_device).await;
+    let probe_connection = Connected::connect(stack.mqtt_port(), &probe_device, None).await;
     let load_end = Instant::now() + Duration::from_secs(duration_secs);
     let probe_http = stack.api_client_builder()?;
     let probe = probe_connection.map(|connection| {
@@ -486,7 +489,7 @@ async fn drive(stack: &Stack, dir: &Path, options: &E2eOptions) -> anyhow::Resul
 }
 
 /// Readings of the run stored in InfluxDB (every metric).
-async fn count_run(influx: &InfluxClient, run_id: &str) -> anyhow::Result<u64> {
+pub(super) async fn count_run(influx: &InfluxClient, run_id: &str) -> anyhow::Result<u64> {
     let q =
         format!(r#"SELECT count("value") FROM "raw"./.*/ WHERE "home_id" =~ /^home-{run_id}-/"#);
     let results = influx.query(&q).await?;
@@ -501,7 +504,7 @@ async fn count_run(influx: &InfluxClient, run_id: &str) -> anyhow::Result<u64> {
 /// Per series (device x metric): count of points, distinct seqs and the
 /// highest seq. Seqs start at 1 and have no gaps, so count = distinct = max
 /// when nothing is lost or stored twice.
-async fn verify(influx: &InfluxClient, run_id: &str) -> anyhow::Result<Verification> {
+pub(super) async fn verify(influx: &InfluxClient, run_id: &str) -> anyhow::Result<Verification> {
     let filter =
         format!(r#"FROM "raw"./.*/ WHERE "home_id" =~ /^home-{run_id}-/ GROUP BY "device_id""#);
     let mut per_series: BTreeMap<(String, String), [u64; 3]> = BTreeMap::new();
@@ -533,13 +536,19 @@ async fn verify(influx: &InfluxClient, run_id: &str) -> anyhow::Result<Verificat
         devices_with_data: 0,
         duplicates: 0,
         gaps: 0,
+        irregular: Vec::new(),
     };
     let mut devices = std::collections::BTreeSet::new();
-    for ((device, _), [count, distinct, max]) in &per_series {
+    for ((device, metric), [count, distinct, max]) in &per_series {
         devices.insert(device.clone());
         verification.stored += count;
         verification.duplicates += count.saturating_sub(*distinct);
         verification.gaps += max.saturating_sub(*distinct);
+        if (count != distinct || distinct != max) && verification.irregular.len() < 10 {
+            verification.irregular.push(format!(
+                "{device} {metric}: {count} points, {distinct} distinct seqs, highest {max}"
+            ));
+        }
     }
     verification.devices_with_data = devices.len();
     Ok(verification)
@@ -548,7 +557,7 @@ async fn verify(influx: &InfluxClient, run_id: &str) -> anyhow::Result<Verificat
 /// An MQTT client whose event loop runs in a task, connected (CONNACK
 /// received) before anything is timed, so connection set-up never counts as
 /// latency.
-struct Connected {
+pub(super) struct Connected {
     client: AsyncClient,
     events: tokio::task::JoinHandle<()>,
     acked: Arc<AtomicU64>,
@@ -560,11 +569,20 @@ struct Connected {
 }
 
 impl Connected {
-    async fn connect(mqtt_port: u16, client_id: &str) -> anyhow::Result<Self> {
+    /// `password`: the device's, where the broker authenticates devices
+    /// (its username is the client id).
+    pub(super) async fn connect(
+        mqtt_port: u16,
+        client_id: &str,
+        password: Option<&str>,
+    ) -> anyhow::Result<Self> {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", mqtt_port);
         options
             .set_keep_alive(Duration::from_secs(30))
             .set_clean_session(true);
+        if let Some(password) = password {
+            options.set_credentials(client_id, password);
+        }
         let (client, mut eventloop) = AsyncClient::new(options, 64);
         // PUBACKs are read as soon as they arrive.
         eventloop.network_options.set_tcp_nodelay(true);
@@ -633,7 +651,7 @@ async fn warm_up(
         .timeout(Duration::from_secs(2))
         .build()
         .context("HTTP client")?;
-    let connection = Connected::connect(mqtt_port, device).await?;
+    let connection = Connected::connect(mqtt_port, device, None).await?;
     let client = connection.client.clone();
     let url = format!("{query_url}/api/v1/devices/{device}/telemetry/latest");
     let one = |seq: i64| {
@@ -690,7 +708,7 @@ pub struct WarmUp {
 
 /// One reading every 100 ms on its own device until `load_end`; each one is
 /// timed from just before the publish until the query API returns its seq.
-async fn probe(
+pub(super) async fn probe(
     connection: Connected,
     http: reqwest::ClientBuilder,
     query_url: String,

@@ -15,6 +15,7 @@ mod brokers;
 mod commands;
 mod cpu;
 mod e2e;
+mod fleet;
 mod influx;
 mod report;
 
@@ -118,6 +119,31 @@ pub struct Args {
     /// the fleet's rate they do not drain and the bench exits non-zero.
     #[arg(long, default_value_t = 100)]
     pub kafka_sqlite_devices: u32,
+    /// Devices of the fleet phase (4 a home), spread over simulator
+    /// processes of at most 19,000 devices (the open-file limit).
+    #[arg(long, default_value_t = 100_000)]
+    pub fleet_devices: u32,
+    /// Broker replicas of the fleet phase (one process holds at most about
+    /// 19,000 devices here).
+    #[arg(long, default_value_t = 6)]
+    pub fleet_replicas: usize,
+    /// Seconds between two readings of one fleet device (the assignment: 10).
+    #[arg(long, default_value_t = 10)]
+    pub fleet_interval_secs: u64,
+    /// Seconds the fleet publishes once every device has started.
+    #[arg(long, default_value_t = 150)]
+    pub fleet_duration_secs: u64,
+    /// Seconds over which the fleet's devices start.
+    #[arg(long, default_value_t = 60)]
+    pub fleet_connect_spread_secs: u64,
+    /// Devices on the one replica compared with Mosquitto in the fleet phase
+    /// (at most one process's share); 0 skips the comparison.
+    #[arg(long, default_value_t = 19_000)]
+    pub fleet_replica_devices: u32,
+    /// Keep the working directory (every process's log and data) after the
+    /// run, to look into a failure.
+    #[arg(long)]
+    pub keep_dir: bool,
     /// Skip the `perf record` profile of the bench process.
     #[arg(long)]
     pub no_perf: bool,
@@ -130,6 +156,7 @@ pub enum Phase {
     E2e,
     Commands,
     Kafka,
+    Fleet,
 }
 
 /// What the run measured; a failed phase keeps its error.
@@ -157,6 +184,8 @@ pub struct Results {
         e2e::E2eOptions,
         anyhow::Result<e2e::E2eResult>,
     )>,
+    /// Phase 7: one replica against Mosquitto, then the whole fleet.
+    pub fleet: Option<fleet::FleetResults>,
 }
 
 pub fn main() -> ExitCode {
@@ -205,6 +234,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let started = Instant::now();
     let dir = tempfile::Builder::new()
         .prefix("warmhouse-bench-")
+        .disable_cleanup(args.keep_dir)
         .tempdir()
         .context("creating a temp dir")?;
     let command = command_line();
@@ -238,6 +268,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         e2e_more: Vec::new(),
         commands: None,
         kafka: Vec::new(),
+        fleet: None,
     };
     // Generous outer limits: every wait inside has its own deadline.
     let phase_limit = duration * 3 + Duration::from_secs(300);
@@ -402,12 +433,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
 
+    if args.phases.contains(&Phase::Fleet) {
+        let (broker_bin, _) = binary("warmhouse-broker", "warmhouse-broker").await;
+        let (stack_bin, _) = binary("warmhouse-stack", "warmhouse-stack").await;
+        let (sim_bin, _) = binary("warmhouse-simulator", "warmhouse-sim").await;
+        let options = fleet::FleetOptions {
+            devices: args.fleet_devices,
+            replicas: args.fleet_replicas,
+            interval: Duration::from_secs(args.fleet_interval_secs.max(1)),
+            duration: Duration::from_secs(args.fleet_duration_secs.max(10)),
+            connect_spread: Duration::from_secs(args.fleet_connect_spread_secs),
+            replica_devices: args.fleet_replica_devices,
+            stack_bin,
+            broker_bin: args.broker_bin.clone().unwrap_or(broker_bin),
+            sim_bin,
+        };
+        results.fleet = Some(fleet::run(&dir.path().join("fleet"), options).await);
+    }
+
     results.total = started.elapsed();
     // Only the sections that can stand alone: splice them into the report.
     let only_sections = args
         .phases
         .iter()
-        .all(|p| matches!(p, Phase::Commands | Phase::Kafka));
+        .all(|p| matches!(p, Phase::Commands | Phase::Kafka | Phase::Fleet));
     let existing = args
         .out
         .as_ref()
@@ -451,6 +500,9 @@ impl Results {
         }
         if let Some((_, Err(err))) = &self.commands {
             errored("phase 5 (commands)", err);
+        }
+        if let Some(fleet) = &self.fleet {
+            failures.extend(fleet.failures());
         }
         let e2e_runs = self
             .e2e
@@ -531,43 +583,45 @@ async fn broker_binary(args: &Args) -> (PathBuf, Option<String>) {
     if let Some(bin) = &args.broker_bin {
         return (bin.clone(), None);
     }
+    binary("warmhouse-broker", "warmhouse-broker").await
+}
+
+/// Binary `bin` of package `package`, next to this executable, built first
+/// with cargo when cargo is at hand (a no-op when it is fresh); a note when
+/// the build failed and an existing binary is used.
+async fn binary(package: &str, bin: &str) -> (PathBuf, Option<String>) {
     let exe_dir = std::env::current_exe()
         .ok()
         .and_then(|e| e.parent().map(PathBuf::from))
         .unwrap_or_else(|| PathBuf::from("."));
-    let bin = exe_dir.join("warmhouse-broker");
+    let path = exe_dir.join(bin);
     let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let mut command = tokio::process::Command::new(cargo);
     command
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "warmhouse-broker",
-            "--bin",
-            "warmhouse-broker",
-        ])
+        .args(["build", "-q", "-p", package, "--bin", bin])
         .arg("--manifest-path")
         .arg(&manifest)
         .kill_on_drop(true);
     if !cfg!(debug_assertions) {
         command.arg("--release");
     }
-    eprintln!("== building warmhouse-broker (cargo; a no-op when it is fresh)");
+    eprintln!("== building {bin} (cargo; a no-op when it is fresh)");
     let t = Instant::now();
     let note = match tokio::time::timeout(Duration::from_secs(1200), command.status()).await {
         Ok(Ok(status)) if status.success() => None,
         Ok(Ok(status)) => Some(format!(
-            "`cargo build -p warmhouse-broker` failed ({status}); the existing binary was used"
+            "`cargo build -p {package}` failed ({status}); the existing binary was used"
         )),
         Ok(Err(err)) => Some(format!(
             "cargo not runnable ({err}); the existing binary was used"
         )),
-        Err(_) => Some("building warmhouse-broker timed out; the existing binary was used".into()),
+        Err(_) => Some(format!(
+            "building {bin} timed out; the existing binary was used"
+        )),
     };
     eprintln!("   done in {:.0} s", t.elapsed().as_secs_f64());
-    (bin, note)
+    (path, note)
 }
 
 type Job = Box<dyn FnOnce() + Send>;

@@ -433,6 +433,9 @@ pub fn render(results: &Results) -> String {
     render_e2e(&mut md, results, ceiling);
     render_commands(&mut md, results);
     render_kafka(&mut md, results, ceiling);
+    if let Some(fleet) = &results.fleet {
+        fleet.render(&mut md, &run_line(results));
+    }
     render_limits(&mut md, results, ceiling);
     md
 }
@@ -450,6 +453,11 @@ pub fn splice_sections(existing: &str, results: &Results) -> String {
         let mut section = String::new();
         render_commands(&mut section, results);
         text = splice_section(&text, COMMANDS_HEADING, &section);
+    }
+    if let Some(fleet) = &results.fleet {
+        let mut section = String::new();
+        fleet.render(&mut section, &run_line(results));
+        text = splice_section(&text, super::fleet::HEADING, &section);
     }
     if !results.kafka.is_empty() {
         let ceiling = results.ceiling.as_ref().and_then(|c| c.as_ref().ok());
@@ -1019,15 +1027,19 @@ fn render_more(md: &mut String, results: &Results, ceiling: Option<&CeilingResul
 
 /// When, where and how a section that can be re-run alone was measured.
 fn render_run(md: &mut String, results: &Results) {
-    let _ = writeln!(
-        md,
+    let _ = writeln!(md, "{}", run_line(results));
+}
+
+/// When, where and how a section's figures were measured.
+fn run_line(results: &Results) -> String {
+    format!(
         "Run {}, commit {}, {} x {}:\n\n```sh\n{}\n```\n",
         results.started_utc,
         results.machine.commit,
         results.machine.cores,
         results.machine.cpu,
         results.command
-    );
+    )
 }
 
 fn render_kafka(md: &mut String, results: &Results, ceiling: Option<&CeilingResult>) {

@@ -1,0 +1,1130 @@
+//! Phase 7: the fleet. First one broker replica against Mosquitto, each
+//! holding as many devices as one process can here (20,000 open files):
+//! how fast all of them get in when they connect at once, memory per
+//! connection and CPU. Then the assignment's whole fleet (100,000 devices,
+//! one reading every 10 s each) through the full pipeline with registry
+//! authentication, spread over broker replicas and simulator processes (each
+//! a process of its own for the open-file limit), with every acknowledged
+//! reading counted by device and seq; halfway through, one replica is
+//! killed with SIGKILL and restarted, and the time until its devices are
+//! back (on the other replicas) is measured.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use futures::StreamExt;
+use serde_json::json;
+use warmhouse_ingest::influx::{InfluxClient, InfluxSettings};
+use warmhouse_stack::broker_process::{sample_value, BrokerProcessConfig};
+use warmhouse_stack::{Stack, StackOptions};
+
+use super::brokers::{self, BrokerKind};
+use super::cpu;
+use super::e2e::{self, Latency, Tally};
+
+/// Devices one simulator process holds at most (20,000 open files a process
+/// here, and a few for itself).
+const DEVICES_PER_SIMULATOR: u32 = 19_000;
+
+#[derive(Debug, Clone)]
+pub struct FleetOptions {
+    /// Devices of the whole fleet (4 a home).
+    pub devices: u32,
+    /// Broker replicas the fleet spreads over.
+    pub replicas: usize,
+    /// Seconds between two readings of one device.
+    pub interval: Duration,
+    /// How long the fleet publishes (after the last device started).
+    pub duration: Duration,
+    /// Device start times are spread over this.
+    pub connect_spread: Duration,
+    /// Devices on the one replica compared with Mosquitto; 0 skips that part.
+    pub replica_devices: u32,
+    /// `warmhouse-stack` (runs a broker replica: `warmhouse-stack broker`).
+    pub stack_bin: PathBuf,
+    /// `warmhouse-broker`.
+    pub broker_bin: PathBuf,
+    /// `warmhouse-sim`.
+    pub sim_bin: PathBuf,
+}
+
+/// One broker holding `devices` that all connect at once.
+#[derive(Debug, Clone)]
+pub struct ReplicaRun {
+    pub kind: BrokerKind,
+    pub devices: u32,
+    /// From the simulator's start until every device held a connection.
+    pub all_connected_after: Option<Duration>,
+    /// Connections held when the bench stopped waiting for the rest.
+    pub connected: u64,
+    /// RSS with every device connected, less RSS before, per connection.
+    pub rss_per_connection: Option<f64>,
+    pub rss_mb: Option<f64>,
+    /// The broker's CPU over the connect storm and over the steady load
+    /// afterwards (each device one QoS 1 reading every interval), as a share
+    /// of one core.
+    pub connect_cpu_cores: Option<f64>,
+    pub steady_cpu_cores: Option<f64>,
+    pub messages_acked: u64,
+    pub messages_unacked: u64,
+    pub reconnects: u64,
+}
+
+impl ReplicaRun {
+    pub fn accept_rate(&self) -> Option<f64> {
+        let after = self.all_connected_after?;
+        Some(super::per_sec(u64::from(self.devices), after))
+    }
+}
+
+/// The whole fleet through the pipeline.
+#[derive(Debug)]
+pub struct FleetRun {
+    pub devices: u32,
+    pub replicas: usize,
+    pub simulators: usize,
+    /// Homes, devices and passwords made through the registry's REST API.
+    pub provisioned_in: Duration,
+    /// From the first simulator's start until every device was connected.
+    pub all_connected_after: Option<Duration>,
+    pub readings_acked: u64,
+    pub messages_acked: u64,
+    pub messages_unacked: u64,
+    pub reconnects: u64,
+    pub tally: anyhow::Result<Tally>,
+    pub drain: Option<Duration>,
+    pub latency: Latency,
+    /// Broker RSS (all replicas) per connection with the fleet connected.
+    pub rss_per_connection: Option<f64>,
+    /// CPU over the load, in cores, by process group.
+    pub cpu_cores: Vec<(String, f64)>,
+    pub load_window: Duration,
+    pub restart: Option<RestartRun>,
+}
+
+/// One replica killed with SIGKILL while the fleet publishes.
+#[derive(Debug, Clone)]
+pub struct RestartRun {
+    /// Connections the replica held when it was killed.
+    pub devices: u64,
+    /// From the kill until the other replicas held the whole fleet again.
+    pub back_after: Option<Duration>,
+    /// Registry password checks meanwhile: remembered (a SHA-256) and
+    /// verified (Argon2id).
+    pub remembered: u64,
+    pub verified: u64,
+}
+
+/// Phase 7's results.
+pub struct FleetResults {
+    pub options: FleetOptions,
+    /// Ours, then Mosquitto (empty when skipped).
+    pub replica: Vec<anyhow::Result<ReplicaRun>>,
+    pub fleet: anyhow::Result<FleetRun>,
+}
+
+pub const HEADING: &str = "## 7. The fleet";
+
+/// One replica against Mosquitto, then the whole fleet.
+pub async fn run(dir: &Path, options: FleetOptions) -> FleetResults {
+    let mut replica = Vec::new();
+    if options.replica_devices > 0 {
+        for kind in [BrokerKind::Ours, BrokerKind::Mosquitto] {
+            eprintln!(
+                "== phase 7: {} holding {} devices that connect at once",
+                kind.label(),
+                options.replica_devices
+            );
+            let t = Instant::now();
+            let result = run_replica(kind, dir, &options).await;
+            super::log_outcome(&result, t);
+            replica.push(result);
+        }
+    }
+    eprintln!(
+        "== phase 7: {} devices over {} replicas, registry authentication",
+        options.devices, options.replicas
+    );
+    let t = Instant::now();
+    let fleet = run_fleet(dir, &options).await;
+    super::log_outcome(&fleet, t);
+    FleetResults {
+        options,
+        replica,
+        fleet,
+    }
+}
+
+impl FleetResults {
+    /// What makes the phase fail: an error, a device that never got in, a
+    /// reading not stored exactly once.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        for run in &self.replica {
+            match run {
+                Err(err) => failures.push(format!(
+                    "phase 7 (one replica): {}",
+                    super::report::one_line(err)
+                )),
+                Ok(r) if r.all_connected_after.is_none() => failures.push(format!(
+                    "phase 7 ({}): {} of {} devices connected",
+                    r.kind.label(),
+                    r.connected,
+                    r.devices
+                )),
+                Ok(_) => {}
+            }
+        }
+        match &self.fleet {
+            Err(err) => failures.push(format!("phase 7 (fleet): {}", super::report::one_line(err))),
+            Ok(f) => {
+                if f.all_connected_after.is_none() {
+                    failures.push("phase 7 (fleet): not every device connected".into());
+                }
+                if f.restart.as_ref().is_some_and(|r| r.back_after.is_none()) {
+                    failures.push(
+                        "phase 7 (fleet): the killed replica's devices were not all back within 120 s"
+                            .into(),
+                    );
+                }
+                match &f.tally {
+                    Err(err) => failures.push(format!(
+                        "phase 7 (fleet): counting stored readings: {}",
+                        super::report::one_line(err)
+                    )),
+                    Ok(t) if !t.exactly_once() => {
+                        failures.push(format!("phase 7 (fleet): not exactly once: {t:?}"))
+                    }
+                    Ok(_) => {}
+                }
+            }
+        }
+        failures
+    }
+
+    pub fn render(&self, md: &mut String, run_line: &str) {
+        use std::fmt::Write;
+        let o = &self.options;
+        let _ = writeln!(md, "{HEADING}\n");
+        let _ = writeln!(md, "{run_line}");
+        let _ = writeln!(
+            md,
+            "One process may hold 20,000 open files here (a hard limit), so one broker replica \
+             holds at most about 19,000 devices and the fleet runs on several replicas and \
+             simulator processes (each a process of its own).\n"
+        );
+        if !self.replica.is_empty() {
+            let _ = writeln!(
+                md,
+                "**One replica against Mosquitto.** {} devices (one simulator process) connect \
+                 at once to one broker process without authentication (ours with its Kafka \
+                 ingress on tansu in memory), then each publishes one QoS 1 reading every {} s \
+                 for 20 s. Accept rate: devices over the time until the broker held all of \
+                 their sockets. Memory: RSS with all connected, less RSS before, per \
+                 connection.\n",
+                o.replica_devices,
+                o.interval.as_secs()
+            );
+            let _ = writeln!(
+                md,
+                "| broker | connected | all in after | accept rate | RSS | RSS per connection | CPU, connect storm | CPU, steady | acked / unacked | reconnects |"
+            );
+            let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
+            for run in &self.replica {
+                match run {
+                    Err(err) => {
+                        let _ =
+                            writeln!(md, "| failed: {} |||||||||", super::report::one_line(err));
+                    }
+                    Ok(r) => {
+                        let _ = writeln!(
+                            md,
+                            "| {} | {} of {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
+                            r.kind.label(),
+                            r.connected,
+                            r.devices,
+                            r.all_connected_after
+                                .map_or("not all".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+                            r.accept_rate().map_or("-".into(), |v| format!("{v:.0}/s")),
+                            r.rss_mb.map_or("-".into(), |v| format!("{v:.0} MB")),
+                            r.rss_per_connection
+                                .map_or("-".into(), |v| format!("{:.1} KB", v / 1024.0)),
+                            r.connect_cpu_cores
+                                .map_or("-".into(), |v| format!("{:.0} %", v * 100.0)),
+                            r.steady_cpu_cores
+                                .map_or("-".into(), |v| format!("{:.1} %", v * 100.0)),
+                            r.messages_acked,
+                            r.messages_unacked,
+                            r.reconnects,
+                        );
+                    }
+                }
+            }
+            if let [Ok(ours), Ok(theirs)] = self.replica.as_slice() {
+                let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
+                    (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
+                    _ => "-".into(),
+                };
+                let _ = writeln!(
+                    md,
+                    "\nOurs against Mosquitto: accept rate {}, RSS per connection {}, CPU in the \
+                     steady load {} (CPU percentages are of one core).\n",
+                    ratio(ours.accept_rate(), theirs.accept_rate()),
+                    ratio(ours.rss_per_connection, theirs.rss_per_connection),
+                    ratio(ours.steady_cpu_cores, theirs.steady_cpu_cores),
+                );
+            }
+        }
+        let _ = writeln!(
+            md,
+            "**The whole fleet.** {} devices ({} homes of 4), each publishing one QoS 1 reading \
+             every {} s (about {:.0} messages/s), starting over {} s and then publishing for {} \
+             s, through the whole pipeline: {} broker replicas (processes, each with its edge \
+             bridge) authenticating every device against the registry (a password each, \
+             issued through its REST API), tansu in memory, ingest writer, InfluxDB. A third \
+             into the load one replica is killed with SIGKILL; its devices reconnect to the \
+             others, and it is restarted on its spool. Every acknowledged reading is then \
+             counted in InfluxDB by device and seq. Latency: a probe device publishes a reading \
+             every 100 ms and polls the query API until it is there.\n",
+            o.devices,
+            o.devices.div_ceil(4),
+            o.interval.as_secs(),
+            f64::from(o.devices) / o.interval.as_secs_f64(),
+            o.connect_spread.as_secs(),
+            o.duration.as_secs(),
+            o.replicas
+        );
+        match &self.fleet {
+            Err(err) => {
+                let _ = writeln!(md, "Failed: {}\n", super::report::one_line(err));
+            }
+            Ok(f) => {
+                let _ = writeln!(md, "| | |\n|---|---|");
+                let _ = writeln!(
+                    md,
+                    "| devices, replicas, simulator processes | {}, {}, {} |",
+                    f.devices, f.replicas, f.simulators
+                );
+                let _ = writeln!(
+                    md,
+                    "| provisioning (homes, devices, passwords over REST) | {:.0} s ({:.0} devices/s) |",
+                    f.provisioned_in.as_secs_f64(),
+                    super::per_sec(u64::from(f.devices), f.provisioned_in)
+                );
+                let _ = writeln!(
+                    md,
+                    "| every device connected | {} after the first started (starts spread over {} s) |",
+                    f.all_connected_after
+                        .map_or("not all".into(), |d| format!("{:.1} s", d.as_secs_f64())),
+                    o.connect_spread.as_secs()
+                );
+                let _ = writeln!(
+                    md,
+                    "| messages acked / unacked | {} / {} ({:.0} messages/s over {:.0} s) |",
+                    f.messages_acked,
+                    f.messages_unacked,
+                    super::per_sec(f.messages_acked, f.load_window),
+                    f.load_window.as_secs_f64()
+                );
+                let _ = writeln!(md, "| readings acked | {} |", f.readings_acked);
+                match &f.tally {
+                    Ok(t) => {
+                        let _ = writeln!(
+                            md,
+                            "| stored / lost / duplicated / seq gaps | {} / {} / {} / {} |",
+                            t.stored,
+                            t.lost()
+                                .map_or("unknown (did not drain)".into(), |l| l.to_string()),
+                            t.duplicates,
+                            t.gaps
+                        );
+                    }
+                    Err(err) => {
+                        let _ = writeln!(
+                            md,
+                            "| stored | counting failed: {} |",
+                            super::report::one_line(err)
+                        );
+                    }
+                }
+                let _ = writeln!(
+                    md,
+                    "| drained after the load | {} |",
+                    f.drain
+                        .map_or("no (gave up after 300 s)".into(), |d| format!(
+                            "{:.1} s",
+                            d.as_secs_f64()
+                        ))
+                );
+                let lat = f.latency.after(0.0);
+                let p =
+                    |q: f64| e2e::percentile(&lat, q).map_or("-".into(), |v| format!("{v:.0} ms"));
+                let _ = writeln!(
+                    md,
+                    "| publish to queryable, p50 / p99 | {} / {} ({} probe readings{}) |",
+                    p(50.0),
+                    p(99.0),
+                    lat.len(),
+                    f.latency
+                        .first_error
+                        .as_ref()
+                        .map_or(String::new(), |e| format!("; {e}"))
+                );
+                let _ = writeln!(
+                    md,
+                    "| broker RSS per connection (all replicas) | {} |",
+                    f.rss_per_connection
+                        .map_or("-".into(), |v| format!("{:.1} KB", v / 1024.0))
+                );
+                let cpu: Vec<String> = f
+                    .cpu_cores
+                    .iter()
+                    .map(|(name, cores)| format!("{name} {:.0} %", cores * 100.0))
+                    .collect();
+                let _ = writeln!(
+                    md,
+                    "| CPU over the load (% of one core) | {} |",
+                    cpu.join(", ")
+                );
+                if let Some(r) = &f.restart {
+                    let _ = writeln!(
+                        md,
+                        "| replica killed: its devices back on the others | {} devices in {} |",
+                        r.devices,
+                        r.back_after.map_or("more than 120 s".into(), |d| format!(
+                            "{:.1} s ({:.0} connects/s)",
+                            d.as_secs_f64(),
+                            super::per_sec(r.devices, d)
+                        ))
+                    );
+                    let _ = writeln!(
+                        md,
+                        "| registry password checks meanwhile | {} remembered (SHA-256), {} verified (Argon2id) |",
+                        r.remembered, r.verified
+                    );
+                }
+                let _ = writeln!(md, "| reconnects (all simulators) | {} |\n", f.reconnects);
+            }
+        }
+    }
+}
+
+pub async fn run_replica(
+    kind: BrokerKind,
+    dir: &Path,
+    options: &FleetOptions,
+) -> anyhow::Result<ReplicaRun> {
+    let dir = dir.join(match kind {
+        BrokerKind::Ours => "replica-ours",
+        BrokerKind::Mosquitto => "replica-mosquitto",
+    });
+    std::fs::create_dir_all(&dir).context("creating the replica dir")?;
+    let mut broker = brokers::start(kind, &dir, &options.broker_bin).await?;
+    let pid = broker.process.pid().context("the broker has no pid")?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let base_fds = open_sockets(pid);
+    let base_rss = rss_bytes(pid);
+    let devices = options.replica_devices.min(DEVICES_PER_SIMULATOR);
+    // Connect all at once, then one reading every interval for 20 s.
+    let steady = Duration::from_secs(20);
+    let run_for = Duration::from_secs(40);
+    let sim = Simulator::spawn(
+        &dir,
+        0,
+        &options.sim_bin,
+        &[broker.port],
+        &SimShare {
+            first_home: 1,
+            homes: devices / 4,
+        },
+        &[
+            "--interval-ms",
+            &options.interval.as_millis().to_string(),
+            "--duration-secs",
+            &run_for.as_secs().to_string(),
+            "--run-id",
+            &format!("rep{}", warmhouse_service_kit::now_ms() % 1_000_000),
+        ],
+        None,
+    )?;
+    let started = Instant::now();
+    let watched = vec![("broker".to_string(), pid)];
+    let me = std::process::id();
+    let before = cpu::snapshot(&watched, me);
+    let deadline = started + Duration::from_secs(35);
+    let mut all_connected_after = None;
+    let mut connected = 0;
+    while Instant::now() < deadline {
+        connected = open_sockets(pid).saturating_sub(base_fds);
+        if connected >= u64::from(devices) {
+            all_connected_after = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let connected_at = cpu::snapshot(&watched, me);
+    let rss = rss_bytes(pid);
+    tokio::time::sleep(steady).await;
+    let steady_end = cpu::snapshot(&watched, me);
+    let summary = sim.finish(run_for + Duration::from_secs(60)).await;
+    broker.process.check_alive()?;
+    broker.process.terminate(Duration::from_secs(2));
+    let summary = summary?;
+    let cores = |a: &cpu::Snapshot, b: &cpu::Snapshot| {
+        let usage = cpu::usage(a, b, super::cores());
+        usage
+            .process("broker")
+            .map(|secs| secs / usage.wall.as_secs_f64())
+    };
+    Ok(ReplicaRun {
+        kind,
+        devices: devices / 4 * 4,
+        all_connected_after,
+        connected,
+        rss_per_connection: match (base_rss, rss) {
+            (Some(base), Some(rss)) if connected > 0 => {
+                Some(rss.saturating_sub(base) as f64 / connected as f64)
+            }
+            _ => None,
+        },
+        rss_mb: rss.map(|rss| rss as f64 / (1 << 20) as f64),
+        connect_cpu_cores: cores(&before, &connected_at),
+        steady_cpu_cores: cores(&connected_at, &steady_end),
+        messages_acked: summary.messages_acked,
+        messages_unacked: summary.messages_unacked,
+        reconnects: summary.reconnects,
+    })
+}
+
+pub async fn run_fleet(dir: &Path, options: &FleetOptions) -> anyhow::Result<FleetRun> {
+    let replicas = options.replicas.max(1);
+    let stack_options = StackOptions {
+        registry: true,
+        broker_device_auth: true,
+        broker_replicas: replicas,
+        broker_processes: Some(BrokerProcessConfig::new(&options.stack_bin, "")),
+        ..StackOptions::default()
+    };
+    let mut stack = tokio::time::timeout(
+        Duration::from_secs(180),
+        Stack::start(&dir.join("stack"), stack_options),
+    )
+    .await
+    .context("the stack did not start within 180 s")?
+    .context("starting the stack")?;
+    let result = drive_fleet(&mut stack, dir, options).await;
+    stack.stop().await;
+    result
+}
+
+async fn drive_fleet(
+    stack: &mut Stack,
+    dir: &Path,
+    options: &FleetOptions,
+) -> anyhow::Result<FleetRun> {
+    let run_id = format!("fl{}", warmhouse_service_kit::now_ms() % 1_000_000);
+    let homes = options.devices.div_ceil(4).max(1);
+    let devices = homes * 4;
+    let registry = stack.registry_url().context("the stack has no registry")?;
+    let http = stack
+        .api_client_builder()?
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("HTTP client")?;
+    let token = stack.admin_token()?;
+
+    // Provision every home, device and password through the registry, as an
+    // installer would (each password is hashed with Argon2id once).
+    eprintln!("   provisioning {devices} devices in {homes} homes");
+    let provision_started = Instant::now();
+    let shares = shares(homes);
+    let mut credential_files = Vec::new();
+    for (i, share) in shares.iter().enumerate() {
+        let passwords = provision(&http, &registry, &token, &run_id, share).await?;
+        let file = dir.join(format!("credentials-{i}.json"));
+        let body: serde_json::Map<String, serde_json::Value> = passwords
+            .into_iter()
+            .map(|(id, password)| (id, json!({"kind": "password", "password": password})))
+            .collect();
+        std::fs::write(&file, serde_json::to_vec(&body)?)
+            .with_context(|| format!("writing {}", file.display()))?;
+        credential_files.push(file);
+    }
+    let probe_device = format!("probe-{run_id}");
+    let probe_password = provision_probe(&http, &registry, &token, &probe_device).await?;
+    let provisioned_in = provision_started.elapsed();
+    eprintln!("   provisioned in {:.0} s", provisioned_in.as_secs_f64());
+
+    let ports: Vec<u16> = stack
+        .broker_processes
+        .iter()
+        .map(|b| b.mqtt_v4_port)
+        .collect();
+    let me = std::process::id();
+    let spread_ms = options.connect_spread.as_millis().to_string();
+    let duration_secs = (options.connect_spread + options.duration)
+        .as_secs()
+        .to_string();
+    let interval_ms = options.interval.as_millis().to_string();
+    let mut sims = Vec::new();
+    for (i, share) in shares.iter().enumerate() {
+        sims.push(Simulator::spawn(
+            dir,
+            i,
+            &options.sim_bin,
+            &ports,
+            share,
+            &[
+                "--interval-ms",
+                &interval_ms,
+                "--duration-secs",
+                &duration_secs,
+                "--run-id",
+                &run_id,
+                "--start-delay-spread-ms",
+                &spread_ms,
+                "--drain-timeout-secs",
+                "60",
+            ],
+            Some(&credential_files[i]),
+        )?);
+    }
+    let started = Instant::now();
+    let load_end = started + options.connect_spread + options.duration;
+
+    // The probe publishes on the last replica (the first one is killed).
+    let probe_port = *ports.last().context("no broker replica")?;
+    let probe = e2e::Connected::connect(probe_port, &probe_device, Some(&probe_password))
+        .await
+        .context("the latency probe's connection")?;
+    let probe = tokio::spawn(e2e::probe(
+        probe,
+        stack.api_client_builder()?,
+        stack.query_url(),
+        probe_device,
+        load_end,
+    ));
+
+    let admin_addrs: Vec<_> = stack
+        .broker_processes
+        .iter()
+        .map(|b| b.admin_addr)
+        .collect();
+    let connections = |addrs: Vec<std::net::SocketAddr>| async move {
+        let mut total = 0u64;
+        for addr in addrs {
+            total += broker_connections(addr).await.unwrap_or(0);
+        }
+        total
+    };
+    // The probe's own connection and each replica's self-probe count too.
+    let fleet_held = u64::from(devices);
+    let mut all_connected_after = None;
+    while Instant::now() < started + options.connect_spread + Duration::from_secs(60) {
+        if connections(admin_addrs.clone()).await >= fleet_held {
+            all_connected_after = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let rss_per_connection = {
+        let total: u64 = stack
+            .broker_processes
+            .iter()
+            .filter_map(|b| b.pid().and_then(rss_bytes))
+            .sum();
+        (total > 0).then(|| total as f64 / f64::from(devices))
+    };
+
+    let mut watched = vec![("bench (registry, writer, query)".to_string(), me)];
+    for broker in &stack.broker_processes {
+        if let Some(pid) = broker.pid() {
+            watched.push(("brokers".to_string(), pid));
+        }
+    }
+    for sim in &sims {
+        if let Some(pid) = sim.pid {
+            watched.push(("simulators".to_string(), pid));
+        }
+    }
+    for name in ["influxd", "tansu", "postgres"] {
+        for pid in cpu::children_named(me, name) {
+            watched.push((name.to_string(), pid));
+        }
+    }
+    let cpu_before = cpu::snapshot(&watched, me);
+    let load_started = Instant::now();
+
+    // Halfway through the load: one replica dies and comes back.
+    let kill_at = Instant::now() + options.duration / 3;
+    tokio::time::sleep_until(kill_at.into()).await;
+    let restart = if stack.broker_processes.len() > 1 {
+        let victim_connections = broker_connections(admin_addrs[0]).await.unwrap_or(0);
+        let checks_before = password_checks(&http, &registry).await;
+        stack.broker_processes[0].kill();
+        let killed = Instant::now();
+        let others = admin_addrs[1..].to_vec();
+        let mut back_after = None;
+        while killed.elapsed() < Duration::from_secs(120) {
+            if connections(others.clone()).await >= fleet_held {
+                back_after = Some(killed.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        let checks_after = password_checks(&http, &registry).await;
+        // Back with the same spool: what it had acknowledged and not yet
+        // handed to Kafka goes now.
+        stack.broker_processes[0]
+            .start_again()
+            .await
+            .context("restarting the killed replica")?;
+        Some(RestartRun {
+            devices: victim_connections,
+            back_after,
+            remembered: checks_after.0.saturating_sub(checks_before.0),
+            verified: checks_after.1.saturating_sub(checks_before.1),
+        })
+    } else {
+        None
+    };
+
+    let mut summaries = Vec::new();
+    for sim in sims {
+        summaries.push(
+            sim.finish(options.connect_spread + options.duration + Duration::from_secs(180))
+                .await?,
+        );
+    }
+    let load_window = load_started.elapsed();
+    let cpu_after = cpu::snapshot(&watched, me);
+    let usage = cpu::usage(&cpu_before, &cpu_after, super::cores());
+    let mut by_group: BTreeMap<String, f64> = BTreeMap::new();
+    for (name, secs) in &usage.processes {
+        if let Some(secs) = secs {
+            *by_group.entry(name.clone()).or_default() += secs / usage.wall.as_secs_f64();
+        }
+    }
+    let readings_acked = summaries.iter().map(|s| s.readings_acked).sum();
+    let messages_acked = summaries.iter().map(|s| s.messages_acked).sum();
+    let messages_unacked = summaries.iter().map(|s| s.messages_unacked).sum();
+    let reconnects = summaries.iter().map(|s| s.reconnects).sum();
+
+    // Drain: until InfluxDB holds every acknowledged reading.
+    let influx = InfluxClient::new(InfluxSettings::new(stack.influxd.url(), "warmhouse"))?;
+    let done = Instant::now();
+    let mut drain = None;
+    while done.elapsed() < Duration::from_secs(300) {
+        if let Ok(stored) = e2e::count_run(&influx, &run_id).await {
+            if stored >= readings_acked {
+                drain = Some(done.elapsed());
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let verification = e2e::verify(&influx, &run_id).await;
+    if let Ok(v) = &verification {
+        for series in &v.irregular {
+            eprintln!("   irregular series: {series}");
+            if let Some((device, metric)) = series.split(':').next().and_then(|s| s.split_once(' '))
+            {
+                eprintln!(
+                    "     missing seqs: {:?}",
+                    missing_seqs(&influx, device, metric).await
+                );
+            }
+        }
+    }
+    let tally = verification.map(|v| Tally {
+        acked: readings_acked,
+        stored: v.stored,
+        drained: drain.is_some(),
+        not_stored: readings_acked.saturating_sub(v.stored),
+        duplicates: v.duplicates,
+        gaps: v.gaps,
+    });
+    let latency = match tokio::time::timeout(Duration::from_secs(60), probe).await {
+        Ok(Ok(latency)) => latency,
+        Ok(Err(err)) => Latency {
+            first_error: Some(format!("probe task failed: {err}")),
+            ..Latency::default()
+        },
+        Err(_) => Latency {
+            first_error: Some("probe did not finish in time".into()),
+            ..Latency::default()
+        },
+    };
+    Ok(FleetRun {
+        devices,
+        replicas: stack.broker_processes.len(),
+        simulators: shares.len(),
+        provisioned_in,
+        all_connected_after,
+        readings_acked,
+        messages_acked,
+        messages_unacked,
+        reconnects,
+        tally,
+        drain,
+        latency,
+        rss_per_connection,
+        cpu_cores: by_group.into_iter().collect(),
+        load_window,
+        restart,
+    })
+}
+
+/// The homes one simulator process runs.
+#[derive(Debug, Clone, Copy)]
+struct SimShare {
+    first_home: u32,
+    homes: u32,
+}
+
+/// `homes` split over as few simulator processes as the open-file limit
+/// allows, evenly.
+fn shares(homes: u32) -> Vec<SimShare> {
+    let per_process_homes = DEVICES_PER_SIMULATOR / 4;
+    let processes = homes.div_ceil(per_process_homes).max(1);
+    let each = homes.div_ceil(processes);
+    (0..processes)
+        .map(|i| SimShare {
+            first_home: 1 + i * each,
+            homes: each.min(homes.saturating_sub(i * each)),
+        })
+        .filter(|share| share.homes > 0)
+        .collect()
+}
+
+/// Creates the share's homes and devices and issues each a password;
+/// returns (device id, password).
+async fn provision(
+    http: &reqwest::Client,
+    registry: &str,
+    token: &str,
+    run_id: &str,
+    share: &SimShare,
+) -> anyhow::Result<Vec<(String, String)>> {
+    let config = super::sim_config(
+        &[1883],
+        &[
+            "--homes",
+            &share.homes.to_string(),
+            "--first-home",
+            &share.first_home.to_string(),
+            "--run-id",
+            run_id,
+        ],
+    )?;
+    let specs = config.device_specs()?;
+    let mut homes: Vec<String> = specs.iter().map(|s| s.home_id.to_string()).collect();
+    homes.dedup();
+    let concurrency = 16;
+    let created: Vec<anyhow::Result<()>> = futures::stream::iter(homes.iter().map(|home| {
+        post(
+            http,
+            format!("{registry}/api/v1/homes"),
+            token,
+            json!({"id": home, "name": format!("Simulated {home}")}),
+        )
+    }))
+    .buffer_unordered(concurrency)
+    .map(|r| r.map(|_| ()))
+    .collect()
+    .await;
+    created.into_iter().collect::<anyhow::Result<()>>()?;
+    let created: Vec<anyhow::Result<()>> = futures::stream::iter(specs.iter().map(|spec| {
+        post(
+            http,
+            format!("{registry}/api/v1/devices"),
+            token,
+            json!({
+                "id": spec.device_id.as_str(),
+                "home_id": spec.home_id.as_str(),
+                "kind": spec.kind.as_str(),
+                "name": format!("Simulated {}", spec.kind.as_str()),
+                "status": "active",
+            }),
+        )
+    }))
+    .buffer_unordered(concurrency)
+    .map(|r| r.map(|_| ()))
+    .collect()
+    .await;
+    created.into_iter().collect::<anyhow::Result<()>>()?;
+    let passwords: Vec<anyhow::Result<(String, String)>> =
+        futures::stream::iter(specs.iter().map(|spec| async move {
+            let id = spec.device_id.to_string();
+            let issued = post(
+                http,
+                format!("{registry}/api/v1/devices/{id}/credentials"),
+                token,
+                json!({"kind": "password"}),
+            )
+            .await?;
+            let password = issued["password"]
+                .as_str()
+                .with_context(|| format!("no password issued for {id}: {issued}"))?
+                .to_string();
+            Ok((id, password))
+        }))
+        .buffer_unordered(concurrency)
+        .collect()
+        .await;
+    passwords.into_iter().collect()
+}
+
+/// The latency probe's device and password.
+async fn provision_probe(
+    http: &reqwest::Client,
+    registry: &str,
+    token: &str,
+    device: &str,
+) -> anyhow::Result<String> {
+    let home = format!("probe-home-{device}");
+    post(
+        http,
+        format!("{registry}/api/v1/homes"),
+        token,
+        json!({"id": home, "name": "Latency probe"}),
+    )
+    .await?;
+    post(
+        http,
+        format!("{registry}/api/v1/devices"),
+        token,
+        json!({"id": device, "home_id": home, "kind": "climate_sensor", "name": "Latency probe", "status": "active"}),
+    )
+    .await?;
+    let issued = post(
+        http,
+        format!("{registry}/api/v1/devices/{device}/credentials"),
+        token,
+        json!({"kind": "password"}),
+    )
+    .await?;
+    issued["password"]
+        .as_str()
+        .map(str::to_string)
+        .context("no password issued for the probe")
+}
+
+async fn post(
+    http: &reqwest::Client,
+    url: String,
+    token: &str,
+    body: serde_json::Value,
+) -> anyhow::Result<serde_json::Value> {
+    let response = http
+        .post(&url)
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = response.status();
+    let text = response.text().await.unwrap_or_default();
+    if !status.is_success() {
+        bail!("POST {url} answered {status}: {text}");
+    }
+    Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+/// Seqs below the highest stored one that `device` has no `metric` point
+/// for (to look into a failed run).
+async fn missing_seqs(influx: &InfluxClient, device: &str, metric: &str) -> Vec<u64> {
+    let query = format!(r#"SELECT "seq" FROM "raw"."{metric}" WHERE "device_id" = '{device}'"#);
+    let Ok(results) = influx.query(&query).await else {
+        return Vec::new();
+    };
+    let seen: std::collections::BTreeSet<u64> = results
+        .iter()
+        .flat_map(|r| &r.series)
+        .flat_map(|s| &s.values)
+        .filter_map(|row| row.get(1).and_then(serde_json::Value::as_u64))
+        .collect();
+    let highest = seen.iter().next_back().copied().unwrap_or(0);
+    (1..highest).filter(|seq| !seen.contains(seq)).collect()
+}
+
+/// `warmhouse_broker_connections` of the replica with this admin address.
+async fn broker_connections(admin: std::net::SocketAddr) -> Option<u64> {
+    let text = reqwest::get(format!("http://{admin}/metrics"))
+        .await
+        .ok()?
+        .text()
+        .await
+        .ok()?;
+    sample_value(&text, "warmhouse_broker_connections").map(|v| v as u64)
+}
+
+/// The registry's password checks so far: (remembered, verified).
+async fn password_checks(http: &reqwest::Client, registry: &str) -> (u64, u64) {
+    let Ok(response) = http.get(format!("{registry}/metrics")).send().await else {
+        return (0, 0);
+    };
+    let text = response.text().await.unwrap_or_default();
+    let value = |outcome: &str| {
+        sample_value(
+            &text,
+            &format!("warmhouse_registry_password_checks_total{{outcome=\"{outcome}\"}}"),
+        )
+        .map_or(0, |v| v as u64)
+    };
+    (value("remembered"), value("verified"))
+}
+
+/// Sockets a process holds (its open file descriptors that are sockets).
+fn open_sockets(pid: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .filter(|entry| {
+            std::fs::read_link(entry.path())
+                .map(|target| target.to_string_lossy().starts_with("socket:"))
+                .unwrap_or(false)
+        })
+        .count() as u64
+}
+
+fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// What a `warmhouse-sim` process printed at its end.
+#[derive(Debug, Default)]
+struct SimSummary {
+    readings_acked: u64,
+    messages_acked: u64,
+    messages_unacked: u64,
+    reconnects: u64,
+}
+
+/// A `warmhouse-sim` process (a process of its own: one may hold 20,000
+/// open files).
+struct Simulator {
+    child: tokio::process::Child,
+    pid: Option<u32>,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Simulator {
+    fn spawn(
+        dir: &Path,
+        index: usize,
+        program: &Path,
+        ports: &[u16],
+        share: &SimShare,
+        args: &[&str],
+        credentials: Option<&Path>,
+    ) -> anyhow::Result<Self> {
+        if !program.is_file() {
+            bail!(
+                "{} not found: build it with `cargo build --release -p warmhouse-simulator`",
+                program.display()
+            );
+        }
+        let stdout = dir.join(format!("sim-{index}.out"));
+        let stderr = dir.join(format!("sim-{index}.log"));
+        let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+        let mut command = tokio::process::Command::new(program);
+        command
+            .args(["--host", "127.0.0.1", "--port", &ports.join(",")])
+            .args(["--homes", &share.homes.to_string()])
+            .args(["--first-home", &share.first_home.to_string()])
+            .args(["--devices-per-home", "4"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::from(
+                std::fs::File::create(&stdout)
+                    .with_context(|| format!("creating {}", stdout.display()))?,
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(&stderr)
+                    .with_context(|| format!("creating {}", stderr.display()))?,
+            ))
+            .kill_on_drop(true);
+        if let Some(credentials) = credentials {
+            command.arg("--credentials").arg(credentials);
+        }
+        let child = command
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        Ok(Self {
+            pid: child.id(),
+            child,
+            stdout,
+            stderr,
+        })
+    }
+
+    /// Waits for the process to end and reads its summary.
+    async fn finish(mut self, timeout: Duration) -> anyhow::Result<SimSummary> {
+        let status = match tokio::time::timeout(timeout, self.child.wait()).await {
+            Ok(status) => status.context("waiting for warmhouse-sim")?,
+            Err(_) => {
+                let _ = self.child.start_kill();
+                bail!("warmhouse-sim did not finish within {timeout:?}");
+            }
+        };
+        let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        let field = |label: &str| -> Option<&str> {
+            out.lines()
+                .find_map(|line| line.strip_prefix(label))
+                .map(str::trim)
+        };
+        let first_number =
+            |text: Option<&str>| -> Option<u64> { text?.split_whitespace().next()?.parse().ok() };
+        let Some(readings_acked) = first_number(field("readings acked:")) else {
+            let log = std::fs::read_to_string(&self.stderr).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(10).collect();
+            bail!(
+                "warmhouse-sim ended ({status}) without a summary; its log ends:\n{}",
+                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+            );
+        };
+        // "messages: G generated, S sent, A acked, U unacked"
+        let messages: Vec<u64> = field("messages:")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|part| part.split_whitespace().next()?.parse().ok())
+            .collect();
+        Ok(SimSummary {
+            readings_acked,
+            messages_acked: messages.get(2).copied().unwrap_or(0),
+            messages_unacked: messages.get(3).copied().unwrap_or(0),
+            reconnects: first_number(field("reconnects:")).unwrap_or(0),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fleet_is_split_evenly_within_the_open_file_limit() {
+        let split = shares(25_000);
+        assert_eq!(split.len(), 6);
+        assert_eq!(split.iter().map(|s| s.homes).sum::<u32>(), 25_000);
+        assert!(split.iter().all(|s| s.homes * 4 <= DEVICES_PER_SIMULATOR));
+        assert_eq!(split[1].first_home, split[0].first_home + split[0].homes);
+        assert_eq!(shares(10).len(), 1);
+    }
+}
