@@ -48,6 +48,31 @@ fn topic(device: &str, channel: Channel) -> String {
     DeviceTopic::new(DeviceId::new(device).expect("valid device id"), channel).to_string()
 }
 
+/// Polls a rumqttc event loop until `pick` takes an incoming packet;
+/// panics, naming `what`, if the connection fails or nothing comes within
+/// `WAIT`.
+async fn next_incoming<T>(
+    events: &mut rumqttc::EventLoop,
+    what: &str,
+    mut pick: impl FnMut(rumqttc::Packet) -> Option<T>,
+) -> T {
+    tokio::time::timeout(WAIT, async {
+        loop {
+            match events.poll().await {
+                Ok(rumqttc::Event::Incoming(packet)) => {
+                    if let Some(taken) = pick(packet) {
+                        return taken;
+                    }
+                }
+                Ok(_) => {}
+                Err(err) => panic!("{what}: the connection failed: {err}"),
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("{what}: nothing in time"))
+}
+
 fn free_addr() -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     listener.local_addr().expect("read the ephemeral port")
@@ -413,25 +438,22 @@ async fn mqtt5_delivers_at_the_lower_of_publish_and_subscription_qos() {
 /// sends no PINGREQ with keep alive 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt311_keep_alive_zero_is_accepted() {
-    use rumqttc::{AsyncClient, ConnectReturnCode, Event, MqttOptions, Packet, QoS};
+    use rumqttc::{AsyncClient, ConnectReturnCode, MqttOptions, Packet, QoS};
     let broker = start_broker().await;
     let telemetry = topic("dev-v4-keepalive0", Channel::Telemetry);
     let mut options =
         MqttOptions::new("dev-v4-keepalive0", "127.0.0.1", broker.mqtt_v4_addr.port());
     options.set_keep_alive(Duration::ZERO);
     let (client, mut events) = AsyncClient::new(options, 10);
-    let connack = tokio::time::timeout(WAIT, async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::ConnAck(ack))) => return Ok(ack),
-                Ok(_) => {}
-                Err(err) => return Err(err),
-            }
-        }
-    })
-    .await
-    .expect("an answer to CONNECT in time")
-    .expect("a CONNACK for keep alive 0");
+    let connack = next_incoming(
+        &mut events,
+        "a CONNACK for keep alive 0",
+        |packet| match packet {
+            Packet::ConnAck(ack) => Some(ack),
+            _ => None,
+        },
+    )
+    .await;
     assert_eq!(connack.code, ConnectReturnCode::Success);
     // Quiet for longer than any deadline a keep alive of 0 could have made.
     let quiet = tokio::time::timeout(Duration::from_secs(3), events.poll()).await;
@@ -440,17 +462,12 @@ async fn mqtt311_keep_alive_zero_is_accepted() {
         .publish(&telemetry, QoS::AtLeastOnce, false, reading(1))
         .await
         .expect("queue a publish");
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::PubAck(_))) => return,
-                Ok(_) => {}
-                Err(err) => panic!("the connection failed: {err}"),
-            }
-        }
-    })
-    .await
-    .expect("a PUBACK on the keep-alive-0 connection");
+    next_incoming(
+        &mut events,
+        "a PUBACK on the keep-alive-0 connection",
+        |packet| matches!(packet, Packet::PubAck(_)).then_some(()),
+    )
+    .await;
 }
 
 /// The same over MQTT 5, in raw packets: rumqttc's MQTT 5 client refuses
@@ -1210,7 +1227,7 @@ async fn an_idle_device_connection_costs_little_heap() {
 /// DISCONNECT: before rumqttd patch 25 one could drop the next client to
 /// take the same connection id.)
 async fn subscribe_and_leave(port: u16, client_id: &str, filter: &str, clean_session: bool) {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+    use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
     let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
     options.set_clean_session(clean_session);
     let (client, mut events) = AsyncClient::new(options, 10);
@@ -1218,17 +1235,10 @@ async fn subscribe_and_leave(port: u16, client_id: &str, filter: &str, clean_ses
         .subscribe(filter, QoS::AtLeastOnce)
         .await
         .expect("queue SUBSCRIBE");
-    tokio::time::timeout(WAIT, async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => return,
-                Ok(_) => {}
-                Err(err) => panic!("{client_id}: the connection failed: {err}"),
-            }
-        }
+    next_incoming(&mut events, &format!("{client_id}: SUBACK"), |packet| {
+        matches!(packet, Packet::SubAck(_)).then_some(())
     })
-    .await
-    .unwrap_or_else(|_| panic!("{client_id}: SUBACK in time"));
+    .await;
 }
 
 /// A filter's log (about 8.7 KB) is freed when no connection or kept
@@ -1240,7 +1250,7 @@ async fn subscribe_and_leave(port: u16, client_id: &str, filter: &str, clean_ses
 /// once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn filters_are_freed_when_nothing_uses_them() {
-    use rumqttc::{AsyncClient, Event, MqttOptions, Packet};
+    use rumqttc::{AsyncClient, MqttOptions, Packet};
     const CLIENTS: usize = 2000;
     let broker = start_broker().await;
     let port = broker.mqtt_v4_addr.port();
@@ -1306,19 +1316,15 @@ async fn filters_are_freed_when_nothing_uses_them() {
     let mut options = MqttOptions::new("dev-free-kept", "127.0.0.1", port);
     options.set_clean_session(false);
     let (_client, mut events) = AsyncClient::new(options, 10);
-    let payload = tokio::time::timeout(WAIT, async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    return String::from_utf8_lossy(&p.payload).into_owned()
-                }
-                Ok(_) => {}
-                Err(err) => panic!("the kept session's connection failed: {err}"),
-            }
-        }
-    })
-    .await
-    .expect("the message published while the kept session was away");
+    let payload = next_incoming(
+        &mut events,
+        "the message published while the kept session was away",
+        |packet| match packet {
+            Packet::Publish(p) => Some(String::from_utf8_lossy(&p.payload).into_owned()),
+            _ => None,
+        },
+    )
+    .await;
     assert_eq!(payload, "while away");
 
     eprintln!("{CLIENTS} clients with a filter each grew the heap by {grown} bytes");

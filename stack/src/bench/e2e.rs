@@ -200,6 +200,19 @@ pub struct Tally {
 }
 
 impl Tally {
+    /// `acked` readings against what `stored` found; `drained`: every
+    /// acknowledged reading was stored before the bench stopped waiting.
+    pub fn new(acked: u64, stored: &Verification, drained: bool) -> Self {
+        Self {
+            acked,
+            stored: stored.stored,
+            drained,
+            not_stored: acked.saturating_sub(stored.stored),
+            duplicates: stored.duplicates,
+            gaps: stored.gaps,
+        }
+    }
+
     /// Lost readings: seqs missing although every acknowledged reading
     /// was accounted for (the run drained). Unknown when it did not drain:
     /// a gap may then be a reading still on its way.
@@ -216,14 +229,7 @@ impl E2eResult {
     /// The tally, when the exactly-once check could run.
     pub fn tally(&self) -> Option<Tally> {
         let v = self.verification.as_ref().ok()?;
-        Some(Tally {
-            acked: self.readings_acked,
-            stored: v.stored,
-            drained: self.drain.is_some(),
-            not_stored: self.readings_acked.saturating_sub(v.stored),
-            duplicates: v.duplicates,
-            gaps: v.gaps,
-        })
+        Some(Tally::new(self.readings_acked, v, self.drain.is_some()))
     }
 
     /// What kept the run from storing every acknowledged reading exactly
@@ -434,17 +440,7 @@ async fn drive(stack: &Stack, dir: &Path, options: &E2eOptions) -> anyhow::Resul
             first_error: Some(format!("probe: {err:#}")),
             ..Latency::default()
         },
-        Ok(probe) => match tokio::time::timeout(Duration::from_secs(90), probe).await {
-            Ok(Ok(latency)) => latency,
-            Ok(Err(err)) => Latency {
-                first_error: Some(format!("probe task failed: {err}")),
-                ..Latency::default()
-            },
-            Err(_) => Latency {
-                first_error: Some("probe did not finish in time".to_string()),
-                ..Latency::default()
-            },
-        },
+        Ok(probe) => probe_result(probe, Duration::from_secs(90)).await,
     };
     let slow: Vec<String> = latency
         .samples
@@ -704,6 +700,23 @@ pub struct WarmUp {
     pub first: Duration,
     /// The next one.
     pub second: Duration,
+}
+
+/// What the [`probe`] task measured, waiting at most `timeout` for it; a
+/// failed or late task is a `Latency` that says so.
+pub(super) async fn probe_result(
+    probe: tokio::task::JoinHandle<Latency>,
+    timeout: Duration,
+) -> Latency {
+    let failed = |why: String| Latency {
+        first_error: Some(why),
+        ..Latency::default()
+    };
+    match tokio::time::timeout(timeout, probe).await {
+        Ok(Ok(latency)) => latency,
+        Ok(Err(err)) => failed(format!("probe task failed: {err}")),
+        Err(_) => failed("probe did not finish in time".to_string()),
+    }
 }
 
 /// One reading every 100 ms on its own device until `load_end`; each one is

@@ -15,10 +15,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use futures::StreamExt;
 use serde_json::json;
 use warmhouse_ingest::influx::{InfluxClient, InfluxSettings};
 use warmhouse_stack::broker_process::{sample_value, BrokerProcessConfig};
+use warmhouse_stack::fleet::{create, issue_passwords, register_fleet};
 use warmhouse_stack::{Stack, StackOptions};
 
 use super::brokers::{self, BrokerKind};
@@ -739,25 +739,8 @@ async fn drive_fleet(
             }
         }
     }
-    let tally = verification.map(|v| Tally {
-        acked: readings_acked,
-        stored: v.stored,
-        drained: drain.is_some(),
-        not_stored: readings_acked.saturating_sub(v.stored),
-        duplicates: v.duplicates,
-        gaps: v.gaps,
-    });
-    let latency = match tokio::time::timeout(Duration::from_secs(60), probe).await {
-        Ok(Ok(latency)) => latency,
-        Ok(Err(err)) => Latency {
-            first_error: Some(format!("probe task failed: {err}")),
-            ..Latency::default()
-        },
-        Err(_) => Latency {
-            first_error: Some("probe did not finish in time".into()),
-            ..Latency::default()
-        },
-    };
+    let tally = verification.map(|v| Tally::new(readings_acked, &v, drain.is_some()));
+    let latency = e2e::probe_result(probe, Duration::from_secs(60)).await;
     Ok(FleetRun {
         devices,
         replicas: stack.broker_processes.len(),
@@ -800,8 +783,8 @@ fn shares(homes: u32) -> Vec<SimShare> {
         .collect()
 }
 
-/// Creates the share's homes and devices and issues each a password;
-/// returns (device id, password).
+/// Registers the share's homes and devices in the registry and issues each
+/// device a password; returns (device id, password).
 async fn provision(
     http: &reqwest::Client,
     registry: &str,
@@ -820,65 +803,15 @@ async fn provision(
             run_id,
         ],
     )?;
-    let specs = config.device_specs()?;
-    let mut homes: Vec<String> = specs.iter().map(|s| s.home_id.to_string()).collect();
-    homes.dedup();
-    let concurrency = 16;
-    let created: Vec<anyhow::Result<()>> = futures::stream::iter(homes.iter().map(|home| {
-        post(
-            http,
-            format!("{registry}/api/v1/homes"),
-            token,
-            json!({"id": home, "name": format!("Simulated {home}")}),
-        )
-    }))
-    .buffer_unordered(concurrency)
-    .map(|r| r.map(|_| ()))
-    .collect()
-    .await;
-    created.into_iter().collect::<anyhow::Result<()>>()?;
-    let created: Vec<anyhow::Result<()>> = futures::stream::iter(specs.iter().map(|spec| {
-        post(
-            http,
-            format!("{registry}/api/v1/devices"),
-            token,
-            json!({
-                "id": spec.device_id.as_str(),
-                "home_id": spec.home_id.as_str(),
-                "kind": spec.kind.as_str(),
-                "name": format!("Simulated {}", spec.kind.as_str()),
-                "status": "active",
-            }),
-        )
-    }))
-    .buffer_unordered(concurrency)
-    .map(|r| r.map(|_| ()))
-    .collect()
-    .await;
-    created.into_iter().collect::<anyhow::Result<()>>()?;
-    let passwords: Vec<anyhow::Result<(String, String)>> =
-        futures::stream::iter(specs.iter().map(|spec| async move {
-            let id = spec.device_id.to_string();
-            let issued = post(
-                http,
-                format!("{registry}/api/v1/devices/{id}/credentials"),
-                token,
-                json!({"kind": "password"}),
-            )
-            .await?;
-            let password = issued["password"]
-                .as_str()
-                .with_context(|| format!("no password issued for {id}: {issued}"))?
-                .to_string();
-            Ok((id, password))
-        }))
-        .buffer_unordered(concurrency)
-        .collect()
-        .await;
-    passwords.into_iter().collect()
+    register_fleet(http, registry, token, &config).await?;
+    let devices = config
+        .device_specs()?
+        .into_iter()
+        .map(|s| s.device_id.to_string());
+    issue_passwords(http, registry, token, devices).await
 }
 
-/// The latency probe's device and password.
+/// The latency probe's device (in a home of its own) and its password.
 async fn provision_probe(
     http: &reqwest::Client,
     registry: &str,
@@ -886,52 +819,21 @@ async fn provision_probe(
     device: &str,
 ) -> anyhow::Result<String> {
     let home = format!("probe-home-{device}");
-    post(
+    let home_body = json!({"id": home, "name": "Latency probe"});
+    create(http, &format!("{registry}/api/v1/homes"), token, &home_body).await?;
+    let device_body = json!({"id": device, "home_id": home, "kind": "climate_sensor", "name": "Latency probe", "status": "active"});
+    create(
         http,
-        format!("{registry}/api/v1/homes"),
+        &format!("{registry}/api/v1/devices"),
         token,
-        json!({"id": home, "name": "Latency probe"}),
+        &device_body,
     )
     .await?;
-    post(
-        http,
-        format!("{registry}/api/v1/devices"),
-        token,
-        json!({"id": device, "home_id": home, "kind": "climate_sensor", "name": "Latency probe", "status": "active"}),
-    )
-    .await?;
-    let issued = post(
-        http,
-        format!("{registry}/api/v1/devices/{device}/credentials"),
-        token,
-        json!({"kind": "password"}),
-    )
-    .await?;
-    issued["password"]
-        .as_str()
-        .map(str::to_string)
+    let mut issued = issue_passwords(http, registry, token, [device.to_string()]).await?;
+    issued
+        .pop()
+        .map(|(_, password)| password)
         .context("no password issued for the probe")
-}
-
-async fn post(
-    http: &reqwest::Client,
-    url: String,
-    token: &str,
-    body: serde_json::Value,
-) -> anyhow::Result<serde_json::Value> {
-    let response = http
-        .post(&url)
-        .bearer_auth(token)
-        .json(&body)
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
-    let status = response.status();
-    let text = response.text().await.unwrap_or_default();
-    if !status.is_success() {
-        bail!("POST {url} answered {status}: {text}");
-    }
-    Ok(serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
 }
 
 /// Seqs below the highest stored one that `device` has no `metric` point

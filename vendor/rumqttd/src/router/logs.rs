@@ -39,6 +39,16 @@ impl From<PubWithProp> for PublishData {
     }
 }
 
+/// WARMHOUSE PATCH (20): the filter whose log a subscription reads: the
+/// subscription without `$share/{group}/` (as `extract_group` in routing
+/// splits it).
+pub(crate) fn log_filter(subscription: &str) -> &str {
+    subscription
+        .strip_prefix("$share/")
+        .and_then(|s| s.split_once('/'))
+        .map_or(subscription, |(_, path)| path)
+}
+
 /// WARMHOUSE PATCH (21): the properties a retained message goes out with
 /// (its Message Expiry Interval reduced by the time it has waited), or
 /// `None` once it has expired.
@@ -374,13 +384,7 @@ impl DataLog {
     ) -> Vec<DataRequest> {
         let logs: Option<Vec<FilterIdx>> = subscriptions
             .into_iter()
-            .map(|subscription| {
-                let filter = subscription
-                    .strip_prefix("$share/")
-                    .and_then(|rest| rest.split_once('/'))
-                    .map_or(subscription.as_str(), |(_group, filter)| filter);
-                self.filter_indexes.get(filter).copied()
-            })
+            .map(|subscription| self.filter_indexes.get(log_filter(subscription)).copied())
             .collect();
         let mut inflight = Vec::new();
         match logs {

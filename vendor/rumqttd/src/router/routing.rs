@@ -21,7 +21,7 @@ use tracing::{debug, error, info, trace, warn};
 use super::alertlog::{Alert, AlertLog};
 use super::graveyard::Graveyard;
 use super::iobufs::{Incoming, Outgoing};
-use super::logs::{AckLog, DataLog, PublishData};
+use super::logs::{log_filter, AckLog, DataLog, PublishData};
 use bytes::Bytes;
 use super::scheduler::{ScheduleReason, Scheduler};
 use super::shared_subs::SharedGroup;
@@ -1955,15 +1955,6 @@ fn shrink_map<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>) {
     if map.capacity() > 64 && map.len() < map.capacity() / 4 {
         map.shrink_to_fit();
     }
-}
-
-/// WARMHOUSE PATCH (20): the filter whose log a subscription reads: the
-/// subscription without `$share/{group}/` (as `extract_group` splits it).
-fn log_filter(subscription: &str) -> &str {
-    subscription
-        .strip_prefix("$share/")
-        .and_then(|s| s.split_once('/'))
-        .map_or(subscription, |(_, path)| path)
 }
 
 fn extract_group(filter: &str) -> Option<(String, String)> {
