@@ -315,10 +315,15 @@ async fn publish(
     if retain {
         args.push("-r");
     }
+    mosquitto_pub(&args).await;
+}
+
+/// Runs `mosquitto_pub` with `args` and waits for it to succeed.
+async fn mosquitto_pub(args: &[&str]) {
     let output = tokio::time::timeout(
         WAIT,
         Command::new("mosquitto_pub")
-            .args(&args)
+            .args(args)
             .kill_on_drop(true)
             .output(),
     )
@@ -1609,39 +1614,26 @@ async fn mqtt5_a_retained_message_lives_its_expiry_interval_for_every_subscriber
     let broker = start_broker().await;
     let status = topic("dev-expiring", Channel::Status);
     let port = Version::V5.port(&broker).to_string();
-    let output = tokio::time::timeout(
-        WAIT,
-        Command::new("mosquitto_pub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-V",
-                "mqttv5",
-                "-t",
-                &status,
-                "-m",
-                r#"{"online":true}"#,
-                "-q",
-                "1",
-                "-r",
-                "-D",
-                "publish",
-                "message-expiry-interval",
-                "4",
-            ])
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("mosquitto_pub finishes in time")
-    .expect("mosquitto_pub runs");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    mosquitto_pub(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-V",
+        "mqttv5",
+        "-t",
+        &status,
+        "-m",
+        r#"{"online":true}"#,
+        "-q",
+        "1",
+        "-r",
+        "-D",
+        "publish",
+        "message-expiry-interval",
+        "4",
+    ])
+    .await;
     let published = std::time::Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     for reader in 1..=3 {
