@@ -76,6 +76,15 @@ impl Outcome {
             Outcome::Allowed | Outcome::AllowedRegistryDown | Outcome::Probe
         )
     }
+
+    /// What the device is told: a registry that could not answer is "server
+    /// unavailable" (retry later; patch 30), not "not authorized".
+    fn to_rumqttd(self) -> rumqttd::AuthOutcome {
+        match self {
+            Outcome::Error => rumqttd::AuthOutcome::Unavailable,
+            outcome => outcome.allowed().into(),
+        }
+    }
 }
 
 /// Decides whether a device may connect. Cheap to clone.
@@ -140,7 +149,7 @@ impl DeviceAccess {
         client_id: String,
         username: String,
         password: String,
-    ) -> bool {
+    ) -> rumqttd::AuthOutcome {
         let outcome = if username == PROBE_DEVICE_ID {
             if constant_time_eq(
                 password.as_bytes(),
@@ -175,7 +184,7 @@ impl DeviceAccess {
         client_id: String,
         tenant_id: String,
         certificate_sha256: String,
-    ) -> bool {
+    ) -> rumqttd::AuthOutcome {
         let outcome = if tenant_id == PROBE_DEVICE_ID {
             Outcome::Probe
         } else if DeviceId::new(tenant_id.as_str()).is_err() {
@@ -191,7 +200,13 @@ impl DeviceAccess {
         self.record(listener, &client_id, &tenant_id, outcome)
     }
 
-    fn record(&self, listener: Listener, client_id: &str, device: &str, outcome: Outcome) -> bool {
+    fn record(
+        &self,
+        listener: Listener,
+        client_id: &str,
+        device: &str,
+        outcome: Outcome,
+    ) -> rumqttd::AuthOutcome {
         self.inner
             .decisions
             .with_label_values(&[listener.name(), outcome.label()])
@@ -212,7 +227,7 @@ impl DeviceAccess {
                 "device connect refused"
             );
         }
-        outcome.allowed()
+        outcome.to_rumqttd()
     }
 
     /// Asks the registry on the broker's main runtime (see the module docs).

@@ -47,7 +47,7 @@ use warmhouse_service_kit::{admin_router, serve, Readiness};
 pub use config::{
     BrokerConfig, DeviceAuth, ListenerAuth, ListenerSpec, Secret, DEFAULT_MAX_PAYLOAD_SIZE,
 };
-pub use probe::{Listener, ProbeAuth, Prober, Protocol, TlsProbe, PROBE_DEVICE_ID};
+pub use probe::{Listener, ProbeAuth, ProbeFailures, Prober, Protocol, TlsProbe, PROBE_DEVICE_ID};
 
 use access::DeviceAccess;
 use last_good::LastGoodAnswers;
@@ -546,7 +546,10 @@ async fn probe_loop(
     failure_tx: mpsc::UnboundedSender<anyhow::Error>,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut consecutive = vec![0u32; probers.len()];
+    let mut failures: Vec<ProbeFailures> = probers
+        .iter()
+        .map(|p| ProbeFailures::new(metrics.decided_connects(p.listener().name())))
+        .collect();
     // start() has just probed: the first periodic probe is one interval away.
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -559,22 +562,24 @@ async fn probe_loop(
             let name = prober.listener().name();
             match prober.probe(timeout).await {
                 Ok(()) => {
-                    consecutive[i] = 0;
+                    failures[i].succeeded(metrics.decided_connects(name));
                     readiness.set(name, true);
                     metrics.probe_up.with_label_values(&[name]).set(1);
                 }
                 Err(err) => {
-                    consecutive[i] += 1;
+                    let busy = failures[i].failed(metrics.decided_connects(name));
+                    let in_a_row = failures[i].in_a_row();
                     readiness.set(name, false);
                     metrics.probe_up.with_label_values(&[name]).set(0);
                     metrics.probe_failures.with_label_values(&[name]).inc();
                     tracing::warn!(
                         listener = name,
-                        failures = consecutive[i],
+                        failures = in_a_row,
+                        busy,
                         error = format!("{err:#}"),
                         "self-probe failed"
                     );
-                    if failure_limit > 0 && consecutive[i] == failure_limit {
+                    if failure_limit > 0 && !busy && in_a_row == failure_limit {
                         let _ = failure_tx.send(err.context(format!(
                             "{name} listener failed {failure_limit} probes in a row"
                         )));

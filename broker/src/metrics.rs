@@ -105,7 +105,7 @@ impl BrokerMetrics {
                 IntCounterVec::new(
                     opts(
                         "device_auth_total",
-                        "Device connect decisions: allowed, refused (by the registry), revoked (by the broker's revocation list), invalid (not even asked), error (no usable registry answer: refused), probe (the self-probe)",
+                        "Device connect decisions: allowed, refused (by the registry), revoked (by the broker's revocation list), invalid (not even asked), error (no usable registry answer: refused with \"server unavailable\"), probe (the self-probe)",
                     ),
                     &["listener", "outcome"],
                 )?,
@@ -173,6 +173,29 @@ impl BrokerMetrics {
                 "rumqttd alert"
             );
         }
+    }
+
+    /// Device connects `listener` has decided so far, whatever the outcome
+    /// (the self-probe's own excepted): it moves while the listener works.
+    pub fn decided_connects(&self, listener: &str) -> u64 {
+        use prometheus::core::Collector;
+        self.device_auth
+            .collect()
+            .iter()
+            .flat_map(|family| family.get_metric())
+            .filter(|metric| {
+                let label = |name: &str| {
+                    metric
+                        .get_label()
+                        .iter()
+                        .find(|pair| pair.name() == name)
+                        .map(|pair| pair.value().to_string())
+                };
+                label("listener").as_deref() == Some(listener)
+                    && label("outcome").as_deref() != Some("probe")
+            })
+            .map(|metric| metric.get_counter().value() as u64)
+            .sum()
     }
 }
 

@@ -115,6 +115,50 @@ impl ProbeAuth {
     }
 }
 
+/// The failed probes of one listener that count towards giving up on it.
+///
+/// A listener that went on deciding device connects since the previous
+/// probe is busy (a fleet connecting at once, the machine short of CPU), not
+/// wedged: its failed probe does not count. Giving up on it would end the
+/// process and drop every device it holds onto the other replicas, which
+/// are as busy. It is still reported unready while its probes fail.
+#[derive(Debug, Default)]
+pub struct ProbeFailures {
+    in_a_row: u32,
+    /// Connects the listener had decided at the previous probe.
+    decided: u64,
+}
+
+impl ProbeFailures {
+    pub fn new(decided: u64) -> Self {
+        Self {
+            in_a_row: 0,
+            decided,
+        }
+    }
+
+    pub fn succeeded(&mut self, decided: u64) {
+        self.in_a_row = 0;
+        self.decided = decided;
+    }
+
+    /// Records a failed probe; `decided` is the listener's count of decided
+    /// connects now. Returns whether the listener was busy (not counted).
+    pub fn failed(&mut self, decided: u64) -> bool {
+        let busy = decided > self.decided;
+        self.decided = decided;
+        if !busy {
+            self.in_a_row += 1;
+        }
+        busy
+    }
+
+    /// Failed probes in a row that counted.
+    pub fn in_a_row(&self) -> u32 {
+        self.in_a_row
+    }
+}
+
 /// Probes one listener, keeping its client id across successful probes.
 ///
 /// The id is fixed while probes succeed because rumqttd keeps state per
@@ -327,6 +371,28 @@ async fn probe_v5(target: Target, nonce: &str) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_busy_listener_failing_its_probes_is_not_given_up() {
+        let mut failures = ProbeFailures::new(10);
+        // Connects decided between probes: busy, not counted.
+        assert!(failures.failed(500));
+        assert!(failures.failed(900));
+        assert_eq!(failures.in_a_row(), 0);
+        // Nothing decided since: counted.
+        assert!(!failures.failed(900));
+        assert!(!failures.failed(900));
+        assert_eq!(failures.in_a_row(), 2);
+        // Busy again: the count stays, it does not grow.
+        assert!(failures.failed(901));
+        assert_eq!(failures.in_a_row(), 2);
+        assert!(!failures.failed(901));
+        assert_eq!(failures.in_a_row(), 3);
+        failures.succeeded(950);
+        assert_eq!(failures.in_a_row(), 0);
+        assert!(!failures.failed(950), "nothing decided since the success");
+        assert_eq!(failures.in_a_row(), 1);
+    }
 
     #[test]
     fn unspecified_addresses_are_probed_on_loopback() {

@@ -11,20 +11,22 @@
 //! it) by a counting global allocator: RSS is also printed, but the
 //! allocator keeps freed memory for reuse, which blurs it.
 
-use std::net::{SocketAddr, TcpListener};
+mod support;
+
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use support::{
+    free_addr, live_heap_bytes, metrics_text, mqtt_bytes, packet, read_packet, reading,
+    remaining_length, start_broker_with, until_closed, TestBroker, Version, WAIT,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
-use warmhouse_broker::{start, BrokerConfig, RunningBroker, Secret};
-use warmhouse_devstack::{create_topics, KafkaStorage, Tansu};
-use warmhouse_edge_bridge::IngressConfig;
+use warmhouse_broker::{BrokerConfig, Secret};
 
-/// Upper bound for anything one step waits on.
-const WAIT: Duration = Duration::from_secs(10);
 /// How long the broker gives a new connection to send CONNECT (slowloris
 /// connections are closed after it).
 const CONNECT_TIMEOUT_MS: u16 = 2_000;
@@ -33,34 +35,6 @@ const SERVICE_PASSWORD: &str = "hostile-test-service-password";
 /// The bound this test holds the broker to: live heap after the hostile
 /// run, minus before it (both with the normal client connected), in bytes.
 const HEAP_BOUND: i64 = 4 << 20;
-
-struct CountingAllocator;
-
-static LIVE_HEAP_BYTES: AtomicI64 = AtomicI64::new(0);
-
-unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        LIVE_HEAP_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
-        std::alloc::System.alloc(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        LIVE_HEAP_BYTES.fetch_sub(layout.size() as i64, Ordering::Relaxed);
-        std::alloc::System.dealloc(ptr, layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        LIVE_HEAP_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
-        std::alloc::System.realloc(ptr, layout, new_size)
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
-
-fn live_heap_bytes() -> i64 {
-    LIVE_HEAP_BYTES.load(Ordering::Relaxed)
-}
 
 extern "C" {
     /// glibc: gives the kernel back the free memory malloc keeps.
@@ -85,93 +59,6 @@ fn vm_rss() -> i64 {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|kb| kb.trim().trim_end_matches("kB").trim().parse::<i64>().ok())
         .map_or(0, |kb| kb * 1024)
-}
-
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("read the ephemeral port")
-}
-
-/// The broker, with what its device ingress needs (tansu, a spool) and an
-/// internal listener for the service client that floods subscriptions
-/// (device listeners cap subscriptions per connection).
-struct TestBroker {
-    broker: RunningBroker,
-    internal_addr: SocketAddr,
-    _kafka: Tansu,
-    _dir: tempfile::TempDir,
-}
-
-async fn start_broker() -> TestBroker {
-    warmhouse_service_kit::init_tracing();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let kafka = Tansu::start(&dir.path().join("kafka"), KafkaStorage::Memory).expect("tansu");
-    let ingress = IngressConfig::new(&kafka.bootstrap(), dir.path().join("spool"));
-    create_topics(&kafka.bootstrap(), &ingress.kafka_topics(), 1)
-        .await
-        .expect("topics are created");
-    let admin: SocketAddr = "127.0.0.1:0".parse().expect("address");
-    let mut last_error = None;
-    // Another process may take a just-freed port: try a few sets.
-    for _ in 0..3 {
-        let internal_addr = free_addr();
-        let config = BrokerConfig {
-            connection_timeout_ms: CONNECT_TIMEOUT_MS,
-            // The self-probe (a rumqttc client on every listener) round-trips
-            // a message every second: a stall shows as a failed probe.
-            probe_interval_secs: 1,
-            internal_addr,
-            service_username: SERVICE_USER.to_string(),
-            service_password: Some(Secret::new(SERVICE_PASSWORD)),
-            ..BrokerConfig::for_tests(free_addr(), free_addr(), admin, ingress.clone())
-        };
-        match start(config).await {
-            Ok(broker) => {
-                return TestBroker {
-                    broker,
-                    internal_addr,
-                    _kafka: kafka,
-                    _dir: dir,
-                }
-            }
-            Err(err) => last_error = Some(err),
-        }
-    }
-    panic!("broker did not start: {:#?}", last_error);
-}
-
-fn remaining_length(mut length: usize) -> Vec<u8> {
-    let mut encoded = Vec::new();
-    loop {
-        let mut byte = (length % 128) as u8;
-        length /= 128;
-        if length > 0 {
-            byte |= 0x80;
-        }
-        encoded.push(byte);
-        if length == 0 {
-            return encoded;
-        }
-    }
-}
-
-fn packet(first_byte: u8, body: &[u8]) -> Vec<u8> {
-    let mut packet = vec![first_byte];
-    packet.extend(remaining_length(body.len()));
-    packet.extend_from_slice(body);
-    packet
-}
-
-fn mqtt_bytes(bytes: &[u8]) -> Vec<u8> {
-    let mut encoded = (bytes.len() as u16).to_be_bytes().to_vec();
-    encoded.extend_from_slice(bytes);
-    encoded
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Version {
-    V311,
-    V5,
 }
 
 /// A CONNECT (keep alive 30 s) with an optional login.
@@ -223,23 +110,6 @@ fn subscribe_packet(version: Version, pkid: u16, filters: &[String], qos: u8) ->
     packet(0x82, &body)
 }
 
-/// Reads one MQTT packet: (first byte, body); None when the connection ends.
-async fn read_packet(socket: &mut TcpStream) -> Option<(u8, Vec<u8>)> {
-    let first = socket.read_u8().await.ok()?;
-    let (mut length, mut shift) = (0usize, 0);
-    loop {
-        let byte = socket.read_u8().await.ok()?;
-        length |= usize::from(byte & 0x7F) << shift;
-        shift += 7;
-        if byte & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut body = vec![0u8; length];
-    socket.read_exact(&mut body).await.ok()?;
-    Some((first, body))
-}
-
 /// The next packet whose type (high nibble) is `kind`, skipping others; None
 /// when the connection ends first.
 async fn next_of_kind(socket: &mut TcpStream, kind: u8) -> Option<(u8, Vec<u8>)> {
@@ -269,34 +139,6 @@ async fn connect(
         .await
         .ok()??;
     (first == 0x20 && body.get(1) == Some(&0)).then_some(socket)
-}
-
-/// Everything the broker sends until it closes the connection; panics if it
-/// keeps it open longer than `WAIT`.
-async fn until_closed(socket: &mut TcpStream, what: &str) -> Vec<u8> {
-    let mut received = Vec::new();
-    let closed = tokio::time::timeout(WAIT, async {
-        let mut buffer = [0u8; 1024];
-        loop {
-            match socket.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&buffer[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(
-        closed.is_ok(),
-        "{what}: the broker kept the connection open"
-    );
-    received
-}
-
-/// A telemetry payload the ingress accepts.
-fn reading(seq: u64) -> String {
-    format!(
-        r#"{{"seq":{seq},"ts":1700000000000,"readings":[{{"metric":"temperature","value":21.5}}]}}"#
-    )
 }
 
 /// Garbage instead of MQTT, all at once: the broker closes each connection
@@ -420,26 +262,7 @@ async fn subscribe_flood(internal: SocketAddr, v5: SocketAddr, filters: usize, t
             .expect("SUBACKs in time")
             .expect("a SUBACK");
     }
-    let mut batch = Vec::new();
-    for i in 0..topics {
-        batch.extend(publish_packet(
-            Version::V311,
-            &format!("/flood/new/{i}"),
-            0,
-            0,
-            b"x",
-        ));
-        if batch.len() > 16 << 10 {
-            socket.write_all(&batch).await.expect("PUBLISH");
-            batch.clear();
-        }
-    }
-    batch.extend_from_slice(&[0xC0, 0x00]);
-    socket.write_all(&batch).await.expect("PUBLISH and PINGREQ");
-    tokio::time::timeout(WAIT, next_of_kind(&mut socket, 13))
-        .await
-        .expect("PINGRESP in time")
-        .expect("a PINGRESP after the publishes");
+    publish_to_each(&mut socket, (0..topics).map(|i| format!("/flood/new/{i}"))).await;
     drop(socket);
 
     // The same from a device: dropped at its limit (DISCONNECT 0x97).
@@ -574,10 +397,20 @@ async fn new_topics(addr: SocketAddr, topics: usize) {
     let mut socket = connect(addr, Version::V311, "dev-topics", true, None)
         .await
         .expect("the new-topics client connects");
+    publish_to_each(
+        &mut socket,
+        (0..topics).map(|i| format!("/tenants/dev-topics/t{i}")),
+    )
+    .await;
+}
+
+/// Publishes one byte at QoS 0 (MQTT 3.1.1) to each of `topics`, in batches
+/// of about 16 KB, then waits for the PINGRESP to a PINGREQ sent after them:
+/// the broker has read them all.
+async fn publish_to_each(socket: &mut TcpStream, topics: impl Iterator<Item = String>) {
     let mut batch = Vec::new();
-    for i in 0..topics {
-        let topic = format!("/tenants/dev-topics/t{i}");
-        batch.extend(publish_packet(Version::V311, &topic, 0, 0, b"1"));
+    for topic in topics {
+        batch.extend(publish_packet(Version::V311, &topic, 0, 0, b"x"));
         if batch.len() > 16 << 10 {
             socket.write_all(&batch).await.expect("PUBLISH");
             batch.clear();
@@ -585,7 +418,7 @@ async fn new_topics(addr: SocketAddr, topics: usize) {
     }
     batch.extend_from_slice(&[0xC0, 0x00]);
     socket.write_all(&batch).await.expect("PUBLISH and PINGREQ");
-    tokio::time::timeout(WAIT, next_of_kind(&mut socket, 13))
+    tokio::time::timeout(WAIT, next_of_kind(socket, 13))
         .await
         .expect("PINGRESP in time")
         .expect("a PINGRESP after the publishes");
@@ -594,8 +427,8 @@ async fn new_topics(addr: SocketAddr, topics: usize) {
 /// Every hostile pattern at once; the reconnect storm's unserved clients
 /// are counted in `failures`.
 async fn hostile_round(broker: &TestBroker, scale: usize, failures: Arc<AtomicUsize>) {
-    let (v4, v5) = (broker.broker.mqtt_v4_addr, broker.broker.mqtt_v5_addr);
-    let internal = broker.internal_addr;
+    let (v4, v5) = (broker.mqtt_v4_addr, broker.mqtt_v5_addr);
+    let internal = broker.internal_addr.expect("the internal listener");
     let mut patterns = JoinSet::new();
     patterns.spawn(garbage(v4, 50 * scale));
     patterns.spawn(garbage(v5, 50 * scale));
@@ -675,9 +508,20 @@ async fn normal_client(
 /// (stated in broker/README.md).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_clients_neither_starve_a_normal_client_nor_leave_memory_behind() {
-    let broker = start_broker().await;
+    // An internal listener for the service client that floods subscriptions
+    // (device listeners cap subscriptions per connection); the self-probe
+    // round-trips a message every second, so a stall shows as a failed probe.
+    let broker = start_broker_with(|config| BrokerConfig {
+        connection_timeout_ms: CONNECT_TIMEOUT_MS,
+        probe_interval_secs: 1,
+        internal_addr: free_addr(),
+        service_username: SERVICE_USER.to_string(),
+        service_password: Some(Secret::new(SERVICE_PASSWORD)),
+        ..config
+    })
+    .await;
     let (stop_tx, stop) = tokio::sync::watch::channel(false);
-    let normal = tokio::spawn(normal_client(broker.broker.mqtt_v4_addr.port(), stop));
+    let normal = tokio::spawn(normal_client(broker.mqtt_v4_addr.port(), stop));
     let failures = Arc::new(AtomicUsize::new(0));
 
     // A small round first makes what is made once (runtime and listener
@@ -741,17 +585,12 @@ async fn hostile_clients_neither_starve_a_normal_client_nor_leave_memory_behind(
         0,
         "well-behaved clients of the reconnect storm were not served"
     );
-    let ready = reqwest::get(format!("http://{}/readyz", broker.broker.admin_addr))
+    let ready = reqwest::get(format!("http://{}/readyz", broker.admin_addr))
         .await
         .expect("GET /readyz");
     assert!(ready.status().is_success(), "/readyz: {}", ready.status());
     // Served throughout: the self-probe never failed on any listener.
-    let metrics = reqwest::get(format!("http://{}/metrics", broker.broker.admin_addr))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = metrics_text(&broker).await;
     let failed_probes: Vec<&str> = metrics
         .lines()
         .filter(|line| line.starts_with("warmhouse_broker_probe_failures_total{"))

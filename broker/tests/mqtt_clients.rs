@@ -4,29 +4,26 @@
 //! Every client runs with a timeout (`-W`, `-C`, and a tokio timeout around
 //! each wait) so a failure cannot hang the suite.
 
+mod support;
+
 use std::net::{SocketAddr, TcpListener};
 use std::process::Stdio;
 use std::time::Duration;
 
+use support::{
+    expect_packet, free_addr, live_heap_bytes, metrics_text, mqtt_bytes, packet, reading,
+    start_broker, start_broker_with, until_closed, Version, WAIT,
+};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::sync::mpsc;
 use warmhouse_broker::{start, BrokerConfig, RunningBroker};
 use warmhouse_contracts::ids::DeviceId;
 use warmhouse_contracts::topics::{Channel, DeviceTopic};
-use warmhouse_devstack::{create_topics, KafkaStorage, Tansu};
 use warmhouse_edge_bridge::IngressConfig;
 
-/// Upper bound for anything a test waits on.
-const WAIT: Duration = Duration::from_secs(10);
 /// Seconds mosquitto_sub runs at most (`-W`), after which it exits anyway.
 const SUB_LIFETIME_SECS: &str = "20";
-
-#[derive(Clone, Copy, Debug)]
-enum Version {
-    V311,
-    V5,
-}
 
 impl Version {
     fn flag(self) -> &'static str {
@@ -71,69 +68,6 @@ async fn next_incoming<T>(
     })
     .await
     .unwrap_or_else(|_| panic!("{what}: nothing in time"))
-}
-
-fn free_addr() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    listener.local_addr().expect("read the ephemeral port")
-}
-
-/// A broker with what its device ingress needs: a real Kafka (tansu) and a
-/// spool directory. Dereferences to the broker.
-struct TestBroker {
-    broker: RunningBroker,
-    _kafka: Tansu,
-    _dir: tempfile::TempDir,
-}
-
-impl std::ops::Deref for TestBroker {
-    type Target = RunningBroker;
-    fn deref(&self) -> &RunningBroker {
-        &self.broker
-    }
-}
-
-impl std::ops::DerefMut for TestBroker {
-    fn deref_mut(&mut self) -> &mut RunningBroker {
-        &mut self.broker
-    }
-}
-
-/// Kafka with the ingress's topics, and an ingress configuration for it.
-async fn kafka(dir: &std::path::Path) -> (Tansu, IngressConfig) {
-    let kafka = Tansu::start(&dir.join("kafka"), KafkaStorage::Memory).expect("tansu starts");
-    let ingress = IngressConfig::new(&kafka.bootstrap(), dir.join("spool"));
-    create_topics(&kafka.bootstrap(), &ingress.kafka_topics(), 1)
-        .await
-        .expect("topics are created");
-    (kafka, ingress)
-}
-
-async fn start_broker() -> TestBroker {
-    start_broker_with(|config| config).await
-}
-
-async fn start_broker_with(adjust: impl Fn(BrokerConfig) -> BrokerConfig) -> TestBroker {
-    warmhouse_service_kit::init_tracing();
-    let dir = tempfile::tempdir().expect("temp dir");
-    let (kafka, ingress) = kafka(dir.path()).await;
-    let admin: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    // Another process may take a just-freed port: try a few pairs.
-    let mut last_error = None;
-    for _ in 0..3 {
-        let config = BrokerConfig::for_tests(free_addr(), free_addr(), admin, ingress.clone());
-        match start(adjust(config)).await {
-            Ok(broker) => {
-                return TestBroker {
-                    broker,
-                    _kafka: kafka,
-                    _dir: dir,
-                }
-            }
-            Err(err) => last_error = Some(err),
-        }
-    }
-    panic!("broker did not start: {:#}", last_error.unwrap());
 }
 
 /// A received message as mosquitto_sub printed it.
@@ -346,13 +280,6 @@ fn received(qos: u8, retained: bool, topic: &str, payload: &str) -> Option<Recei
     })
 }
 
-/// A telemetry payload the ingress accepts.
-fn reading(seq: u32) -> String {
-    format!(
-        r#"{{"seq":{seq},"ts":1700000000{seq:03},"readings":[{{"metric":"temperature","value":21.5}}]}}"#
-    )
-}
-
 async fn delivers_qos0_and_qos1(version: Version, device: &str) {
     let broker = start_broker().await;
     let telemetry = topic(device, Channel::Telemetry);
@@ -502,21 +429,6 @@ async fn mqtt5_keep_alive_zero_is_accepted() {
     assert_eq!(pingresp, [0xD0, 0x00]);
 }
 
-/// A raw MQTT packet: fixed header byte, remaining length (short packets
-/// only), body.
-fn raw_packet(first_byte: u8, body: &[u8]) -> Vec<u8> {
-    assert!(body.len() < 128, "one-byte remaining length only");
-    let mut packet = vec![first_byte, body.len() as u8];
-    packet.extend_from_slice(body);
-    packet
-}
-
-fn mqtt_bytes(bytes: &[u8]) -> Vec<u8> {
-    let mut encoded = (bytes.len() as u16).to_be_bytes().to_vec();
-    encoded.extend_from_slice(bytes);
-    encoded
-}
-
 /// Connects with raw packets (no client library lets a caller send a topic
 /// MQTT forbids) and returns the socket after a successful CONNACK.
 async fn raw_connect(
@@ -561,7 +473,7 @@ async fn raw_connect_with(
     }
     body.extend_from_slice(&mqtt_bytes(client_id.as_bytes()));
     socket
-        .write_all(&raw_packet(0x10, &body))
+        .write_all(&packet(0x10, &body))
         .await
         .expect("send CONNECT");
     let mut header = [0u8; 2];
@@ -574,27 +486,6 @@ async fn raw_connect_with(
     socket.read_exact(&mut rest).await.expect("CONNACK body");
     assert_eq!(rest[1], 0x00, "CONNACK refused: {rest:?}");
     socket
-}
-
-/// Everything the broker sends until it closes the connection (or `WAIT`).
-async fn read_until_closed(socket: &mut tokio::net::TcpStream) -> Vec<u8> {
-    use tokio::io::AsyncReadExt;
-    let mut received = Vec::new();
-    let closed = tokio::time::timeout(WAIT, async {
-        let mut buffer = [0u8; 256];
-        loop {
-            match socket.read(&mut buffer).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&buffer[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(
-        closed.is_ok(),
-        "the broker kept the connection open; sent {received:?}"
-    );
-    received
 }
 
 /// A PUBLISH topic with a wildcard, U+0000 or nothing in it breaks MQTT
@@ -619,10 +510,10 @@ async fn refuses_invalid_publish_topics(version: Version) {
         }
         body.extend_from_slice(b"payload");
         socket
-            .write_all(&raw_packet(0x32, &body))
+            .write_all(&packet(0x32, &body))
             .await
             .expect("send PUBLISH");
-        let answer = read_until_closed(&mut socket).await;
+        let answer = until_closed(&mut socket, "the refused connection").await;
         match version {
             Version::V311 => assert_eq!(answer, Vec::<u8>::new(), "topic {topic:?}"),
             Version::V5 => {
@@ -668,24 +559,6 @@ async fn mqtt311_refuses_invalid_publish_topics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mqtt5_refuses_invalid_publish_topics() {
     refuses_invalid_publish_topics(Version::V5).await;
-}
-
-/// Reads one MQTT packet: (first byte, body).
-async fn read_raw_packet(socket: &mut tokio::net::TcpStream) -> (u8, Vec<u8>) {
-    use tokio::io::AsyncReadExt;
-    let first = socket.read_u8().await.expect("a packet");
-    let (mut length, mut shift) = (0usize, 0);
-    loop {
-        let byte = socket.read_u8().await.expect("remaining length");
-        length |= usize::from(byte & 0x7F) << shift;
-        shift += 7;
-        if byte & 0x80 == 0 {
-            break;
-        }
-    }
-    let mut body = vec![0u8; length];
-    socket.read_exact(&mut body).await.expect("packet body");
-    (first, body)
 }
 
 /// The topic, topic alias and payload of an MQTT 5 QoS 0 PUBLISH body.
@@ -753,10 +626,10 @@ async fn mqtt5_topic_aliases_stand_for_topics_not_filters() {
     subscribe.extend_from_slice(&mqtt_bytes(b"/tenants/dev-alias/#"));
     subscribe.push(0x00);
     socket
-        .write_all(&raw_packet(0x82, &subscribe))
+        .write_all(&packet(0x82, &subscribe))
         .await
         .expect("SUBSCRIBE");
-    let (suback, _) = read_raw_packet(&mut socket).await;
+    let (suback, _) = expect_packet(&mut socket).await;
     assert_eq!(suback, 0x90);
 
     let [first, second] = ["/tenants/dev-alias/a", "/tenants/dev-alias/b"];
@@ -767,7 +640,7 @@ async fn mqtt5_topic_aliases_stand_for_topics_not_filters() {
     let mut aliases = std::collections::HashMap::new();
     let mut aliased = 0;
     for (topic, payload) in messages {
-        let (kind, body) = tokio::time::timeout(WAIT, read_raw_packet(&mut socket))
+        let (kind, body) = tokio::time::timeout(WAIT, expect_packet(&mut socket))
             .await
             .expect("a PUBLISH in time");
         assert_eq!(kind & 0xF0, 0x30, "PUBLISH expected");
@@ -809,10 +682,10 @@ async fn mqtt5_an_invalid_topic_alias_gets_disconnect_0x94() {
         body.extend_from_slice(&alias.to_be_bytes());
         body.extend_from_slice(b"payload");
         socket
-            .write_all(&raw_packet(0x32, &body))
+            .write_all(&packet(0x32, &body))
             .await
             .expect("send PUBLISH");
-        let answer = read_until_closed(&mut socket).await;
+        let answer = until_closed(&mut socket, "the refused connection").await;
         assert_eq!(answer.first(), Some(&0xE0), "alias {alias}: {answer:?}");
         assert_eq!(answer.get(2), Some(&0x94), "alias {alias}: {answer:?}");
     }
@@ -838,7 +711,7 @@ async fn refuses_oversized_packets(version: Version) {
     }
     header.extend_from_slice(&mqtt_bytes(b"/tenants/dev-oversized/telemetry"));
     socket.write_all(&header).await.expect("send the header");
-    let answer = read_until_closed(&mut socket).await;
+    let answer = until_closed(&mut socket, "the refused connection").await;
     match version {
         Version::V311 => assert_eq!(answer, Vec::<u8>::new()),
         Version::V5 => {
@@ -1079,39 +952,6 @@ async fn mqtt5_the_session_expiry_interval_decides_what_is_kept() {
     assert!(!present, "a session outlived its expiry interval");
 }
 
-/// Counts the bytes live on the heap of this test process (the broker runs
-/// in it): what a test keeps alive, free of the allocator's own caching.
-struct CountingAllocator;
-
-static LIVE_HEAP_BYTES: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
-
-unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
-    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        LIVE_HEAP_BYTES.fetch_add(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
-        std::alloc::System.alloc(layout)
-    }
-
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
-        LIVE_HEAP_BYTES.fetch_sub(layout.size() as i64, std::sync::atomic::Ordering::Relaxed);
-        std::alloc::System.dealloc(ptr, layout)
-    }
-
-    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        LIVE_HEAP_BYTES.fetch_add(
-            new_size as i64 - layout.size() as i64,
-            std::sync::atomic::Ordering::Relaxed,
-        );
-        std::alloc::System.realloc(ptr, layout, new_size)
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: CountingAllocator = CountingAllocator;
-
-fn live_heap_bytes() -> i64 {
-    LIVE_HEAP_BYTES.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// A stored message must not keep the read buffer of the connection it
 /// came on alive: 2,000 clients each publishing one byte to a new topic
 /// under one `#` subscriber grew rumqttd by about 24 MB (12 KB a message;
@@ -1137,11 +977,11 @@ async fn stored_messages_do_not_pin_their_connections_read_buffers() {
                     let mut body = mqtt_bytes(format!("/tenants/dev-mem/t{i}").as_bytes());
                     body.push(b'x');
                     socket
-                        .write_all(&raw_packet(0x30, &body))
+                        .write_all(&packet(0x30, &body))
                         .await
                         .expect("PUBLISH");
                     socket.write_all(&[0xE0, 0x00]).await.expect("DISCONNECT");
-                    let _ = read_until_closed(&mut socket).await;
+                    let _ = until_closed(&mut socket, "the refused connection").await;
                 }
             });
         }
@@ -1188,19 +1028,19 @@ async fn an_idle_device_connection_costs_little_heap() {
         subscribe.extend(mqtt_bytes(topic(&device, Channel::Commands).as_bytes()));
         subscribe.push(1);
         socket
-            .write_all(&raw_packet(0x82, &subscribe))
+            .write_all(&packet(0x82, &subscribe))
             .await
             .expect("SUBSCRIBE");
-        let (suback, _) = read_raw_packet(&mut socket).await;
+        let (suback, _) = expect_packet(&mut socket).await;
         assert_eq!(suback, 0x90, "{device} got no SUBACK");
         let mut publish = mqtt_bytes(topic(&device, Channel::Telemetry).as_bytes());
         publish.extend([0x00, 0x01]);
         publish.extend(reading(1).as_bytes());
         socket
-            .write_all(&raw_packet(0x32, &publish))
+            .write_all(&packet(0x32, &publish))
             .await
             .expect("PUBLISH");
-        let (puback, _) = read_raw_packet(&mut socket).await;
+        let (puback, _) = expect_packet(&mut socket).await;
         assert_eq!(puback, 0x40, "{device} got no PUBACK");
         socket
     };
@@ -1360,13 +1200,13 @@ async fn mqtt5_device_connections_are_held_to_their_limits() {
             body.extend_from_slice(&mqtt_bytes(filter.as_bytes()));
             body.push(0x01);
         }
-        raw_packet(0x82, &body)
+        packet(0x82, &body)
     };
     let publish_to = |topic: &str| {
         let mut body = mqtt_bytes(topic.as_bytes());
         body.extend_from_slice(&[0x00, 0x01, 0x00]);
         body.extend_from_slice(b"x");
-        raw_packet(0x32, &body)
+        packet(0x32, &body)
     };
     let long = format!("/tenants/dev-limits/{}", "x".repeat(60));
     let cases: [(&str, Vec<u8>, u8); 4] = [
@@ -1390,7 +1230,7 @@ async fn mqtt5_device_connections_are_held_to_their_limits() {
     for (what, packet, reason) in cases {
         let mut socket = raw_connect(&broker, Version::V5, "dev-limits").await;
         socket.write_all(&packet).await.expect("send");
-        let answer = read_until_closed(&mut socket).await;
+        let answer = until_closed(&mut socket, "the refused connection").await;
         let disconnect = answer.windows(3).find(|w| w[0] == 0xE0);
         assert_eq!(
             disconnect.map(|w| w[2]),
@@ -1420,12 +1260,7 @@ async fn mqtt5_device_connections_are_held_to_their_limits() {
         within.next_message().await,
         received(1, false, "/tenants/dev-limits/status", "fine")
     );
-    let metrics = reqwest::get(format!("http://{}/metrics", broker.admin_addr))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = metrics_text(&broker).await;
     for (limit, count) in [
         ("subscriptions", 1),
         ("topic_length", 2),
@@ -1445,7 +1280,7 @@ fn raw_qos2_publish(version: Version, topic: &str, pkid: u16, payload: &str) -> 
         body.push(0x00);
     }
     body.extend_from_slice(payload.as_bytes());
-    raw_packet(0x34, &body)
+    packet(0x34, &body)
 }
 
 /// Sends QoS 2 PUBLISHes with packet ids `pkids` one at a time, each
@@ -1459,9 +1294,9 @@ async fn unfinished_qos2_flows(
 ) {
     use tokio::io::AsyncWriteExt;
     for pkid in pkids {
-        let packet = raw_qos2_publish(version, topic, pkid, &reading(u32::from(pkid)));
+        let packet = raw_qos2_publish(version, topic, pkid, &reading(u64::from(pkid)));
         socket.write_all(&packet).await.expect("send PUBLISH");
-        let (first, body) = tokio::time::timeout(WAIT, read_raw_packet(socket))
+        let (first, body) = tokio::time::timeout(WAIT, expect_packet(socket))
             .await
             .expect("PUBREC in time");
         assert_eq!(first, 0x50, "PUBREC expected for {pkid}: {body:?}");
@@ -1500,7 +1335,7 @@ async fn device_connections_are_held_to_their_inflight_limit() {
     let publisher = tokio::spawn(async move {
         for seq in 0..MESSAGES {
             client
-                .publish(&telemetry, QoS::AtLeastOnce, false, reading(seq as u32))
+                .publish(&telemetry, QoS::AtLeastOnce, false, reading(seq as u64))
                 .await
                 .expect("queue a publish");
         }
@@ -1535,7 +1370,7 @@ async fn device_connections_are_held_to_their_inflight_limit() {
     unfinished_qos2_flows(&mut socket, Version::V5, &v5_topic, 1..=LIMIT).await;
     let over = raw_qos2_publish(Version::V5, &v5_topic, LIMIT + 1, &reading(99));
     socket.write_all(&over).await.expect("send PUBLISH");
-    let answer = read_until_closed(&mut socket).await;
+    let answer = until_closed(&mut socket, "the refused connection").await;
     assert_eq!(
         answer.first(),
         Some(&0xE0),
@@ -1558,7 +1393,7 @@ async fn device_connections_are_held_to_their_inflight_limit() {
             .write_all(&[0x62, 0x02, msb, lsb])
             .await
             .expect("send PUBREL");
-        let (first, body) = tokio::time::timeout(WAIT, read_raw_packet(&mut socket))
+        let (first, body) = tokio::time::timeout(WAIT, expect_packet(&mut socket))
             .await
             .expect("PUBCOMP in time");
         assert_eq!(
@@ -1568,12 +1403,7 @@ async fn device_connections_are_held_to_their_inflight_limit() {
         );
     }
 
-    let metrics = reqwest::get(format!("http://{}/metrics", broker.admin_addr))
-        .await
-        .expect("GET /metrics")
-        .text()
-        .await
-        .expect("metrics text");
+    let metrics = metrics_text(&broker).await;
     let sample = r#"warmhouse_broker_client_limits_exceeded_total{limit="inflight"} 1"#;
     assert!(metrics.contains(sample), "{sample} missing from {metrics}");
 }

@@ -58,6 +58,77 @@ pub struct Identity {
     verified: password::VerifiedPasswords,
     /// `warmhouse_registry_password_checks_total{outcome}`.
     password_checks: Option<prometheus::IntCounterVec>,
+    /// Turns at Argon2id, for checks and for issuing.
+    argon2: Argon2Slots,
+}
+
+/// Argon2id runs at most `parallel` at a time, and work waits at most `wait`
+/// for its turn; beyond that the registry answers 503 (busy) at once.
+///
+/// A fleet connecting at once (a cold start, the registry restarted with
+/// nothing remembered) asks for more checks than the CPU can do. Unbounded,
+/// every check ran on its own blocking thread, all of them slowed down
+/// together past the broker's wait (3 s, queue included), and the registry
+/// went on hashing for connects the broker had already refused: no device
+/// got in. Bounded, the registry does what the cores allow, at full speed,
+/// and says "busy" for the rest while the broker still waits, so those
+/// devices retry later instead of timing out.
+#[derive(Clone)]
+pub struct Argon2Slots {
+    turns: Arc<tokio::sync::Semaphore>,
+    wait: Duration,
+}
+
+impl Argon2Slots {
+    pub fn new(parallel: usize, wait: Duration) -> Self {
+        Self {
+            turns: Arc::new(tokio::sync::Semaphore::new(parallel.max(1))),
+            wait,
+        }
+    }
+
+    /// Runs `work` (Argon2id) on a blocking thread once it has a turn; a
+    /// 503 when none comes within the wait.
+    async fn run<T: Send + 'static>(
+        &self,
+        what: &str,
+        work: impl FnOnce() -> anyhow::Result<T> + Send + 'static,
+    ) -> Result<T, Problem> {
+        let turn = tokio::time::timeout(self.wait, self.turns.clone().acquire_owned())
+            .await
+            .map_err(|_| {
+                Problem::busy(format!(
+                    "every Argon2id slot stayed taken for {} ms; retry",
+                    self.wait.as_millis()
+                ))
+            })?
+            .map_err(|err| internal("the Argon2id slots closed", err))?;
+        tokio::task::spawn_blocking(move || {
+            let _turn = turn;
+            work()
+        })
+        .await
+        .map_err(|err| internal(&format!("{what}: task failed"), err))?
+        .map_err(|err| internal(what, err))
+    }
+}
+
+impl Default for Argon2Slots {
+    /// One at a time per core, waiting up to [`DEFAULT_ARGON2_WAIT_MS`].
+    fn default() -> Self {
+        Self::new(
+            default_argon2_parallel(),
+            Duration::from_millis(DEFAULT_ARGON2_WAIT_MS),
+        )
+    }
+}
+
+/// How long a password check or hash waits for an Argon2id slot by default:
+/// well within the broker's 3 s wait for an answer.
+pub const DEFAULT_ARGON2_WAIT_MS: u64 = 1_500;
+
+fn default_argon2_parallel() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 impl Identity {
@@ -83,6 +154,7 @@ impl Identity {
             cert_validity: Duration::from_secs(cert_days.saturating_mul(24 * 3600)),
             verified: password::VerifiedPasswords::new(0, Duration::ZERO),
             password_checks: None,
+            argon2: Argon2Slots::default(),
         })
     }
 
@@ -93,7 +165,14 @@ impl Identity {
             cert_validity,
             verified: password::VerifiedPasswords::new(0, Duration::ZERO),
             password_checks: None,
+            argon2: Argon2Slots::default(),
         }
+    }
+
+    /// Runs Argon2id in these slots (see [`Argon2Slots`]).
+    pub fn with_argon2_slots(mut self, argon2: Argon2Slots) -> Self {
+        self.argon2 = argon2;
+        self
     }
 
     /// Remembers verified passwords (see [`password::VerifiedPasswords`])
@@ -106,7 +185,7 @@ impl Identity {
         let checks = prometheus::IntCounterVec::new(
             prometheus::Opts::new(
                 "warmhouse_registry_password_checks_total",
-                "Device password checks at connect, by outcome: remembered (no Argon2id), verified (Argon2id), wrong",
+                "Device password checks at connect, by outcome: remembered (no Argon2id), verified (Argon2id), wrong, busy (no Argon2id slot in time: 503), error",
             ),
             &["outcome"],
         )?;
@@ -124,15 +203,41 @@ impl Identity {
             password::Verification::Remembered
         } else {
             let (verified, password) = (self.verified.clone(), password.to_owned());
-            tokio::task::spawn_blocking(move || verified.verify(&password, &phc))
+            match self
+                .argon2
+                .run("checking a password", move || {
+                    verified.verify(&password, &phc)
+                })
                 .await
-                .map_err(|err| internal("password check task failed", err))?
-                .map_err(|err| internal("checking a password", err))?
+            {
+                Ok(outcome) => outcome,
+                Err(problem) => {
+                    self.count_password_check(
+                        if problem.status_code() == StatusCode::SERVICE_UNAVAILABLE {
+                            "busy"
+                        } else {
+                            "error"
+                        },
+                    );
+                    return Err(problem);
+                }
+            }
         };
-        if let Some(checks) = &self.password_checks {
-            checks.with_label_values(&[outcome.label()]).inc();
-        }
+        self.count_password_check(outcome.label());
         Ok(outcome.matches())
+    }
+
+    fn count_password_check(&self, outcome: &str) {
+        if let Some(checks) = &self.password_checks {
+            checks.with_label_values(&[outcome]).inc();
+        }
+    }
+
+    /// Hashes a new password (Argon2id) in turn with the checks.
+    async fn hash_password(&self, password: String) -> Result<String, Problem> {
+        self.argon2
+            .run("hashing a password", move || password::hash(&password))
+            .await
     }
 
     /// The platform CA certificate (PEM), when configured.
@@ -163,6 +268,14 @@ pub struct IdentityConfig {
     /// How long a verified password is remembered, in seconds.
     #[arg(long, env = "WARMHOUSE_REGISTRY_VERIFIED_PASSWORD_SECS", default_value_t = DEFAULT_VERIFIED_PASSWORD_SECS)]
     pub verified_password_secs: u64,
+    /// Argon2id runs (password checks and hashes) at once; 0: one a core.
+    #[arg(long, env = "WARMHOUSE_REGISTRY_ARGON2_PARALLEL", default_value_t = 0)]
+    pub argon2_parallel: usize,
+    /// How long a password check waits for an Argon2id slot before the
+    /// registry answers 503 (busy), in milliseconds. Keep it below the
+    /// broker's WARMHOUSE_BROKER_REGISTRY_TIMEOUT_MS.
+    #[arg(long, env = "WARMHOUSE_REGISTRY_ARGON2_WAIT_MS", default_value_t = DEFAULT_ARGON2_WAIT_MS)]
+    pub argon2_wait_ms: u64,
 }
 
 /// Passwords remembered: above the assignment's fleet of 100,000 devices
@@ -182,6 +295,8 @@ impl Default for IdentityConfig {
             device_cert_days: DEFAULT_CERT_DAYS,
             verified_passwords: DEFAULT_VERIFIED_PASSWORDS,
             verified_password_secs: DEFAULT_VERIFIED_PASSWORD_SECS,
+            argon2_parallel: 0,
+            argon2_wait_ms: DEFAULT_ARGON2_WAIT_MS,
         }
     }
 }
@@ -199,7 +314,16 @@ impl IdentityConfig {
             self.verified_passwords,
             Duration::from_secs(self.verified_password_secs),
         );
-        Ok(Arc::new(identity.remembering_passwords(verified, metrics)?))
+        let parallel = match self.argon2_parallel {
+            0 => default_argon2_parallel(),
+            n => n,
+        };
+        let argon2 = Argon2Slots::new(parallel, Duration::from_millis(self.argon2_wait_ms));
+        Ok(Arc::new(
+            identity
+                .with_argon2_slots(argon2)
+                .remembering_passwords(verified, metrics)?,
+        ))
     }
 }
 
@@ -307,11 +431,7 @@ pub async fn issue_credentials(
     let prepared = match kind {
         CredentialKind::Password => {
             let secret = password::generate();
-            let to_hash = secret.clone();
-            let hash = tokio::task::spawn_blocking(move || password::hash(&to_hash))
-                .await
-                .map_err(|err| internal("hashing task failed", err))?
-                .map_err(|err| internal("hashing a password", err))?;
+            let hash = identity.hash_password(secret.clone()).await?;
             Prepared::Password { secret, hash }
         }
         CredentialKind::Certificate => {

@@ -33,6 +33,14 @@ struct Api {
 
 impl Api {
     async fn start(database_url: String, ca: Option<&std::path::Path>) -> Self {
+        Self::start_with(database_url, ca, |_| {}).await
+    }
+
+    async fn start_with(
+        database_url: String,
+        ca: Option<&std::path::Path>,
+        adjust: impl FnOnce(&mut RegistryConfig),
+    ) -> Self {
         let mut config = RegistryConfig::new(SocketAddr::from(([127, 0, 0, 1], 0)), database_url);
         config.auth = AuthConfig::with_secret(SECRET);
         if let Some(dir) = ca {
@@ -40,6 +48,7 @@ impl Api {
             config.identity.ca_key = Some(dir.join("ca.key"));
             config.identity.device_cert_days = 30;
         }
+        adjust(&mut config);
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let running = start(config, async {
             let _ = stopped.await;
@@ -387,11 +396,49 @@ async fn credentials_are_issued_once_stored_as_hashes_and_checked_for_the_broker
     drop(api);
 
     // Without a CA the registry still issues passwords; certificates: 503.
-    let no_ca = Api::start(database_url, None).await;
+    let no_ca = Api::start(database_url.clone(), None).await;
     let (status, body) = no_ca.issue("dev-other", "certificate").await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(
         no_ca.issue("dev-other", "password").await.0,
         StatusCode::CREATED
     );
+    drop(no_ca);
+
+    // Argon2id runs in bounded slots: with one slot and no wait, checks that
+    // find it taken are answered 503 (busy) at once instead of hashing on
+    // threads of their own for a broker that stopped waiting.
+    let one_slot = Api::start_with(database_url, None, |config| {
+        config.identity.argon2_parallel = 1;
+        config.identity.argon2_wait_ms = 0;
+    })
+    .await;
+    let checks = 16;
+    let token = admin();
+    let answers = futures::future::join_all((0..checks).map(|i| {
+        one_slot.call(
+            Method::POST,
+            "/internal/v1/device-access",
+            &token,
+            Some(password_question("dev-other", &format!("guess-{i}"))),
+        )
+    }))
+    .await;
+    let mut busy = 0;
+    for (status, body) in &answers {
+        match *status {
+            StatusCode::OK => assert_eq!(body["allowed"], false, "{body}"),
+            StatusCode::SERVICE_UNAVAILABLE => {
+                assert_eq!(body["type"], "urn:warmhouse:problem:busy", "{body}");
+                busy += 1;
+            }
+            other => panic!("unexpected answer {other}: {body}"),
+        }
+    }
+    assert!(
+        busy > 0,
+        "{checks} checks at once never found the one slot taken"
+    );
+    assert_eq!(one_slot.password_checks("busy").await, busy);
+    assert_eq!(one_slot.password_checks("wrong").await, checks - busy);
 }

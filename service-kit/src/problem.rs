@@ -174,6 +174,12 @@ impl Problem {
         )
     }
 
+    /// 503 with `Retry-After`: the service is at its capacity for this kind
+    /// of work right now (not broken); retrying later will work.
+    pub fn busy(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "busy", "Busy", detail)
+    }
+
     /// 502: the store answered, but not with something usable.
     pub fn store_error(detail: impl Into<String>) -> Self {
         Self::new(

@@ -23,7 +23,7 @@ use crate::tracker::{AckTracker, Outgoing};
 use crate::{PublishedMessage, Shared};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
 /// Room in the request channel beyond the publish window, for subscribe and
 /// disconnect requests.
 const CHANNEL_SLACK: usize = 8;
@@ -213,7 +213,7 @@ pub(crate) async fn run_device(
                             device.handle_event(event);
                         }
                         device.connection_failed(&err);
-                        retry_at = Some(Instant::now() + backoff);
+                        retry_at = Some(Instant::now() + jittered(backoff));
                         backoff = (backoff * 2).min(BACKOFF_MAX);
                     }
                 }
@@ -240,6 +240,14 @@ async fn sleep_until_opt(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at).await,
         None => std::future::pending().await,
     }
+}
+
+/// Somewhere between half of `backoff` and all of it, at random: devices
+/// refused together (a replica gone, the registry busy) do not all come
+/// back in the same instant and get refused together again.
+fn jittered(backoff: Duration) -> Duration {
+    use rand::Rng;
+    backoff.mul_f64(rand::rng().random_range(0.5..=1.0))
 }
 
 fn mqtt_options(

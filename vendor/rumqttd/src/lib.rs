@@ -49,10 +49,33 @@ pub type ClientId = String;
 pub type AuthUser = String;
 pub type AuthPass = String;
 pub type AuthHandler = Arc<
-    dyn Fn(ClientId, AuthUser, AuthPass) -> Pin<Box<dyn std::future::Future<Output = bool> + Send>>
+    dyn Fn(ClientId, AuthUser, AuthPass) -> Pin<Box<dyn std::future::Future<Output = AuthOutcome> + Send>>
         + Send
         + Sync,
 >;
+
+/// WARMHOUSE PATCH (30): what an auth handler decided. Handlers that return
+/// `bool` keep working (`true` allows, `false` refuses).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthOutcome {
+    Allowed,
+    /// CONNACK "not authorized" (3.1.1: 5, MQTT 5: 0x87).
+    Refused,
+    /// The handler could not decide now (its user store is down or busy):
+    /// CONNACK "server unavailable" (3.1.1: 3, MQTT 5: 0x88), so the client
+    /// retries later instead of taking its credentials for wrong.
+    Unavailable,
+}
+
+impl From<bool> for AuthOutcome {
+    fn from(allowed: bool) -> Self {
+        if allowed {
+            AuthOutcome::Allowed
+        } else {
+            AuthOutcome::Refused
+        }
+    }
+}
 
 #[derive(Debug, Default, Serialize, Deserialize, Clone)]
 pub struct Config {
@@ -125,7 +148,8 @@ impl ServerSettings {
     pub fn set_auth_handler<F, O>(&mut self, auth_fn: F)
     where
         F: Fn(ClientId, AuthUser, AuthPass) -> O + Send + Sync + 'static,
-        O: IntoFuture<Output = bool> + 'static,
+        O: IntoFuture + 'static,
+        O::Output: Into<AuthOutcome>,
         O::IntoFuture: Send,
     {
         self.connections.set_auth_handler(auth_fn)
@@ -203,12 +227,13 @@ impl ConnectionSettings {
     pub fn set_auth_handler<F, O>(&mut self, auth_fn: F)
     where
         F: Fn(ClientId, AuthUser, AuthPass) -> O + Send + Sync + 'static,
-        O: IntoFuture<Output = bool> + 'static,
+        O: IntoFuture + 'static,
+        O::Output: Into<AuthOutcome>,
         O::IntoFuture: Send,
     {
         self.external_auth = Some(Arc::new(move |client_id, username, password| {
             let auth = auth_fn(client_id, username, password).into_future();
-            Box::pin(auth)
+            Box::pin(async move { auth.await.into() })
         }));
     }
 }

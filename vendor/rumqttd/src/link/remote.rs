@@ -57,6 +57,9 @@ pub enum Error {
     ConnectionAck(String),
     #[error("Authentication error")]
     InvalidAuth,
+    /// WARMHOUSE PATCH (30)
+    #[error("Authentication unavailable")]
+    AuthUnavailable,
     #[error("Channel try send error")]
     TrySend(#[from] TrySendError<(ConnectionId, Event)>),
     #[error("Link error = {0}")]
@@ -715,6 +718,8 @@ where
     // WARMHOUSE PATCH (5): a refused client gets CONNACK "not authorized"
     // before the connection closes (upstream closed it without a word), so
     // a device can tell a refusal from a network failure and back off.
+    // WARMHOUSE PATCH (30): "server unavailable" when the auth handler could
+    // not decide (its user store down or busy).
     if let Err(e) = handle_auth(
         config.clone(),
         login.as_ref(),
@@ -723,9 +728,13 @@ where
     )
     .await
     {
+        let code = match e {
+            Error::AuthUnavailable => ConnectReturnCode::ServerUnavailable,
+            _ => ConnectReturnCode::NotAuthorized,
+        };
         let ack = ConnAck {
             session_present: false,
-            code: ConnectReturnCode::NotAuthorized,
+            code,
         };
         // Best effort: the refusal stands whether or not the client reads it.
         let _ = network.write(Packet::ConnAck(ack, None)).await;
@@ -770,16 +779,13 @@ async fn handle_auth(
     // (client id, tenant id, certificate sha256) whatever login the CONNECT
     // carried. Its listener tells the handler which kind of call it gets.
     if let (Some((tenant_id, cert_sha256)), Some(auth)) = (certificate, &config.external_auth) {
-        if !auth(
+        let outcome = auth(
             client_id.to_owned(),
             tenant_id.to_owned(),
             cert_sha256.to_owned(),
         )
-        .await
-        {
-            return Err(Error::InvalidAuth);
-        }
-        return Ok(());
+        .await;
+        return auth_result(outcome);
     }
 
     // if authentication is configured and connect packet doesn't have login details
@@ -792,17 +798,13 @@ async fn handle_auth(
     let password = &login.password;
 
     if let Some(auth) = &config.external_auth {
-        if !auth(
+        let outcome = auth(
             client_id.to_owned(),
             username.to_owned(),
             password.to_owned(),
         )
-        .await
-        {
-            return Err(Error::InvalidAuth);
-        }
-
-        return Ok(());
+        .await;
+        return auth_result(outcome);
     }
 
     if let Some(pairs) = &config.auth {
@@ -816,6 +818,15 @@ async fn handle_auth(
     }
 
     Err(Error::InvalidAuth)
+}
+
+/// WARMHOUSE PATCH (30): an external handler's decision as `handle_auth`'s.
+fn auth_result(outcome: crate::AuthOutcome) -> Result<(), Error> {
+    match outcome {
+        crate::AuthOutcome::Allowed => Ok(()),
+        crate::AuthOutcome::Refused => Err(Error::InvalidAuth),
+        crate::AuthOutcome::Unavailable => Err(Error::AuthUnavailable),
+    }
 }
 
 #[cfg(test)]

@@ -52,7 +52,8 @@ fn connect_code(return_code: ConnectReturnCode) -> u8 {
         ConnectReturnCode::Success => 0,
         ConnectReturnCode::RefusedProtocolVersion => 1,
         ConnectReturnCode::ClientIdentifierNotValid => 2,
-        ConnectReturnCode::ServiceUnavailable => 3,
+        // WARMHOUSE PATCH (30): MQTT 5's name for 3.1.1's code 3.
+        ConnectReturnCode::ServiceUnavailable | ConnectReturnCode::ServerUnavailable => 3,
         ConnectReturnCode::BadUserNamePassword => 4,
         ConnectReturnCode::NotAuthorized => 5,
         _ => unreachable!(),
