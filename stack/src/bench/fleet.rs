@@ -623,7 +623,8 @@ async fn drive_fleet(
     // The probe's own connection and each replica's self-probe count too.
     let fleet_held = u64::from(devices);
     let mut all_connected_after = None;
-    while Instant::now() < started + options.connect_spread + Duration::from_secs(60) {
+    while Instant::now() < started + options.connect_spread + Duration::from_secs(120) {
+        brokers_alive(stack)?;
         if connections(admin_addrs.clone()).await >= fleet_held {
             all_connected_after = Some(started.elapsed());
             break;
@@ -658,9 +659,12 @@ async fn drive_fleet(
     let cpu_before = cpu::snapshot(&watched, me);
     let load_started = Instant::now();
 
-    // Halfway through the load: one replica dies and comes back.
+    // A third into the load: one replica dies and comes back.
     let kill_at = Instant::now() + options.duration / 3;
-    tokio::time::sleep_until(kill_at.into()).await;
+    while Instant::now() < kill_at {
+        brokers_alive(stack)?;
+        tokio::time::sleep(Duration::from_secs(1).min(kill_at - Instant::now())).await;
+    }
     let restart = if stack.broker_processes.len() > 1 {
         let victim_connections = broker_connections(admin_addrs[0]).await.unwrap_or(0);
         let checks_before = password_checks(&http, &registry).await;
@@ -692,6 +696,11 @@ async fn drive_fleet(
         None
     };
 
+    while Instant::now() < load_end {
+        brokers_alive(stack)?;
+        tokio::time::sleep(Duration::from_secs(1).min(load_end - Instant::now())).await;
+    }
+    brokers_alive(stack)?;
     let mut summaries = Vec::new();
     for sim in sims {
         summaries.push(
@@ -759,6 +768,17 @@ async fn drive_fleet(
         load_window,
         restart,
     })
+}
+
+/// Fails the phase as soon as a broker replica has exited on its own (the
+/// one the phase kills is restarted before this is asked again).
+fn brokers_alive(stack: &mut Stack) -> anyhow::Result<()> {
+    for broker in &mut stack.broker_processes {
+        broker
+            .check_alive()
+            .with_context(|| format!("broker replica {} exited during the load", broker.name))?;
+    }
+    Ok(())
 }
 
 /// The homes one simulator process runs.
