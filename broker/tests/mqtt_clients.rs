@@ -1780,3 +1780,72 @@ async fn a_listener_the_probe_cannot_use_is_detected() {
         holder.abort();
     }
 }
+
+/// A kept session (Clean Session 0) whose connection was the last member of
+/// a shared group ends with a message of that group unacknowledged: rumqttd
+/// expected the group to still exist and panicked its router thread ("group
+/// must exists"), which ended every connection of the broker (patch 31).
+/// The broker must go on serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_session_leaving_its_shared_group_mid_delivery_breaks_nothing() {
+    use rumqttc::{AsyncClient, MqttOptions, Packet, QoS};
+    const USER: &str = "shared-test-service";
+    const PASSWORD: &str = "shared-test-service-password";
+    let broker = start_broker_with(|config| BrokerConfig {
+        internal_addr: free_addr(),
+        service_username: USER.to_string(),
+        service_password: Some(warmhouse_broker::Secret::new(PASSWORD)),
+        ..config
+    })
+    .await;
+    let internal = broker.internal_addr.expect("the internal listener");
+    let options = |client_id: &str| {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", internal.port());
+        options.set_credentials(USER, PASSWORD);
+        options
+    };
+
+    let mut member_options = options("shared-member");
+    member_options
+        .set_clean_session(false)
+        .set_manual_acks(true);
+    let (member, mut member_events) = AsyncClient::new(member_options, 10);
+    member
+        .subscribe("$share/workers/jobs/new", QoS::AtLeastOnce)
+        .await
+        .expect("queue the subscription");
+    next_incoming(&mut member_events, "the member's SUBACK", |packet| {
+        matches!(packet, Packet::SubAck(_)).then_some(())
+    })
+    .await;
+
+    let (producer, mut producer_events) = AsyncClient::new(options("shared-producer"), 10);
+    producer
+        .publish("jobs/new", QoS::AtLeastOnce, false, "job-1")
+        .await
+        .expect("queue the job");
+    let producer_task = tokio::spawn(async move {
+        next_incoming(&mut producer_events, "the job's PUBACK", |packet| {
+            matches!(packet, Packet::PubAck(_)).then_some(())
+        })
+        .await;
+    });
+    // Received and never acknowledged: in flight when the connection ends.
+    next_incoming(&mut member_events, "the job at the member", |packet| {
+        matches!(packet, Packet::Publish(_)).then_some(())
+    })
+    .await;
+    producer_task.await.expect("the producer");
+    drop(member);
+    drop(member_events);
+
+    // Still serving: a round trip through the router.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = topic("dev-after-share", Channel::Status);
+    let mut subscriber = Subscriber::start(&broker, Version::V311, &status, 1, &[]).await;
+    publish(&broker, Version::V311, &status, "alive", 1, false).await;
+    assert_eq!(
+        subscriber.next_message().await,
+        received(1, false, &status, "alive")
+    );
+}

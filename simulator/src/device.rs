@@ -23,7 +23,7 @@ use crate::tracker::{AckTracker, Outgoing};
 use crate::{PublishedMessage, Shared};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(10);
+const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Room in the request channel beyond the publish window, for subscribe and
 /// disconnect requests.
 const CHANNEL_SLACK: usize = 8;

@@ -33,8 +33,23 @@ pub struct AckTracker<T> {
     submitted: VecDeque<(u64, T)>,
     /// Written, waiting for a PUBACK, by pkid.
     inflight: HashMap<u16, (u64, T)>,
-    /// Got a pkid that was still in use; rumqttc sends it after that pkid's ack.
-    collided: Option<(u16, u64, T)>,
+    /// Got a pkid that was still in use; rumqttc sends it after that pkid's
+    /// ack, even on a later connection.
+    collided: Option<Collided<T>>,
+}
+
+/// A publish rumqttc holds back because its pkid was still in flight
+/// (`Outgoing::AwaitAck`).
+#[derive(Debug)]
+struct Collided<T> {
+    pkid: u16,
+    order: u64,
+    item: T,
+    /// The pkid's holder was acknowledged: rumqttc sends this one next under
+    /// that pkid. Until then an `Outgoing::Publish(pkid)` is the holder's
+    /// retransmission, or, after a lost session, a new publish that got the
+    /// pkid while rumqttc still holds this one back.
+    due: bool,
 }
 
 impl<T> Default for AckTracker<T> {
@@ -72,14 +87,17 @@ impl<T> AckTracker<T> {
                 None => Outgoing::Unknown,
             };
         }
-        if matches!(&self.collided, Some((p, _, _)) if *p == pkid) {
-            if let Some((pkid, order, item)) = self.collided.take() {
-                let entry = self.inflight.entry(pkid).insert_entry((order, item));
-                return Outgoing::Sent(&mut entry.into_mut().1);
-            }
-        }
+        // A pkid still waiting for its ack is going out again: a
+        // retransmission after a reconnect (checked first: a publish held
+        // back on that pkid is not due before the ack).
         if self.inflight.contains_key(&pkid) {
             return Outgoing::Retransmitted;
+        }
+        if matches!(&self.collided, Some(c) if c.pkid == pkid && c.due) {
+            if let Some(c) = self.collided.take() {
+                let entry = self.inflight.entry(pkid).insert_entry((c.order, c.item));
+                return Outgoing::Sent(&mut entry.into_mut().1);
+            }
         }
         match self.submitted.pop_front() {
             Some(entry) => {
@@ -94,23 +112,38 @@ impl<T> AckTracker<T> {
     /// got `pkid` but waits until the broker acknowledges the previous holder.
     pub fn on_await_ack(&mut self, pkid: u16) {
         if let Some((order, item)) = self.submitted.pop_front() {
-            self.collided = Some((pkid, order, item));
+            self.collided = Some(Collided {
+                pkid,
+                order,
+                item,
+                due: false,
+            });
         }
     }
 
     /// `Event::Incoming(Packet::PubAck(ack))`: the acknowledged item.
     pub fn on_puback(&mut self, pkid: u16) -> Option<T> {
-        self.inflight.remove(&pkid).map(|(_, item)| item)
+        let acked = self.inflight.remove(&pkid).map(|(_, item)| item);
+        if acked.is_some() {
+            if let Some(collided) = self.collided.as_mut().filter(|c| c.pkid == pkid) {
+                collided.due = true;
+            }
+        }
+        acked
     }
 
     /// The broker had no session for us, and rumqttc dropped its queue of
     /// unacknowledged publishes: everything outstanding is returned, oldest
-    /// first, to be published again.
+    /// first, to be published again. Not a publish rumqttc holds back on a
+    /// pkid collision: rumqttc keeps that one (`MqttState::clean` leaves
+    /// it) and sends it after the next ack of its pkid, on this session.
     pub fn session_lost(&mut self) -> Vec<T> {
         let mut all: Vec<(u64, T)> = self.submitted.drain(..).collect();
         all.extend(self.inflight.drain().map(|(_, entry)| entry));
-        if let Some((_, order, item)) = self.collided.take() {
-            all.push((order, item));
+        if let Some(collided) = self.collided.as_mut() {
+            // Its pkid's holder is gone with the session; a new publish
+            // takes the pkid first.
+            collided.due = false;
         }
         all.sort_by_key(|(order, _)| *order);
         all.into_iter().map(|(_, item)| item).collect()
@@ -206,11 +239,54 @@ mod tests {
         }
         assert_eq!(sent(&mut t, 1), "a");
         assert_eq!(sent(&mut t, 2), "b");
-        t.on_await_ack(1);
         assert_eq!(t.session_lost(), vec!["a", "b", "c", "d"]);
         assert_eq!(t.outstanding(), 0);
         // Fresh start afterwards.
         t.submit("e");
         assert_eq!(sent(&mut t, 7), "e");
+    }
+
+    /// rumqttc resends a pkid's holder after a reconnect while a publish
+    /// collided on that pkid waits: the resend is the holder's, and its ack
+    /// is the holder's (the tracker took the resend for the held-back
+    /// publish, then every later ack for the publish before it: a publish
+    /// counted acknowledged before it was).
+    #[test]
+    fn a_collision_waits_for_its_holder_across_a_reconnect() {
+        let mut t = AckTracker::new();
+        t.submit("a");
+        t.submit("b");
+        assert_eq!(sent(&mut t, 1), "a");
+        t.on_await_ack(1);
+        // Reconnected, session present: "a" goes out again under 1.
+        assert_eq!(t.on_outgoing_publish(1), Outgoing::Retransmitted);
+        assert_eq!(t.on_puback(1), Some("a"));
+        assert_eq!(sent(&mut t, 1), "b");
+        assert_eq!(t.on_puback(1), Some("b"));
+        assert_eq!(t.outstanding(), 0);
+    }
+
+    /// After a lost session rumqttc keeps a held-back publish and sends it
+    /// after the next ack of its pkid; a new publish takes that pkid first.
+    #[test]
+    fn a_collision_outlives_a_lost_session() {
+        let mut t = AckTracker::new();
+        for item in ["a", "b", "c"] {
+            t.submit(item);
+        }
+        assert_eq!(sent(&mut t, 1), "a");
+        t.on_await_ack(1);
+        assert_eq!(t.session_lost(), vec!["a", "c"]);
+        assert_eq!(t.outstanding(), 1, "\"b\" is still rumqttc's");
+        // The simulator publishes "a" and "c" again; "a" gets pkid 1.
+        t.submit("a");
+        t.submit("c");
+        assert_eq!(sent(&mut t, 1), "a");
+        assert_eq!(t.on_puback(1), Some("a"));
+        assert_eq!(sent(&mut t, 1), "b");
+        assert_eq!(sent(&mut t, 2), "c");
+        assert_eq!(t.on_puback(1), Some("b"));
+        assert_eq!(t.on_puback(2), Some("c"));
+        assert_eq!(t.outstanding(), 0);
     }
 }

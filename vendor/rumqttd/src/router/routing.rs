@@ -580,12 +580,16 @@ impl Router {
                 if let Some(cursor) = log.and_then(|log| retransmissions.get(&log)) {
                     request.cursor = *cursor;
                     // reset the group cursor
-                    if let Some(group_name) = &request.group {
-                        // TODO: Test this more
-                        self.shared_subscriptions
-                            .get_mut(group_name)
-                            .expect("group must exists")
-                            .cursor = *cursor;
+                    // WARMHOUSE PATCH (31): the group is gone when this
+                    // connection was its last member (removed above); there
+                    // is no cursor to reset then. Upstream expected it and
+                    // panicked the router thread, ending every connection.
+                    if let Some(group) = request
+                        .group
+                        .as_ref()
+                        .and_then(|name| self.shared_subscriptions.get_mut(name))
+                    {
+                        group.cursor = *cursor;
                     }
                 }
             }
