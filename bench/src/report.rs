@@ -404,7 +404,7 @@ pub fn render(results: &Results) -> String {
     let _ = writeln!(md, "# Benchmarks\n");
     let _ = writeln!(
         md,
-        "Produced by `warmhouse-bench` (stack/src/bin/warmhouse-bench.rs). The machine is \
+        "Produced by `warmhouse-bench` (bench/). The machine is \
          shared with other builds and tests, so every figure is set against a peer measured \
          in the same run: the raw InfluxDB ceiling, Mosquitto.\n"
     );

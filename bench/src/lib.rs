@@ -6,10 +6,14 @@
 //! 2. our broker against Mosquitto under the same simulator load;
 //! 3. the whole pipeline end to end at a target load: throughput, drain time,
 //!    zero lost / zero duplicated, publish-to-queryable latency;
-//! 4. where the CPU went during 3.
+//! 4. where the CPU went during 3;
+//! 5. the command round trip, REST to the device and back;
+//! 6. phase 3's setup on each Kafka setup (memory, SQLite, a cluster);
+//! 7. the fleet: one replica against Mosquitto, then every device.
 //!
 //! Every phase that fails is reported as a failure in the results; the run
-//! goes on with the next one.
+//! goes on with the next one. The stack it measures is `warmhouse-stack`'s
+//! harness; `src/main.rs` is the thin binary.
 
 mod brokers;
 mod commands;
@@ -569,7 +573,7 @@ fn log_outcome<T>(result: &anyhow::Result<T>, started: Instant) {
 /// The command as it would be typed to reproduce this run.
 fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let mut command = String::from("cargo run --release -p warmhouse-stack --bin warmhouse-bench");
+    let mut command = String::from("cargo run --release -p warmhouse-bench");
     if !args.is_empty() {
         command.push_str(" -- ");
         command.push_str(&args.join(" "));
