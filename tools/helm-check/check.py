@@ -62,6 +62,13 @@ GATEWAY_TEMPLATE = ROOT / "gateway" / "gateway.conf.template"
 PRODUCTION_VALUES = CHART / "ci" / "production-values.yaml"
 MQTT_LB_CONF = ROOT / "docker" / "mqtt-lb" / "nginx.conf"
 PROMETHEUS_CONF = ROOT / "docker" / "prometheus" / "prometheus.yml"
+LOCAL_COMPOSE = ROOT / "docker-compose.local.yml"
+LOCAL_DOCKERFILE = ROOT / "docker" / "local" / "Dockerfile"
+LOCAL_PROMETHEUS_CONF = ROOT / "docker" / "local" / "prometheus.yml"
+LOCAL_MQTT_LB_CONF = ROOT / "docker" / "local" / "mqtt-lb.conf"
+# How docker-compose.yml names our images: the chart's image.registry and
+# image.tag as variables, so compose can run the images CI pushed.
+IMAGE_REGISTRY_VAR = "${WARMHOUSE_IMAGE_REGISTRY:-warmhouse}/"
 SPOOL_DIR_VAR = "WARMHOUSE_BROKER_SPOOL_DIR"
 # The devices' MQTT ports: 3.1.1, 5, over mTLS.
 MQTT_PORTS = [1883, 1884, 8883]
@@ -626,6 +633,15 @@ def check_compose(rendered: dict[str, list[dict]], known_env: set[str]) -> None:
         info("ok   compose-spec schema")
     compose = yaml.safe_load(COMPOSE.read_text())
     services = compose["services"]
+    check_compose_v1_compatible(compose)
+    # Our images are ${WARMHOUSE_IMAGE_REGISTRY:-warmhouse}/<name>:...; below
+    # they are compared under the default registry, as the chart renders them.
+    for name, service in services.items():
+        image = service.get("image", "")
+        if image.startswith("warmhouse/"):
+            problem(f"compose: {name} runs {image}; our images are {IMAGE_REGISTRY_VAR}<name>:${{WARMHOUSE_VERSION:-...}}")
+        if image.startswith(IMAGE_REGISTRY_VAR):
+            service["image"] = "warmhouse/" + image[len(IMAGE_REGISTRY_VAR):]
 
     # Every secret a service names is defined; every volume too.
     for name, service in services.items():
@@ -663,6 +679,7 @@ def check_compose(rendered: dict[str, list[dict]], known_env: set[str]) -> None:
         if not any((s.get("build") or {}).get("target") == component for s in services.values()):
             problem(f"compose: no service builds the {component} image")
     check_compose_services(compose)
+    check_local_override(compose)
 
     like_compose = rendered.get("like compose")
     default = rendered.get("default values")
@@ -826,6 +843,105 @@ def check_compose_services(compose: dict) -> None:
         info(f"ok   compose: {len(brokers)} broker replicas, each with its own spool, behind the MQTT load balancer")
 
 
+def check_compose_v1_compatible(compose: dict) -> None:
+    """docker-compose 1.29 (Debian 12's Compose, which scripts/container-smoke.sh
+    runs) refuses a top-level `name`, secrets from the environment and
+    options of tmpfs mounts in the long volume syntax; Compose v2 accepts what
+    1.29 does."""
+    before = len(problems)
+    allowed_top = {"version", "services", "volumes", "networks", "secrets", "configs"}
+    for key in compose:
+        if key not in allowed_top and not key.startswith("x-"):
+            problem(f"compose: top-level `{key}` is refused by docker-compose 1.29 (COMPOSE_PROJECT_NAME in .env names the project)")
+    for name, secret in (compose.get("secrets") or {}).items():
+        if set(secret or {}) - {"file", "external", "name"}:
+            problem(f"compose: secret {name} uses {sorted(set(secret) - {'file', 'external', 'name'})}; docker-compose 1.29 takes secrets from files only")
+    for name, service in compose["services"].items():
+        for volume in service.get("volumes", []) or []:
+            if isinstance(volume, dict) and volume.get("type") == "tmpfs" and volume.get("tmpfs"):
+                problem(f"compose: {name} sets tmpfs options in the long volume syntax (docker-compose 1.29 refuses them): use `tmpfs: [PATH:OPTIONS]`")
+    if len(problems) == before:
+        info("ok   compose: nothing docker-compose 1.29 refuses (top-level keys, file secrets, tmpfs)")
+
+
+def check_local_override(compose: dict) -> None:
+    """docker-compose.local.yml (the container smoke test's override): every
+    service of docker-compose.yml it runs shares the host's network and uses
+    127.0.0.1 only, each port once; its third-party images are targets of
+    docker/local/Dockerfile; its Prometheus scrapes the same jobs on the
+    override's ports; its MQTT load balancer reaches every broker's ports."""
+    before = len(problems)
+    local = yaml.safe_load(LOCAL_COMPOSE.read_text())
+    base_services = compose["services"]
+    local_services = local.get("services", {})
+    local_targets = {alias for _, alias in re.findall(r"^FROM\s+(\S+)\s+AS\s+(\S+)", LOCAL_DOCKERFILE.read_text(), re.M | re.I)}
+    merged: dict[str, dict] = {}
+    for name in set(base_services) | set(local_services):
+        merged[name] = deep_merge(base_services.get(name, {}), local_services.get(name, {}))
+    run = {n: s for n, s in merged.items() if not set(s.get("profiles") or []) - {"test"}}
+    if "grafana" in run:
+        problem("docker-compose.local.yml: grafana is not moved to a profile, but cannot be installed here")
+    ports: dict[str, str] = {}
+    address = re.compile(r"(?:(?:[a-z]+://)?(?:[\w.-]+@)?)([A-Za-z0-9_.-]+):(\d{2,5})\b")
+    for name, service in sorted(run.items()):
+        if service.get("network_mode") != "host":
+            problem(f"docker-compose.local.yml: {name} does not set network_mode: host")
+        if service.get("hostname"):
+            problem(f"docker-compose.local.yml: {name} keeps hostname {service['hostname']!r}, which Docker refuses with the host's network")
+        image = service.get("image", "")
+        if image.startswith("warmhouse-local/"):
+            target = image.split("/", 1)[1].split(":")[0]
+            if target not in local_targets:
+                problem(f"docker-compose.local.yml: {name} runs {image}, no target of {LOCAL_DOCKERFILE.relative_to(ROOT)}")
+        elif not image.startswith("warmhouse/") and name in local_services:
+            problem(f"docker-compose.local.yml: {name} runs {image}, which cannot be had here")
+        elif not image.startswith("warmhouse/"):
+            problem(f"docker-compose.local.yml: {name} keeps {image}, which cannot be pulled here")
+        # Apache Kafka's settings, inherited from docker-compose.yml, mean
+        # nothing to tansu.
+        # Addresses: variables named like one, and URLs anywhere.
+        address_key = re.compile(r"(URLS?|ADDR|ADDRESS|LISTEN|BOOTSTRAP|UPSTREAM|HOST)$")
+        texts = [f"{k}={v}" for k, v in compose_env(service).items()
+                 if not (k.startswith("KAFKA_") and image.startswith("warmhouse-local/tansu"))
+                 and (address_key.search(k) or "://" in str(v))]
+        command = service.get("command") or []
+        texts += [c for c in (command if isinstance(command, list) else [command]) if "://" in str(c)]
+        for text in texts:
+            for host, port in address.findall(text):
+                if host in ("127.0.0.1",):
+                    continue
+                if re.fullmatch(r"[A-Z_]+", host) or host in ("file", "sqlite", "memory"):
+                    continue
+                problem(f"docker-compose.local.yml: {name} names {host}:{port}; everything is on 127.0.0.1 there ({text})")
+        for key, value in compose_env(service).items():
+            if key.endswith(("_LISTEN", "_ADDR")) or key in ("LISTENER_URL", "GATEWAY_LISTEN", "INFLUXDB_HTTP_BIND_ADDRESS", "INFLUXDB_BIND_ADDRESS", "PGPORT"):
+                port = str(value).rsplit(":", 1)[-1]
+                if port in ports and ports[port] != name:
+                    problem(f"docker-compose.local.yml: port {port} is {name}'s and {ports[port]}'s")
+                ports[port] = name
+                if key != "PGPORT" and not str(value).replace("tcp://", "").startswith("127.0.0.1:"):
+                    problem(f"docker-compose.local.yml: {name} listens on {value} ({key}), not on 127.0.0.1")
+        for mount in service.get("volumes", []) or []:
+            if isinstance(mount, str) and mount.startswith("./") and not (ROOT / mount.split(":")[0]).exists():
+                problem(f"docker-compose.local.yml: {name} mounts {mount.split(':')[0]}, which does not exist")
+    prometheus = yaml.safe_load(LOCAL_PROMETHEUS_CONF.read_text())
+    base_prometheus = yaml.safe_load(PROMETHEUS_CONF.read_text())
+    jobs = {j["job_name"]: len([t for c in j.get("static_configs", []) for t in c.get("targets", [])]) for j in prometheus.get("scrape_configs", [])}
+    base_jobs = {j["job_name"]: len([t for c in j.get("static_configs", []) for t in c.get("targets", [])]) for j in base_prometheus.get("scrape_configs", [])}
+    if jobs != base_jobs:
+        problem(f"{LOCAL_PROMETHEUS_CONF.relative_to(ROOT)} has jobs {jobs}, {PROMETHEUS_CONF.relative_to(ROOT)} {base_jobs}")
+    brokers = {n: s for n, s in run.items() if (s.get("build") or {}).get("target") == "broker"}
+    conf = re.sub(r"#[^\n]*", "", LOCAL_MQTT_LB_CONF.read_text())
+    upstream_servers = set(re.findall(r"server\s+(127\.0\.0\.1:\d+)", conf))
+    for name, service in brokers.items():
+        env = compose_env(service)
+        for key in ("WARMHOUSE_BROKER_MQTT_V4_ADDR", "WARMHOUSE_BROKER_MQTT_V5_ADDR", "WARMHOUSE_BROKER_MQTTS_ADDR"):
+            if str(env.get(key)) not in upstream_servers:
+                problem(f"{LOCAL_MQTT_LB_CONF.relative_to(ROOT)} does not balance to {name}'s {key}={env.get(key)}")
+    if len(problems) == before:
+        info(f"ok   docker-compose.local.yml: {len(run)} services on the host's network, 127.0.0.1 only, {len(ports)} ports each used once")
+
+
 # ---------------------------------------------------------------- Dockerfile
 
 
@@ -850,6 +966,17 @@ def check_dockerfile(known_env: set[str]) -> None:
         for copied in re.findall(r"/out/([A-Za-z0-9_-]+)", body):
             if copied not in bins:
                 problem(f"Dockerfile: target {component} copies {copied}, which is no [[bin]] of the workspace")
+    # The legacy builder (DOCKER_BUILDKIT=0; Debian 12's docker.io has no
+    # buildx) builds every stage before the target and knows no BuildKit
+    # syntax (docs/adr/0022-images-without-pulls.md).
+    for path, content in ((DOCKERFILE, text), (LOCAL_DOCKERFILE, LOCAL_DOCKERFILE.read_text())):
+        for pattern, what in ((r"^\s*#\s*syntax\s*=", "a `# syntax=` line"), (r"^\s*RUN\s+--mount", "RUN --mount"),
+                              (r"^\s*(COPY|ADD)\s+[^\n]*--(chmod|link|parents|exclude)", "COPY/ADD flags BuildKit alone knows"),
+                              (r"<<\s*EOF", "a here-document")):
+            if re.search(pattern, content, re.M | re.I):
+                problem(f"{path.relative_to(ROOT)} has {what}, which the legacy builder cannot build")
+    if not re.search(r"^ARG BINARIES=compile$", text, re.M) or "prebuilt)" not in text:
+        problem("Dockerfile: no BINARIES=compile|prebuilt switch (scripts/images.sh builds with prebuilt binaries)")
     runtime = re.search(r"^FROM\s+\S+\s+AS\s+runtime\s*$(.*?)(?=^FROM\s|\Z)", text, re.M | re.S | re.I)
     if not runtime or not re.search(r"^USER\s+10001", runtime.group(1), re.M):
         problem("Dockerfile: the runtime stage does not switch to the non-root user 10001")
