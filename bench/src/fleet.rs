@@ -126,8 +126,6 @@ pub struct FleetResults {
     pub fleet: anyhow::Result<FleetRun>,
 }
 
-pub const HEADING: &str = "## 7. The fleet";
-
 /// One replica against Mosquitto, then the whole fleet.
 pub async fn run(dir: &Path, options: FleetOptions) -> FleetResults {
     let mut replica = Vec::new();
@@ -167,7 +165,7 @@ impl FleetResults {
             match run {
                 Err(err) => failures.push(format!(
                     "phase 7 (one replica): {}",
-                    super::report::one_line(err)
+                    crate::report::one_line(err)
                 )),
                 Ok(r) if r.all_connected_after.is_none() => failures.push(format!(
                     "phase 7 ({}): {} of {} devices connected",
@@ -179,7 +177,7 @@ impl FleetResults {
             }
         }
         match &self.fleet {
-            Err(err) => failures.push(format!("phase 7 (fleet): {}", super::report::one_line(err))),
+            Err(err) => failures.push(format!("phase 7 (fleet): {}", crate::report::one_line(err))),
             Ok(f) => {
                 if f.all_connected_after.is_none() {
                     failures.push("phase 7 (fleet): not every device connected".into());
@@ -193,7 +191,7 @@ impl FleetResults {
                 match &f.tally {
                     Err(err) => failures.push(format!(
                         "phase 7 (fleet): counting stored readings: {}",
-                        super::report::one_line(err)
+                        crate::report::one_line(err)
                     )),
                     Ok(t) if !t.exactly_once() => {
                         failures.push(format!("phase 7 (fleet): not exactly once: {t:?}"))
@@ -203,212 +201,6 @@ impl FleetResults {
             }
         }
         failures
-    }
-
-    pub fn render(&self, md: &mut String, run_line: &str) {
-        use std::fmt::Write;
-        let o = &self.options;
-        let _ = writeln!(md, "{HEADING}\n");
-        let _ = writeln!(md, "{run_line}");
-        let _ = writeln!(
-            md,
-            "One process may hold 20,000 open files here (a hard limit), so one broker replica \
-             holds at most about 19,000 devices and the fleet runs on several replicas and \
-             simulator processes (each a process of its own).\n"
-        );
-        if !self.replica.is_empty() {
-            let _ = writeln!(
-                md,
-                "**One replica against Mosquitto.** {} devices (one simulator process) connect \
-                 at once to one broker process without authentication (ours with its Kafka \
-                 ingress on tansu in memory), then each publishes one QoS 1 reading every {} s \
-                 for 20 s. Accept rate: devices over the time until the broker held all of \
-                 their sockets. Memory: RSS with all connected, less RSS before, per \
-                 connection.\n",
-                o.replica_devices,
-                o.interval.as_secs()
-            );
-            let _ = writeln!(
-                md,
-                "| broker | connected | all in after | accept rate | RSS | RSS per connection | CPU, connect storm | CPU, steady | acked / unacked | reconnects |"
-            );
-            let _ = writeln!(md, "|---|---|---|---|---|---|---|---|---|---|");
-            for run in &self.replica {
-                match run {
-                    Err(err) => {
-                        let _ =
-                            writeln!(md, "| failed: {} |||||||||", super::report::one_line(err));
-                    }
-                    Ok(r) => {
-                        let _ = writeln!(
-                            md,
-                            "| {} | {} of {} | {} | {} | {} | {} | {} | {} | {} / {} | {} |",
-                            r.kind.label(),
-                            r.connected,
-                            r.devices,
-                            r.all_connected_after
-                                .map_or("not all".into(), |d| format!("{:.1} s", d.as_secs_f64())),
-                            r.accept_rate().map_or("-".into(), |v| format!("{v:.0}/s")),
-                            r.rss_mb.map_or("-".into(), |v| format!("{v:.0} MB")),
-                            r.rss_per_connection
-                                .map_or("-".into(), |v| format!("{:.1} KB", v / 1024.0)),
-                            r.connect_cpu_cores
-                                .map_or("-".into(), |v| format!("{:.0} %", v * 100.0)),
-                            r.steady_cpu_cores
-                                .map_or("-".into(), |v| format!("{:.1} %", v * 100.0)),
-                            r.messages_acked,
-                            r.messages_unacked,
-                            r.reconnects,
-                        );
-                    }
-                }
-            }
-            if let [Ok(ours), Ok(theirs)] = self.replica.as_slice() {
-                let ratio = |a: Option<f64>, b: Option<f64>| match (a, b) {
-                    (Some(a), Some(b)) if b > 0.0 => format!("{:.2}x", a / b),
-                    _ => "-".into(),
-                };
-                let _ = writeln!(
-                    md,
-                    "\nOurs against Mosquitto: accept rate {}, RSS per connection {}, CPU in the \
-                     steady load {} (CPU percentages are of one core).\n",
-                    ratio(ours.accept_rate(), theirs.accept_rate()),
-                    ratio(ours.rss_per_connection, theirs.rss_per_connection),
-                    ratio(ours.steady_cpu_cores, theirs.steady_cpu_cores),
-                );
-            }
-        }
-        let _ = writeln!(
-            md,
-            "**The whole fleet.** {} devices ({} homes of 4), each publishing one QoS 1 reading \
-             every {} s (about {:.0} messages/s), starting over {} s and then publishing for {} \
-             s, through the whole pipeline: {} broker replicas (processes, each with its edge \
-             bridge) authenticating every device against the registry (a password each, \
-             issued through its REST API), tansu in memory, ingest writer, InfluxDB. A third \
-             into the load one replica is killed with SIGKILL; its devices reconnect to the \
-             others, and it is restarted on its spool. Every acknowledged reading is then \
-             counted in InfluxDB by device and seq. Latency: a probe device publishes a reading \
-             every 100 ms and polls the query API until it is there.\n",
-            o.devices,
-            o.devices.div_ceil(4),
-            o.interval.as_secs(),
-            f64::from(o.devices) / o.interval.as_secs_f64(),
-            o.connect_spread.as_secs(),
-            o.duration.as_secs(),
-            o.replicas
-        );
-        match &self.fleet {
-            Err(err) => {
-                let _ = writeln!(md, "Failed: {}\n", super::report::one_line(err));
-            }
-            Ok(f) => {
-                let _ = writeln!(md, "| | |\n|---|---|");
-                let _ = writeln!(
-                    md,
-                    "| devices, replicas, simulator processes | {}, {}, {} |",
-                    f.devices, f.replicas, f.simulators
-                );
-                let _ = writeln!(
-                    md,
-                    "| provisioning (homes, devices, passwords over REST) | {:.0} s ({:.0} devices/s) |",
-                    f.provisioned_in.as_secs_f64(),
-                    super::per_sec(u64::from(f.devices), f.provisioned_in)
-                );
-                let _ = writeln!(
-                    md,
-                    "| every device connected | {} after the first started (starts spread over {} s) |",
-                    f.all_connected_after
-                        .map_or("not all".into(), |d| format!("{:.1} s", d.as_secs_f64())),
-                    o.connect_spread.as_secs()
-                );
-                let _ = writeln!(
-                    md,
-                    "| messages acked / unacked | {} / {} ({:.0} messages/s over {:.0} s) |",
-                    f.messages_acked,
-                    f.messages_unacked,
-                    super::per_sec(f.messages_acked, f.load_window),
-                    f.load_window.as_secs_f64()
-                );
-                let _ = writeln!(md, "| readings acked | {} |", f.readings_acked);
-                match &f.tally {
-                    Ok(t) => {
-                        let _ = writeln!(
-                            md,
-                            "| stored / lost / duplicated / seq gaps | {} / {} / {} / {} |",
-                            t.stored,
-                            t.lost()
-                                .map_or("unknown (did not drain)".into(), |l| l.to_string()),
-                            t.duplicates,
-                            t.gaps
-                        );
-                    }
-                    Err(err) => {
-                        let _ = writeln!(
-                            md,
-                            "| stored | counting failed: {} |",
-                            super::report::one_line(err)
-                        );
-                    }
-                }
-                let _ = writeln!(
-                    md,
-                    "| drained after the load | {} |",
-                    f.drain
-                        .map_or("no (gave up after 300 s)".into(), |d| format!(
-                            "{:.1} s",
-                            d.as_secs_f64()
-                        ))
-                );
-                let lat = f.latency.after(0.0);
-                let p =
-                    |q: f64| e2e::percentile(&lat, q).map_or("-".into(), |v| format!("{v:.0} ms"));
-                let _ = writeln!(
-                    md,
-                    "| publish to queryable, p50 / p99 | {} / {} ({} probe readings{}) |",
-                    p(50.0),
-                    p(99.0),
-                    lat.len(),
-                    f.latency
-                        .first_error
-                        .as_ref()
-                        .map_or(String::new(), |e| format!("; {e}"))
-                );
-                let _ = writeln!(
-                    md,
-                    "| broker RSS per connection (all replicas) | {} |",
-                    f.rss_per_connection
-                        .map_or("-".into(), |v| format!("{:.1} KB", v / 1024.0))
-                );
-                let cpu: Vec<String> = f
-                    .cpu_cores
-                    .iter()
-                    .map(|(name, cores)| format!("{name} {:.0} %", cores * 100.0))
-                    .collect();
-                let _ = writeln!(
-                    md,
-                    "| CPU over the load (% of one core) | {} |",
-                    cpu.join(", ")
-                );
-                if let Some(r) = &f.restart {
-                    let _ = writeln!(
-                        md,
-                        "| replica killed: its devices back on the others | {} devices in {} |",
-                        r.devices,
-                        r.back_after.map_or("more than 120 s".into(), |d| format!(
-                            "{:.1} s ({:.0} connects/s)",
-                            d.as_secs_f64(),
-                            super::per_sec(r.devices, d)
-                        ))
-                    );
-                    let _ = writeln!(
-                        md,
-                        "| registry password checks meanwhile | {} remembered (SHA-256), {} verified (Argon2id) |",
-                        r.remembered, r.verified
-                    );
-                }
-                let _ = writeln!(md, "| reconnects (all simulators) | {} |\n", f.reconnects);
-            }
-        }
     }
 }
 
