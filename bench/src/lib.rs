@@ -23,7 +23,7 @@ mod fleet;
 mod influx;
 mod report;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -268,7 +268,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         brokers: Vec::new(),
         broker_note: None,
         e2e: None,
-        e2e_options: e2e_options.clone(),
+        e2e_options,
         e2e_more: Vec::new(),
         commands: None,
         kafka: Vec::new(),
@@ -278,184 +278,222 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let phase_limit = duration * 3 + Duration::from_secs(300);
 
     if args.phases.contains(&Phase::Influx) {
-        eprintln!("== phase 1: raw InfluxDB write ceiling ({duration:?})");
-        let options = influx::CeilingOptions {
-            duration,
-            writers: args.influx_writers,
-            batch_points: args.influx_batch_points,
-        };
-        let t = Instant::now();
-        let result = limit(
-            phase_limit,
-            influx::run(&dir.path().join("ceiling"), &options),
-        )
-        .await;
-        log_outcome(&result, t);
-        results.ceiling = Some(result);
+        measure_ceiling(&mut results, dir.path(), phase_limit).await;
     }
-
     if args.phases.contains(&Phase::Brokers) {
-        let (bin, note) = broker_binary(&args).await;
-        results.broker_note = note;
-        let options = brokers::BrokerOptions {
-            duration,
-            devices: args.broker_devices,
-            broker_bin: bin,
-        };
-        // Rounds alternate the brokers, so a noisy minute does not land on
-        // one of them only.
-        for round in 1..=args.broker_rounds.max(1) {
-            for kind in [brokers::BrokerKind::Ours, brokers::BrokerKind::Mosquitto] {
-                eprintln!("== phase 2, round {round}: {} ({duration:?})", kind.label());
-                let run_id = format!(
-                    "brk{}{}",
-                    if kind == brokers::BrokerKind::Ours {
-                        "o"
-                    } else {
-                        "m"
-                    },
-                    warmhouse_service_kit::now_ms() % 1_000_000_000
-                );
-                let t = Instant::now();
-                let result = limit(
-                    phase_limit,
-                    brokers::run(kind, &dir.path().join("brokers"), &options, &run_id),
-                )
-                .await;
-                log_outcome(&result, t);
-                results.brokers.push((kind, result));
-            }
-        }
+        compare_brokers(&mut results, dir.path(), phase_limit).await;
     }
-
     if args.phases.contains(&Phase::E2e) {
-        eprintln!("== phase 3: end to end ({duration:?})");
-        let t = Instant::now();
-        let result = limit(phase_limit, e2e::run(&dir.path().join("e2e"), &e2e_options)).await;
-        log_outcome(&result, t);
-        results.e2e = Some(result);
-        // Higher loads: the same setup with more devices, summarised.
-        for scale in args.e2e_scales.iter().copied().filter(|s| *s > 1) {
-            let options = e2e::E2eOptions {
-                devices: args.e2e_devices.saturating_mul(scale),
-                perf: false,
-                ..e2e_options.clone()
-            };
-            eprintln!(
-                "== phase 3 at {scale}x: {} devices ({duration:?})",
-                options.devices
-            );
-            let run_dir = dir.path().join(format!("e2e-x{scale}"));
-            let result = run_e2e(phase_limit, &run_dir, &options).await;
-            results.e2e_more.push((options, result));
-        }
-        // The main load again with several broker replicas, and with
-        // batched messages.
-        let variants = [
-            (args.e2e_replicas > 1).then(|| e2e::E2eOptions {
-                broker_replicas: args.e2e_replicas,
-                perf: false,
-                ..e2e_options.clone()
-            }),
-            (args.e2e_batched_samples > 0 && args.e2e_batched_samples != args.e2e_samples).then(
-                || e2e::E2eOptions {
-                    samples: args.e2e_batched_samples,
-                    devices: args.e2e_batched_devices,
-                    perf: false,
-                    ..e2e_options.clone()
-                },
-            ),
-        ];
-        for options in variants.into_iter().flatten() {
-            eprintln!(
-                "== phase 3, {} broker replicas, {} samples a message ({duration:?})",
-                options.broker_replicas, options.samples
-            );
-            let run_dir = dir.path().join(format!(
-                "e2e-r{}-s{}",
-                options.broker_replicas, options.samples
-            ));
-            let result = run_e2e(phase_limit, &run_dir, &options).await;
-            results.e2e_more.push((options, result));
-        }
+        measure_e2e(&mut results, dir.path(), phase_limit).await;
     }
-
     if args.phases.contains(&Phase::Commands) {
-        let options = commands::CommandOptions {
-            duration,
-            homes: args.command_homes,
-            interval_ms: args.command_interval_ms,
-            rate: args.command_rate,
-        };
-        eprintln!(
-            "== phase 5: command round trip, {}/s to {} thermostats ({duration:?})",
-            options.rate, options.homes
-        );
-        let t = Instant::now();
-        let result = limit(
-            phase_limit,
-            commands::run(&dir.path().join("commands"), &options),
-        )
-        .await;
-        log_outcome(&result, t);
-        results.commands = Some((options, result));
+        measure_commands(&mut results, dir.path(), phase_limit).await;
     }
-
     if args.phases.contains(&Phase::Kafka) {
-        let setups = [
-            ("tansu, memory", KafkaStorage::Memory, 1, args.kafka_devices),
-            (
-                "tansu, SQLite",
-                KafkaStorage::Sqlite,
-                1,
-                args.kafka_sqlite_devices,
-            ),
-            (
-                "3 tansu brokers, one SQLite file",
-                KafkaStorage::Sqlite,
-                3,
-                args.kafka_sqlite_devices,
-            ),
-        ];
-        for (label, kafka_storage, kafka_brokers, devices) in setups {
-            let options = e2e::E2eOptions {
-                devices,
-                perf: false,
-                kafka_storage,
-                kafka_brokers,
-                ..e2e_options.clone()
-            };
-            eprintln!(
-                "== phase 6: {label}, {} devices ({duration:?})",
-                options.devices
-            );
-            let run_dir = dir
-                .path()
-                .join(format!("kafka-{kafka_brokers}-{kafka_storage:?}"));
-            let result = run_e2e(phase_limit, &run_dir, &options).await;
-            results.kafka.push((label, options, result));
-        }
+        compare_kafka(&mut results, dir.path(), phase_limit).await;
     }
-
     if args.phases.contains(&Phase::Fleet) {
-        let (broker_bin, _) = binary("warmhouse-broker", "warmhouse-broker").await;
-        let (stack_bin, _) = binary("warmhouse-stack", "warmhouse-stack").await;
-        let (sim_bin, _) = binary("warmhouse-simulator", "warmhouse-sim").await;
-        let options = fleet::FleetOptions {
-            devices: args.fleet_devices,
-            replicas: args.fleet_replicas,
-            interval: Duration::from_secs(args.fleet_interval_secs.max(1)),
-            duration: Duration::from_secs(args.fleet_duration_secs.max(10)),
-            connect_spread: Duration::from_secs(args.fleet_connect_spread_secs),
-            replica_devices: args.fleet_replica_devices,
-            stack_bin,
-            broker_bin: args.broker_bin.clone().unwrap_or(broker_bin),
-            sim_bin,
-        };
-        results.fleet = Some(fleet::run(&dir.path().join("fleet"), options).await);
+        measure_fleet(&mut results, dir.path()).await;
     }
 
     results.total = started.elapsed();
+    write_report(&results)?;
+    let failures = results.failures();
+    if !failures.is_empty() {
+        anyhow::bail!(
+            "{} phase(s) failed (the report says how):\n  {}",
+            failures.len(),
+            failures.join("\n  ")
+        );
+    }
+    Ok(())
+}
+
+/// Phase 1: the raw InfluxDB write ceiling.
+async fn measure_ceiling(results: &mut Results, dir: &Path, phase_limit: Duration) {
+    let (args, duration) = (&results.args, results.duration);
+    eprintln!("== phase 1: raw InfluxDB write ceiling ({duration:?})");
+    let options = influx::CeilingOptions {
+        duration,
+        writers: args.influx_writers,
+        batch_points: args.influx_batch_points,
+    };
+    let t = Instant::now();
+    let result = limit(phase_limit, influx::run(&dir.join("ceiling"), &options)).await;
+    log_outcome(&result, t);
+    results.ceiling = Some(result);
+}
+
+/// Phase 2: our broker against Mosquitto, round after round.
+async fn compare_brokers(results: &mut Results, dir: &Path, phase_limit: Duration) {
+    let (args, duration) = (&results.args, results.duration);
+    let (bin, note) = broker_binary(args).await;
+    results.broker_note = note;
+    let options = brokers::BrokerOptions {
+        duration,
+        devices: args.broker_devices,
+        broker_bin: bin,
+    };
+    // Rounds alternate the brokers, so a noisy minute does not land on
+    // one of them only.
+    for round in 1..=args.broker_rounds.max(1) {
+        for kind in [brokers::BrokerKind::Ours, brokers::BrokerKind::Mosquitto] {
+            eprintln!("== phase 2, round {round}: {} ({duration:?})", kind.label());
+            let run_id = format!(
+                "brk{}{}",
+                if kind == brokers::BrokerKind::Ours {
+                    "o"
+                } else {
+                    "m"
+                },
+                warmhouse_service_kit::now_ms() % 1_000_000_000
+            );
+            let t = Instant::now();
+            let result = limit(
+                phase_limit,
+                brokers::run(kind, &dir.join("brokers"), &options, &run_id),
+            )
+            .await;
+            log_outcome(&result, t);
+            results.brokers.push((kind, result));
+        }
+    }
+}
+
+/// Phase 3 (and 4, its CPU): the main load, then higher loads, several
+/// broker replicas and batched messages.
+async fn measure_e2e(results: &mut Results, dir: &Path, phase_limit: Duration) {
+    let (args, duration, e2e_options) = (&results.args, results.duration, &results.e2e_options);
+    eprintln!("== phase 3: end to end ({duration:?})");
+    let t = Instant::now();
+    let result = limit(phase_limit, e2e::run(&dir.join("e2e"), e2e_options)).await;
+    log_outcome(&result, t);
+    results.e2e = Some(result);
+    // Higher loads: the same setup with more devices, summarised.
+    for scale in args.e2e_scales.iter().copied().filter(|s| *s > 1) {
+        let options = e2e::E2eOptions {
+            devices: args.e2e_devices.saturating_mul(scale),
+            perf: false,
+            ..e2e_options.clone()
+        };
+        eprintln!(
+            "== phase 3 at {scale}x: {} devices ({duration:?})",
+            options.devices
+        );
+        let run_dir = dir.join(format!("e2e-x{scale}"));
+        let result = run_e2e(phase_limit, &run_dir, &options).await;
+        results.e2e_more.push((options, result));
+    }
+    // The main load again with several broker replicas, and with
+    // batched messages.
+    let variants = [
+        (args.e2e_replicas > 1).then(|| e2e::E2eOptions {
+            broker_replicas: args.e2e_replicas,
+            perf: false,
+            ..e2e_options.clone()
+        }),
+        (args.e2e_batched_samples > 0 && args.e2e_batched_samples != args.e2e_samples).then(|| {
+            e2e::E2eOptions {
+                samples: args.e2e_batched_samples,
+                devices: args.e2e_batched_devices,
+                perf: false,
+                ..e2e_options.clone()
+            }
+        }),
+    ];
+    for options in variants.into_iter().flatten() {
+        eprintln!(
+            "== phase 3, {} broker replicas, {} samples a message ({duration:?})",
+            options.broker_replicas, options.samples
+        );
+        let run_dir = dir.join(format!(
+            "e2e-r{}-s{}",
+            options.broker_replicas, options.samples
+        ));
+        let result = run_e2e(phase_limit, &run_dir, &options).await;
+        results.e2e_more.push((options, result));
+    }
+}
+
+/// Phase 5: the command round trip.
+async fn measure_commands(results: &mut Results, dir: &Path, phase_limit: Duration) {
+    let (args, duration) = (&results.args, results.duration);
+    let options = commands::CommandOptions {
+        duration,
+        homes: args.command_homes,
+        interval_ms: args.command_interval_ms,
+        rate: args.command_rate,
+    };
+    eprintln!(
+        "== phase 5: command round trip, {}/s to {} thermostats ({duration:?})",
+        options.rate, options.homes
+    );
+    let t = Instant::now();
+    let result = limit(phase_limit, commands::run(&dir.join("commands"), &options)).await;
+    log_outcome(&result, t);
+    results.commands = Some((options, result));
+}
+
+/// Phase 6: phase 3's setup on each Kafka setup.
+async fn compare_kafka(results: &mut Results, dir: &Path, phase_limit: Duration) {
+    let (args, duration, e2e_options) = (&results.args, results.duration, &results.e2e_options);
+    let setups = [
+        ("tansu, memory", KafkaStorage::Memory, 1, args.kafka_devices),
+        (
+            "tansu, SQLite",
+            KafkaStorage::Sqlite,
+            1,
+            args.kafka_sqlite_devices,
+        ),
+        (
+            "3 tansu brokers, one SQLite file",
+            KafkaStorage::Sqlite,
+            3,
+            args.kafka_sqlite_devices,
+        ),
+    ];
+    for (label, kafka_storage, kafka_brokers, devices) in setups {
+        let options = e2e::E2eOptions {
+            devices,
+            perf: false,
+            kafka_storage,
+            kafka_brokers,
+            ..e2e_options.clone()
+        };
+        eprintln!(
+            "== phase 6: {label}, {} devices ({duration:?})",
+            options.devices
+        );
+        let run_dir = dir.join(format!("kafka-{kafka_brokers}-{kafka_storage:?}"));
+        let result = run_e2e(phase_limit, &run_dir, &options).await;
+        results.kafka.push((label, options, result));
+    }
+}
+
+/// Phase 7: the fleet, with the binaries it runs as processes.
+async fn measure_fleet(results: &mut Results, dir: &Path) {
+    let args = &results.args;
+    let (broker_bin, _) = binary("warmhouse-broker", "warmhouse-broker").await;
+    let (stack_bin, _) = binary("warmhouse-stack", "warmhouse-stack").await;
+    let (sim_bin, _) = binary("warmhouse-simulator", "warmhouse-sim").await;
+    let options = fleet::FleetOptions {
+        devices: args.fleet_devices,
+        replicas: args.fleet_replicas,
+        interval: Duration::from_secs(args.fleet_interval_secs.max(1)),
+        duration: Duration::from_secs(args.fleet_duration_secs.max(10)),
+        connect_spread: Duration::from_secs(args.fleet_connect_spread_secs),
+        replica_devices: args.fleet_replica_devices,
+        stack_bin,
+        broker_bin: args.broker_bin.clone().unwrap_or(broker_bin),
+        sim_bin,
+    };
+    results.fleet = Some(fleet::run(&dir.join("fleet"), options).await);
+}
+
+/// Prints the report and writes it to `--out`: only the sections that can
+/// stand alone are spliced into an existing report when only they ran.
+fn write_report(results: &Results) -> anyhow::Result<()> {
+    let args = &results.args;
     // Only the sections that can stand alone: splice them into the report.
     let only_sections = args
         .phases
@@ -466,21 +504,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .as_ref()
         .and_then(|out| std::fs::read_to_string(out).ok());
     let markdown = match existing {
-        Some(existing) if only_sections => report::splice_sections(&existing, &results),
-        _ => report::render(&results),
+        Some(existing) if only_sections => report::splice_sections(&existing, results),
+        _ => report::render(results),
     };
     println!("{markdown}");
     if let Some(out) = &args.out {
         std::fs::write(out, &markdown).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("wrote {}", out.display());
-    }
-    let failures = results.failures();
-    if !failures.is_empty() {
-        anyhow::bail!(
-            "{} phase(s) failed (the report says how):\n  {}",
-            failures.len(),
-            failures.join("\n  ")
-        );
     }
     Ok(())
 }
