@@ -29,7 +29,7 @@ docker/Dockerfile with real tools, offline.
   scraped by Prometheus; nothing deployed mentions edge-bridge.
 
 Exits 1 with every problem listed, 0 when all hold. Run by
-stack/tests/deploy_manifests.rs (so by scripts/test.sh and .ci/run):
+tools/repo-checks/tests/deploy_manifests.rs (so by scripts/test.sh and .ci/run):
 
     .tools/venv/bin/python tools/helm-check/check.py
 """
