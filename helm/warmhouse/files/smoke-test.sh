@@ -2,7 +2,9 @@
 # Warmhouse smoke test: readiness of every service, then one reading through
 # the whole pipeline (device registry -> MQTT broker, through the load
 # balancer in front of its replicas -> Kafka -> ingest writer -> InfluxDB ->
-# query API). Runs in the tools image: `helm test`
+# query API), then a command back to the device until it acknowledges it
+# (registry -> outbox -> Kafka -> the broker replica holding the device ->
+# MQTT -> device -> ack -> Kafka -> registry). Runs in the tools image: `helm test`
 # (templates/tests/smoke-test.yaml) and `docker compose --profile test run
 # --rm smoke-test`.
 #
@@ -11,6 +13,7 @@
 # SMOKE_QUERY_URL    base URL of the telemetry query API (or the gateway)
 # SMOKE_MQTT_HOST, SMOKE_MQTT_PORT   the broker's device listener
 # WARMHOUSE_JWT_SECRET               signs the test's admin token
+# SMOKE_TIMEOUT_SECS                 how long services may take to be ready (180)
 set -eu
 
 : "${SMOKE_READY_URLS:?}" "${SMOKE_REGISTRY_URL:?}" "${SMOKE_QUERY_URL:?}"
@@ -75,4 +78,37 @@ until [ "$(status -H "$auth" "$SMOKE_QUERY_URL/api/v1/devices/$device/telemetry/
 done
 grep -q "\"device_id\":\"$device\"" /tmp/smoke-body || fail "unexpected answer: $(cat /tmp/smoke-body)"
 log "telemetry is queryable: $(cat /tmp/smoke-body)"
+
+# The device online again, for a command: the simulated thermostat executes
+# set_target_temperature and acknowledges it over MQTT. A command sent
+# before it connects waits queued and is delivered when it does.
+warmhouse-sim --host "$SMOKE_MQTT_HOST" --port "$SMOKE_MQTT_PORT" \
+  --home-prefix smoke --run-id "$run" --homes 1 --devices-per-home 1 \
+  --interval-ms 1000 --duration-secs 120 \
+  --username "$device" --password "$password" >/tmp/smoke-sim.log 2>&1 &
+sim=$!
+stop_sim() { kill -TERM "$sim" 2>/dev/null || true; wait "$sim" 2>/dev/null || true; }
+trap 'stop_sim; cleanup' EXIT
+
+code=$(status -X POST -H "$auth" -H 'Content-Type: application/json' \
+  -d '{"name":"set_target_temperature","params":{"temperature":22.5}}' \
+  "$SMOKE_REGISTRY_URL/api/v1/devices/$device/commands")
+[ "$code" = 202 ] || fail "sending a command to $device answered $code: $(cat /tmp/smoke-body)"
+command_id=$(sed -n 's/.*"command_id":"\([^"]*\)".*/\1/p' /tmp/smoke-body)
+[ -n "$command_id" ] || fail "no command_id in the answer: $(cat /tmp/smoke-body)"
+log "command $command_id queued"
+
+deadline=$(( $(date +%s) + 60 ))
+command_status=""
+until [ "$command_status" = acked ]; do
+  [ "$(date +%s)" -lt "$deadline" ] || fail "command $command_id is $command_status, not acked, after 60 s: $(cat /tmp/smoke-body); simulator: $(tail -n 20 /tmp/smoke-sim.log)"
+  sleep 1
+  code=$(status -H "$auth" "$SMOKE_REGISTRY_URL/api/v1/devices/$device/commands/$command_id")
+  [ "$code" = 200 ] || continue
+  command_status=$(sed -n 's/.*"status":"\([^"]*\)".*/\1/p' /tmp/smoke-body)
+  case "$command_status" in
+    failed|expired) fail "command $command_id ended $command_status: $(cat /tmp/smoke-body)" ;;
+  esac
+done
+log "command acked by the device: $(cat /tmp/smoke-body)"
 log "passed"
