@@ -227,6 +227,15 @@ cleanup() {
   if [ -n "$registry_pid" ]; then stop_pid "$registry_pid" "the registry"; fi
   if [ -n "$engine_pid" ]; then
     stop_pid "$engine_pid" "dockerd"
+    # dockerd 20.10 leaves its bind mount of the host's network namespace
+    # (exec root/netns/default) behind: unmount what is left under its
+    # directories, deepest first.
+    findmnt -rn -o TARGET | grep -E "^($ENGINE_EXEC|$ENGINE_DATA)(/|$)" | sort -r \
+      | while read -r mount; do umount "$mount" || umount -l "$mount"; done
+    if findmnt -rn -o TARGET | grep -qE "^($ENGINE_EXEC|$ENGINE_DATA)(/|$)"; then
+      printf '\033[1;31m[container-smoke] FAIL:\033[0m mounts left behind by dockerd\n' >&2
+      failed=1
+    fi
     rm -rf "$ENGINE_EXEC" "$STATE/docker.sock"
     net_after=$(network_snapshot)
     if [ "$net_after" != "$net_before" ]; then
