@@ -122,10 +122,11 @@ network_snapshot() {
     ip -6 route show table all
     sysctl -n net.ipv4.ip_forward net.ipv6.conf.all.forwarding
     if command -v iptables-save >/dev/null; then
-      iptables-save | grep -v '^#' | sed 's/\[[0-9]*:[0-9]*\]//'
-      ip6tables-save | grep -v '^#' | sed 's/\[[0-9]*:[0-9]*\]//'
+      # (grep finds nothing when there are no rules at all)
+      iptables-save | grep -v '^#' | sed 's/\[[0-9]*:[0-9]*\]//' || true
+      ip6tables-save | grep -v '^#' | sed 's/\[[0-9]*:[0-9]*\]//' || true
     fi
-  } 2>&1
+  } 2>&1 || true
 }
 
 if docker info >/dev/null 2>&1; then
