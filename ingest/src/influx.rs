@@ -133,7 +133,7 @@ impl InfluxClient {
 
     /// Writes a gzip-compressed line-protocol body to the raw retention policy.
     pub async fn write_gzip(&self, body: Vec<u8>) -> Result<(), WriteError> {
-        let response = self
+        let request = self
             .http
             .post(format!("{}/write", self.settings.url))
             .query(&[
@@ -143,7 +143,25 @@ impl InfluxClient {
             ])
             .header("Content-Encoding", "gzip")
             .header("Content-Type", "text/plain; charset=utf-8")
-            .body(body)
+            .body(body);
+        Self::write(request).await
+    }
+
+    /// Writes a few lines of line protocol, uncompressed, to the database's
+    /// default retention policy (the registry's device catalogue; the
+    /// database may have been made without this crate's layout).
+    pub async fn write_lines(&self, lines: String) -> Result<(), WriteError> {
+        let request = self
+            .http
+            .post(format!("{}/write", self.settings.url))
+            .query(&[("db", self.settings.database.as_str())])
+            .header("Content-Type", "text/plain; charset=utf-8")
+            .body(lines);
+        Self::write(request).await
+    }
+
+    async fn write(request: reqwest::RequestBuilder) -> Result<(), WriteError> {
+        let response = request
             .send()
             .await
             .map_err(|e| WriteError::Unavailable(e.to_string()))?;
