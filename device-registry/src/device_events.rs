@@ -1,27 +1,53 @@
 //! Consumes `device-events` (what the bridge heard from devices) and hands
 //! each event to its owner: command acks and delivery receipts to the
 //! command state machine (write side, [`crate::commands`]); reported state
-//! and presence to the read model ([`crate::read_model`]). The offset is
+//! and presence to the read model ([`crate::devices::state`]). The offset is
 //! stored only after PostgreSQL has the result, so a crash replays events;
 //! every handler is idempotent.
 
 use std::time::Duration;
 
+use prometheus::{IntCounterVec, Opts, Registry};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use warmhouse_contracts::kafka::{DeviceEvent, DeviceEventKind};
+use warmhouse_service_kit::register;
 
+use crate::commands::{self, CommandMetrics};
+use crate::devices::state::DeviceViews;
 use crate::kafka::{KafkaSettings, Topics};
-use crate::messaging::MessagingMetrics;
-use crate::{commands, read_model};
+
+/// `warmhouse_registry_device_events_total{kind}`.
+#[derive(Clone)]
+pub struct DeviceEventMetrics {
+    pub applied: IntCounterVec,
+}
+
+impl DeviceEventMetrics {
+    pub fn register(registry: &Registry) -> anyhow::Result<Self> {
+        Ok(Self {
+            applied: register(
+                registry,
+                IntCounterVec::new(
+                    Opts::new(
+                        "warmhouse_registry_device_events_total",
+                        "device-events applied, by kind",
+                    ),
+                    &["kind"],
+                )?,
+            )?,
+        })
+    }
+}
 
 pub async fn run(
     pool: PgPool,
     kafka: KafkaSettings,
     topics: Topics,
-    metrics: MessagingMetrics,
+    metrics: DeviceEventMetrics,
+    commands: CommandMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
     let consumer = match kafka.consumer() {
@@ -51,10 +77,7 @@ pub async fn run(
         let event = match DeviceEvent::decode(message.payload().unwrap_or_default()) {
             Ok(event) => Some(event),
             Err(err) => {
-                metrics
-                    .device_events
-                    .with_label_values(&["undecodable"])
-                    .inc();
+                metrics.applied.with_label_values(&["undecodable"]).inc();
                 tracing::warn!(%err, offset = message.offset(), "skipping an undecodable device event");
                 None
             }
@@ -62,7 +85,7 @@ pub async fn run(
         if let Some(event) = event {
             // Retry until PostgreSQL takes it: skipping would lose an ack.
             let mut backoff = Duration::from_millis(100);
-            while let Err(err) = apply(&pool, &topics, &metrics, &event).await {
+            while let Err(err) = apply(&pool, &topics, &metrics, &commands, &event).await {
                 tracing::warn!(error = %err, "cannot apply a device event; retrying in {backoff:?}");
                 tokio::select! {
                     _ = tokio::time::sleep(backoff) => {}
@@ -86,7 +109,8 @@ fn close(consumer: StreamConsumer) {
 async fn apply(
     pool: &PgPool,
     topics: &Topics,
-    metrics: &MessagingMetrics,
+    metrics: &DeviceEventMetrics,
+    command_metrics: &CommandMetrics,
     event: &DeviceEvent,
 ) -> Result<(), String> {
     let device = event.device_id.as_str();
@@ -97,9 +121,9 @@ async fn apply(
                 .await
                 .map_err(|p| p.detail)?;
             if let Some(command) = changed {
-                metrics.command_finished(&command);
+                command_metrics.command_finished(&command);
             }
-            read_model::touch(pool, device, at)
+            DeviceViews::touch(pool, device, at)
                 .await
                 .map_err(|e| e.to_string())?;
             "command_ack"
@@ -111,14 +135,14 @@ async fn apply(
             "command_delivered"
         }
         DeviceEventKind::State { state } => {
-            read_model::apply_reported(pool, device, state, at)
+            DeviceViews::apply_reported(pool, device, state, at)
                 .await
                 .map_err(|e| e.to_string())?;
             "state"
         }
         DeviceEventKind::Status { status } => {
             let came_online =
-                read_model::apply_presence(pool, device, status, at, event.connection.as_ref())
+                DeviceViews::apply_presence(pool, device, status, at, event.connection.as_ref())
                     .await
                     .map_err(|e| e.to_string())?;
             if came_online {
@@ -136,6 +160,6 @@ async fn apply(
             "status"
         }
     };
-    metrics.device_events.with_label_values(&[label]).inc();
+    metrics.applied.with_label_values(&[label]).inc();
     Ok(())
 }

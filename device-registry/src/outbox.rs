@@ -4,11 +4,17 @@
 //! is never published for a change that rolled back, and never lost for one
 //! that committed. Records may be published twice (a crash between the Kafka
 //! ack and the delete); consumers deduplicate by command id or event id.
+//!
+//! The outbox knows records, not what they mean: a record may carry a
+//! reference (stored in the `command_id` column, its first use), and the
+//! relay hands the references of what it published to a [`Published`]
+//! hook inside the transaction that deletes the records.
 
 use std::time::Duration;
 
 use anyhow::Context;
-use futures::future::join_all;
+use futures::future::{join_all, BoxFuture};
+use prometheus::{IntCounter, IntGauge, Registry};
 use rdkafka::message::{Header, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
@@ -17,11 +23,9 @@ use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::watch;
 use warmhouse_contracts::domain::{DomainEvent, DomainEventKind};
 use warmhouse_contracts::kafka::VERSION_HEADER;
-use warmhouse_service_kit::now_ms;
+use warmhouse_service_kit::{now_ms, register};
 
-use crate::commands;
 use crate::kafka::{KafkaSettings, Topics};
-use crate::messaging::MessagingMetrics;
 
 /// PostgreSQL channel the relay listens on; every enqueue notifies it.
 const CHANNEL: &str = "warmhouse_outbox";
@@ -31,19 +35,66 @@ const BATCH: i64 = 500;
 /// key keep their order even with several registry replicas.
 const RELAY_LOCK: i64 = 0x7761_726d_6f75_7462; // "warmoutb"
 
-/// Adds a record to the outbox inside the caller's transaction.
+/// What the relay does, in its transaction, with the references of the
+/// records it has just published (a feature marks its rows as sent).
+pub trait Published: Send + Sync + 'static {
+    fn published<'a>(
+        &'a self,
+        conn: &'a mut PgConnection,
+        references: &'a [String],
+    ) -> BoxFuture<'a, anyhow::Result<()>>;
+}
+
+/// The relay's counters (names unchanged since they lived elsewhere).
+#[derive(Clone)]
+pub struct OutboxMetrics {
+    pub published: IntCounter,
+    pub failures: IntCounter,
+    pub backlog: IntGauge,
+}
+
+impl OutboxMetrics {
+    pub fn register(registry: &Registry) -> anyhow::Result<Self> {
+        Ok(Self {
+            published: register(
+                registry,
+                IntCounter::new(
+                    "warmhouse_registry_outbox_published_total",
+                    "Outbox records published to Kafka",
+                )?,
+            )?,
+            failures: register(
+                registry,
+                IntCounter::new(
+                    "warmhouse_registry_outbox_failures_total",
+                    "Outbox relay failures (each is retried)",
+                )?,
+            )?,
+            backlog: register(
+                registry,
+                IntGauge::new(
+                    "warmhouse_registry_outbox_backlog",
+                    "Outbox records not yet published",
+                )?,
+            )?,
+        })
+    }
+}
+
+/// Adds a record to the outbox inside the caller's transaction; once it is
+/// on Kafka, `reference` (when given) goes to the relay's [`Published`] hook.
 pub async fn enqueue(
     conn: &mut PgConnection,
     topic: &str,
     key: &str,
     payload: &[u8],
-    command_id: Option<&str>,
+    reference: Option<&str>,
 ) -> sqlx::Result<()> {
     sqlx::query("INSERT INTO outbox (topic, key, payload, command_id) VALUES ($1, $2, $3, $4)")
         .bind(topic)
         .bind(key)
         .bind(payload)
-        .bind(command_id)
+        .bind(reference)
         .execute(&mut *conn)
         .await?;
     // Delivered at commit, and only once per transaction however many rows.
@@ -69,17 +120,17 @@ pub async fn enqueue_event(
 pub async fn run_relay(
     pool: PgPool,
     kafka: KafkaSettings,
-    topics: Topics,
-    metrics: MessagingMetrics,
+    hook: impl Published,
+    metrics: OutboxMetrics,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut backoff = Duration::from_millis(200);
     loop {
-        let round = relay_round(&pool, &kafka, &topics, &metrics, &mut stop);
+        let round = relay_round(&pool, &kafka, &hook, &metrics, &mut stop);
         match round.await {
             Ok(()) => return,
             Err(err) => {
-                metrics.outbox_failures.inc();
+                metrics.failures.inc();
                 tracing::warn!(error = %format!("{err:#}"), "outbox relay failed; retrying in {backoff:?}");
             }
         }
@@ -97,8 +148,8 @@ pub async fn run_relay(
 async fn relay_round(
     pool: &PgPool,
     kafka: &KafkaSettings,
-    topics: &Topics,
-    metrics: &MessagingMetrics,
+    hook: &impl Published,
+    metrics: &OutboxMetrics,
     stop: &mut watch::Receiver<bool>,
 ) -> anyhow::Result<()> {
     let producer = kafka.producer()?;
@@ -124,7 +175,7 @@ async fn relay_round(
     tracing::info!("outbox relay publishing");
     let published = async {
         loop {
-            while publish_batch(pool, &producer, topics, metrics).await? == BATCH as usize {}
+            while publish_batch(pool, &producer, hook, metrics).await? == BATCH as usize {}
             tokio::select! {
                 notification = listener.recv() => { notification.context("outbox notification")?; }
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -146,13 +197,13 @@ async fn relay_round(
     published
 }
 
-/// Publishes up to [`BATCH`] records in id order and deletes them; records
-/// on `device-commands` mark their command sent. Returns how many.
+/// Publishes up to [`BATCH`] records in id order and deletes them; the
+/// references among them go to `hook`. Returns how many.
 async fn publish_batch(
     pool: &PgPool,
     producer: &FutureProducer,
-    topics: &Topics,
-    metrics: &MessagingMetrics,
+    hook: &impl Published,
+    metrics: &OutboxMetrics,
 ) -> anyhow::Result<usize> {
     let mut tx = pool.begin().await.context("beginning outbox transaction")?;
     let rows = sqlx::query(
@@ -166,15 +217,15 @@ async fn publish_batch(
         return Ok(0);
     }
     let mut ids = Vec::with_capacity(rows.len());
-    let mut command_ids = Vec::new();
+    let mut references = Vec::new();
     let mut sends = Vec::with_capacity(rows.len());
     for row in &rows {
         let id: i64 = row.try_get("id")?;
         let topic: String = row.try_get("topic")?;
         let key: String = row.try_get("key")?;
         let payload: Vec<u8> = row.try_get("payload")?;
-        if let Some(command_id) = row.try_get::<Option<String>, _>("command_id")? {
-            command_ids.push(command_id);
+        if let Some(reference) = row.try_get::<Option<String>, _>("command_id")? {
+            references.push(reference);
         }
         ids.push(id);
         sends.push(async move {
@@ -201,11 +252,11 @@ async fn publish_batch(
         .execute(&mut *tx)
         .await
         .context("deleting published outbox records")?;
-    if !command_ids.is_empty() {
-        commands::mark_sent(&mut tx, topics, &command_ids).await?;
+    if !references.is_empty() {
+        hook.published(&mut tx, &references).await?;
     }
     tx.commit().await.context("committing the outbox batch")?;
-    metrics.outbox_published.inc_by(ids.len() as u64);
+    metrics.published.inc_by(ids.len() as u64);
     Ok(ids.len())
 }
 

@@ -12,9 +12,9 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Map, Value};
 use sqlx::PgPool;
 use warmhouse_contracts::device::ReportedState;
+use warmhouse_device_registry::devices::state::DeviceViews;
 use warmhouse_device_registry::legacy::import::{self, ImportOptions};
 use warmhouse_device_registry::legacy::LegacyConfig;
-use warmhouse_device_registry::read_model;
 use warmhouse_devstack::{free_port, Influxd};
 use warmhouse_ingest::influx::{InfluxClient, InfluxSettings};
 use warmhouse_ingest::query::QueryConfig;
@@ -148,7 +148,7 @@ fn legacy_endpoints_serve_imported_systems() {
         let mut reported = Map::new();
         reported.insert("heating_on".into(), false.into());
         reported.insert("target_temperature".into(), 20.5.into());
-        read_model::apply_reported(
+        DeviceViews::apply_reported(
             &pool,
             "legacy-heating-7",
             &ReportedState::new(now_ms(), reported),

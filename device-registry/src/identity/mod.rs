@@ -23,29 +23,27 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+pub mod http;
+mod repo;
+
 use anyhow::Context;
-use axum::extract::rejection::{JsonRejection, PathRejection};
-use axum::extract::{Path, State};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::post;
-use axum::{Json, Router};
+use axum::http::StatusCode;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::{PgConnection, PgPool, Row};
-use utoipa::{OpenApi, ToSchema};
+use sqlx::{PgConnection, PgPool};
+use utoipa::ToSchema;
 use warmhouse_contracts::domain::{DomainEventKind, RotatedCredential};
 use warmhouse_contracts::ids::{DeviceId, HomeId};
-use warmhouse_device_identity::access::{AccessDecision, AccessRequest, DEVICE_ACCESS_PATH};
+use warmhouse_device_identity::access::{AccessDecision, AccessRequest};
 use warmhouse_device_identity::{password, PlatformCa};
-use warmhouse_service_kit::auth::Caller;
 
+use repo::Credentials;
+
+use crate::db::OrProblem;
+use crate::devices::{DeviceStatus, Devices};
 use crate::kafka::Topics;
-use crate::model::DeviceStatus;
 use crate::outbox;
 use crate::problem::Problem;
-use crate::store::db_problem;
-use crate::RegistryState;
 
 /// Default lifetime of an issued device certificate, in days.
 pub const DEFAULT_CERT_DAYS: u64 = 365;
@@ -457,14 +455,9 @@ pub async fn issue_credentials(
         }
     };
 
-    let row = sqlx::query("SELECT status, home_id FROM devices WHERE id = $1 FOR UPDATE")
-        .bind(device_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(|e| db_problem(e, "device"))?
+    let (status, home_id) = Devices::lock_status(&mut *conn, device_id)
+        .await?
         .ok_or_else(|| Problem::not_found(format!("no device {device_id:?}")))?;
-    let status: String = row.get("status");
-    let home_id: String = row.get("home_id");
     match DeviceStatus::parse(&status) {
         None => {
             return Err(internal(
@@ -479,16 +472,9 @@ pub async fn issue_credentials(
         }
         Some(_) => {}
     }
-    let replaced = sqlx::query(
-        "UPDATE device_credentials SET revoked_at = now() \
-         WHERE device_id = $1 AND kind = $2 AND revoked_at IS NULL",
-    )
-    .bind(device_id)
-    .bind(kind.as_str())
-    .execute(&mut *conn)
-    .await
-    .map_err(|e| db_problem(e, "credential"))?
-    .rows_affected();
+    let replaced = Credentials::revoke_kind(&mut *conn, device_id, kind.as_str())
+        .await
+        .or_problem("credential")?;
     if replaced > 0 {
         let home_id = HomeId::new(&home_id).map_err(|err| internal("stored home id", err))?;
         let event = DomainEventKind::CredentialsRotated {
@@ -498,7 +484,7 @@ pub async fn issue_credentials(
         };
         outbox::enqueue_event(&mut *conn, topics, event)
             .await
-            .map_err(|e| db_problem(e, "credential"))?;
+            .or_problem("credential")?;
     }
     let (sha256, hash, not_after) = match &prepared {
         Prepared::Password { hash, .. } => (None, Some(hash.as_str()), None),
@@ -506,18 +492,16 @@ pub async fn issue_credentials(
             issued, not_after, ..
         } => (Some(issued.sha256.as_str()), None, Some(*not_after)),
     };
-    sqlx::query(
-        "INSERT INTO device_credentials (device_id, kind, certificate_sha256, password_hash, not_after) \
-         VALUES ($1, $2, $3, $4, $5)",
+    Credentials::insert(
+        &mut *conn,
+        device_id,
+        kind.as_str(),
+        sha256,
+        hash,
+        not_after,
     )
-    .bind(device_id)
-    .bind(kind.as_str())
-    .bind(sha256)
-    .bind(hash)
-    .bind(not_after)
-    .execute(&mut *conn)
     .await
-    .map_err(|e| db_problem(e, "credential"))?;
+    .or_problem("credential")?;
     tracing::info!(device_id, kind = kind.as_str(), "device credentials issued");
 
     Ok(match prepared {
@@ -558,22 +542,13 @@ enum Prepared {
 /// connect; a live connection stays until then unless the device is also
 /// disabled or deleted (whose events make the broker drop it).
 pub async fn revoke_credentials(conn: &mut PgConnection, device_id: &str) -> Result<u64, Problem> {
-    let done = sqlx::query(
-        "UPDATE device_credentials SET revoked_at = now() \
-         WHERE device_id = $1 AND revoked_at IS NULL",
-    )
-    .bind(device_id)
-    .execute(conn)
-    .await
-    .map_err(|e| db_problem(e, "credential"))?;
-    if done.rows_affected() > 0 {
-        tracing::info!(
-            device_id,
-            revoked = done.rows_affected(),
-            "device credentials revoked"
-        );
+    let revoked = Credentials::revoke_all(conn, device_id)
+        .await
+        .or_problem("credential")?;
+    if revoked > 0 {
+        tracing::info!(device_id, revoked, "device credentials revoked");
     }
-    Ok(done.rows_affected())
+    Ok(revoked)
 }
 
 /// Whether the device in `request` may connect now.
@@ -586,12 +561,7 @@ pub async fn check_access(
     if DeviceId::new(device_id).is_err() {
         return Ok(AccessDecision::refuse("not a valid device id"));
     }
-    let status: Option<String> = sqlx::query("SELECT status FROM devices WHERE id = $1")
-        .bind(device_id)
-        .fetch_optional(pool)
-        .await
-        .map_err(|e| db_problem(e, "device"))?
-        .map(|row| row.get("status"));
+    let status = Devices::status(pool, device_id).await?;
     match status.as_deref().and_then(DeviceStatus::parse) {
         None => return Ok(AccessDecision::refuse("unknown device")),
         Some(DeviceStatus::Disabled) => return Ok(AccessDecision::refuse("device is disabled")),
@@ -599,15 +569,9 @@ pub async fn check_access(
     }
     match request {
         AccessRequest::Password { password, .. } => {
-            let hash: Option<String> = sqlx::query(
-                "SELECT password_hash FROM device_credentials \
-                 WHERE device_id = $1 AND kind = 'password' AND revoked_at IS NULL",
-            )
-            .bind(device_id)
-            .fetch_optional(pool)
-            .await
-            .map_err(|e| db_problem(e, "credential"))?
-            .map(|row| row.get("password_hash"));
+            let hash = Credentials::current_password_hash(pool, device_id)
+                .await
+                .or_problem("credential")?;
             let Some(hash) = hash else {
                 return Ok(AccessDecision::refuse("no password issued"));
             };
@@ -620,16 +584,9 @@ pub async fn check_access(
         AccessRequest::Certificate {
             certificate_sha256, ..
         } => {
-            let current = sqlx::query(
-                "SELECT 1 FROM device_credentials WHERE device_id = $1 AND kind = 'certificate' \
-                 AND certificate_sha256 = $2 AND revoked_at IS NULL AND not_after > now()",
-            )
-            .bind(device_id)
-            .bind(certificate_sha256.to_ascii_lowercase())
-            .fetch_optional(pool)
-            .await
-            .map_err(|e| db_problem(e, "credential"))?
-            .is_some();
+            let current = Credentials::certificate_is_current(pool, device_id, certificate_sha256)
+                .await
+                .or_problem("credential")?;
             Ok(if current {
                 AccessDecision::allow()
             } else {
@@ -639,107 +596,9 @@ pub async fn check_access(
     }
 }
 
-fn internal(what: &str, err: impl std::fmt::Display) -> Problem {
+pub(crate) fn internal(what: &str, err: impl std::fmt::Display) -> Problem {
     tracing::error!(error = %err, "{what}");
     Problem::internal()
-}
-
-/// The routes of this module; they sit behind the registry's bearer-token
-/// layer like every `/api/v1` route.
-pub fn routes() -> Router<RegistryState> {
-    Router::new()
-        .route("/api/v1/devices/{id}/credentials", post(create_credentials))
-        .route(DEVICE_ACCESS_PATH, post(device_access))
-}
-
-#[derive(OpenApi)]
-#[openapi(
-    paths(create_credentials, device_access),
-    components(schemas(CredentialRequest, CredentialKind, IssuedCredentials)),
-    tags(
-        (name = "identity", description = "Device credentials and the broker's access check")
-    )
-)]
-pub struct IdentityDoc;
-
-/// This module's OpenAPI paths, with `/internal/` marked as needing a
-/// bearer token too (the registry marks `/api/`).
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = IdentityDoc::openapi();
-    warmhouse_service_kit::auth::document_bearer_auth(&mut doc, "/internal/");
-    doc
-}
-
-#[utoipa::path(post, path = "/api/v1/devices/{id}/credentials", tag = "identity",
-    request_body = CredentialRequest,
-    params(("id" = String, Path, description = "Device id")),
-    responses(
-        (status = 201, description = "Issued; the secret is in this answer only. Replaces the device's current credential of this kind.", body = IssuedCredentials),
-        (status = 400, description = "Malformed JSON or id", body = Problem, content_type = "application/problem+json"),
-        (status = 404, description = "No such device (or not in the caller's homes)", body = Problem, content_type = "application/problem+json"),
-        (status = 409, description = "The device is disabled", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Unknown kind", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "No platform CA configured (certificates only), or PostgreSQL unavailable", body = Problem, content_type = "application/problem+json"),
-    ))]
-pub async fn create_credentials(
-    caller: Caller,
-    State(state): State<RegistryState>,
-    id: Result<Path<String>, PathRejection>,
-    body: Result<Json<CredentialRequest>, JsonRejection>,
-) -> Result<Response, Problem> {
-    let Path(id) = id.map_err(|r| Problem::invalid_parameter("id", r.body_text()))?;
-    DeviceId::new(id.as_str()).map_err(|err| Problem::invalid_parameter("id", err.to_string()))?;
-    let Json(request) = body?;
-    // A device of a home outside the token is "not found", as elsewhere.
-    let device = crate::store::get_device(state.pool(), &id).await?;
-    if !caller.may_use_home(&device.home_id) {
-        return Err(Problem::not_found(format!("no device {id:?}")));
-    }
-    let mut tx = state
-        .pool()
-        .begin()
-        .await
-        .map_err(|e| db_problem(e, "credential"))?;
-    let issued =
-        issue_credentials(&mut tx, state.identity(), state.topics(), &id, request.kind).await?;
-    tx.commit().await.map_err(|e| db_problem(e, "credential"))?;
-    let mut response = (StatusCode::CREATED, Json(issued)).into_response();
-    // Secrets: no cache may keep this answer.
-    response
-        .headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    Ok(response)
-}
-
-#[utoipa::path(post, path = "/internal/v1/device-access", tag = "identity",
-    request_body(content = Object, description = "`{\"method\":\"password\",\"device_id\":..,\"password\":..}` or `{\"method\":\"certificate\",\"device_id\":..,\"certificate_sha256\":..}`"),
-    responses(
-        (status = 200, description = "`{\"allowed\":bool,\"reason\":string?}`; the broker refuses the connect unless allowed", body = Object),
-        (status = 403, description = "Not an administrator's token", body = Problem, content_type = "application/problem+json"),
-        (status = 422, description = "Malformed question", body = Problem, content_type = "application/problem+json"),
-        (status = 503, description = "PostgreSQL unavailable (the broker refuses the connect)", body = Problem, content_type = "application/problem+json"),
-    ))]
-pub async fn device_access(
-    caller: Caller,
-    State(state): State<RegistryState>,
-    body: Result<Json<AccessRequest>, JsonRejection>,
-) -> Result<Json<AccessDecision>, Problem> {
-    caller.require_admin()?;
-    let Json(request) = body?;
-    if let AccessRequest::Password { password, .. } = &request {
-        if password.len() > password::MAX_PASSWORD_BYTES {
-            return Ok(Json(AccessDecision::refuse("wrong password")));
-        }
-    }
-    let decision = check_access(state.pool(), state.identity(), &request).await?;
-    tracing::debug!(
-        device_id = request.device_id(),
-        method = request.method(),
-        allowed = decision.allowed,
-        reason = decision.reason.as_deref().unwrap_or(""),
-        "device access decided"
-    );
-    Ok(Json(decision))
 }
 
 #[cfg(test)]

@@ -1,22 +1,31 @@
-//! HTTP handlers and the OpenAPI document built from them.
+//! REST endpoints of homes and devices:
+//!
+//! * `POST/GET /api/v1/homes`, `GET/PATCH/DELETE /api/v1/homes/{id}`
+//! * `POST/GET /api/v1/devices` (filters `home_id`, `kind`, `status`),
+//!   `GET/PATCH/DELETE /api/v1/devices/{id}`
+//! * lists page by id: `limit` (1..=500, default 50) and an opaque `cursor`
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::extract::FromRef;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::routing::get;
+use axum::{Json, Router};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use serde::Deserialize;
+use sqlx::PgPool;
 use utoipa::{IntoParams, OpenApi};
-use warmhouse_service_kit::auth::{self, Caller};
+use warmhouse_service_kit::auth::Caller;
 
-use crate::model::{
+use super::model::{
     self, Device, DevicePage, DevicePatch, DeviceStatus, Home, HomePage, HomePatch, NewDevice,
     NewHome,
 };
+use super::repo::{DeviceFilter, Devices, Homes};
+use super::state::{DeviceState, DeviceViews};
+use crate::db::Db;
 use crate::problem::Problem;
-use crate::store::{self, DeviceFilter};
-use crate::RegistryState;
 
 /// Page size when `limit` is not given.
 pub const DEFAULT_LIMIT: u32 = 50;
@@ -51,44 +60,41 @@ pub struct DeviceListParams {
     pub cursor: Option<String>,
 }
 
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Db: FromRef<S>,
+{
+    Router::new()
+        .route("/api/v1/homes", get(list_homes).post(create_home))
+        .route(
+            "/api/v1/homes/{id}",
+            get(get_home).patch(update_home).delete(delete_home),
+        )
+        .route("/api/v1/devices", get(list_devices).post(create_device))
+        .route(
+            "/api/v1/devices/{id}",
+            get(get_device).patch(update_device).delete(delete_device),
+        )
+}
+
 #[derive(OpenApi)]
 #[openapi(
-    info(
-        title = "Warmhouse device registry",
-        description = "Homes and their devices (kind, capabilities, metadata, status), stored in \
-                       PostgreSQL. Lists are paged by id with an opaque cursor. Every /api/v1 \
-                       endpoint needs a bearer token (JWT) naming the caller's homes, or an \
-                       admin's: creating and deleting homes is for admins; a home outside the \
-                       token is 403; a device of a home outside the token is 404, as if it did \
-                       not exist. Errors are RFC 9457 problem details (application/problem+json)."
-    ),
     paths(
-        list_homes, create_home, get_home, update_home, delete_home,
-        list_devices, create_device, get_device, update_device, delete_device
+        list_homes,
+        create_home,
+        get_home,
+        update_home,
+        delete_home,
+        list_devices,
+        create_device,
+        get_device,
+        update_device,
+        delete_device
     ),
-    components(schemas(Problem, DeviceStatus)),
-    tags(
-        (name = "homes", description = "Homes (installations)"),
-        (name = "devices", description = "Devices of homes"),
-        (name = "operations", description = "Health, readiness and Prometheus metrics")
-    )
+    components(schemas(DeviceStatus))
 )]
-pub struct ApiDoc;
-
-/// The OpenAPI document, with service-kit's operational endpoints added
-/// by hand (they are not ours to annotate).
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = ApiDoc::openapi();
-    doc.merge(crate::commands_api::CommandsDoc::openapi());
-    doc.merge(crate::identity::openapi());
-    doc.merge(crate::onboarding::OnboardingDoc::openapi());
-    doc.info.version = env!("CARGO_PKG_VERSION").to_string();
-    warmhouse_service_kit::document_admin_endpoints(&mut doc, "PostgreSQL answers");
-    auth::document_bearer_auth(&mut doc, "/api/");
-    // After the bearer marking: the legacy paths take no token.
-    doc.merge(crate::legacy::LegacyDoc::openapi());
-    doc
-}
+pub struct DevicesDoc;
 
 #[utoipa::path(get, path = "/api/v1/homes", tag = "homes", params(PageParams),
     responses(
@@ -97,12 +103,12 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     ))]
 pub async fn list_homes(
     caller: Caller,
-    State(state): State<RegistryState>,
+    State(db): State<Db>,
     query: Result<Query<PageParams>, QueryRejection>,
 ) -> ApiResult<Json<HomePage>> {
     let Query(params) = query.map_err(|r| Problem::invalid_parameter("query", r.body_text()))?;
     let (after, limit) = page(params.limit.as_deref(), params.cursor.as_deref())?;
-    let rows = store::list_homes(&state.pool, caller.home_scope(), after.as_deref(), limit).await?;
+    let rows = Homes::list(&db.pool, caller.home_scope(), after.as_deref(), limit).await?;
     let (items, next_cursor) = split_page(rows, limit, |h| &h.id);
     Ok(Json(HomePage { items, next_cursor }))
 }
@@ -118,13 +124,13 @@ pub async fn list_homes(
     ))]
 pub async fn create_home(
     caller: Caller,
-    State(state): State<RegistryState>,
+    State(db): State<Db>,
     body: Result<Json<NewHome>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Home>)> {
     caller.require_admin()?;
     let Json(home) = body?;
     home.validate()?;
-    let created = store::create_home(&state.pool, state.topics(), &home).await?;
+    let created = Homes::create(&db.pool, &db.topics, &home).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -137,12 +143,12 @@ pub async fn create_home(
     ))]
 pub async fn get_home(
     caller: Caller,
-    State(state): State<RegistryState>,
+    State(db): State<Db>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<Home>> {
     let id = path_id(id, IdKind::Home)?;
     caller.require_home(&id)?;
-    Ok(Json(store::get_home(&state.pool, &id).await?))
+    Ok(Json(Homes::get(&db.pool, &id).await?))
 }
 
 #[utoipa::path(patch, path = "/api/v1/homes/{id}", tag = "homes", request_body = HomePatch,
@@ -155,7 +161,7 @@ pub async fn get_home(
     ))]
 pub async fn update_home(
     caller: Caller,
-    State(state): State<RegistryState>,
+    State(db): State<Db>,
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<HomePatch>, JsonRejection>,
 ) -> ApiResult<Json<Home>> {
@@ -163,7 +169,7 @@ pub async fn update_home(
     caller.require_home(&id)?;
     let Json(patch) = body?;
     patch.validate()?;
-    Ok(Json(store::update_home(&state.pool, &id, &patch).await?))
+    Ok(Json(Homes::update(&db.pool, &id, &patch).await?))
 }
 
 #[utoipa::path(delete, path = "/api/v1/homes/{id}", tag = "homes",
@@ -176,12 +182,12 @@ pub async fn update_home(
     ))]
 pub async fn delete_home(
     caller: Caller,
-    State(state): State<RegistryState>,
+    State(db): State<Db>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     caller.require_admin()?;
     let id = path_id(id, IdKind::Home)?;
-    store::delete_home(&state.pool, state.topics(), &id).await?;
+    Homes::delete(&db.pool, &db.topics, &id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -193,7 +199,7 @@ pub async fn delete_home(
     ))]
 pub async fn list_devices(
     caller: Caller,
-    State(state): State<RegistryState>,
+    State(db): State<Db>,
     query: Result<Query<DeviceListParams>, QueryRejection>,
 ) -> ApiResult<Json<DevicePage>> {
     let Query(params) = query.map_err(|r| Problem::invalid_parameter("query", r.body_text()))?;
@@ -219,7 +225,7 @@ pub async fn list_devices(
         })?;
         filter.status = Some(status.as_str().to_string());
     }
-    let rows = store::list_devices(&state.pool, &filter, after.as_deref(), limit).await?;
+    let rows = Devices::list(&db.pool, &filter, after.as_deref(), limit).await?;
     let (items, next_cursor) = split_page(rows, limit, |d| &d.id);
     Ok(Json(DevicePage { items, next_cursor }))
 }
@@ -235,13 +241,13 @@ pub async fn list_devices(
     ))]
 pub async fn create_device(
     caller: Caller,
-    State(state): State<RegistryState>,
+    State(db): State<Db>,
     body: Result<Json<NewDevice>, JsonRejection>,
 ) -> ApiResult<(StatusCode, Json<Device>)> {
     let Json(device) = body?;
     device.validate()?;
     caller.require_home(&device.home_id)?;
-    let created = store::create_device(&state.pool, state.topics(), &device).await?;
+    let created = Devices::create(&db.pool, &db.topics, &device).await?;
     Ok((StatusCode::CREATED, Json(created)))
 }
 
@@ -253,17 +259,12 @@ pub async fn create_device(
     ))]
 pub async fn get_device(
     caller: Caller,
-    State(state): State<RegistryState>,
+    State(db): State<Db>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<Json<DeviceDetail>> {
     let id = path_id(id, IdKind::Device)?;
-    let device = store::get_device(&state.pool, &id).await?;
-    // Same answer as for a device that does not exist: ids of other homes'
-    // devices are not disclosed.
-    if !caller.may_use_home(&device.home_id) {
-        return Err(Problem::not_found(format!("no device {id:?}")));
-    }
-    let device_state = crate::commands_api::device_state(&state, &id).await?;
+    let device = visible_device(&db.pool, &caller, &id).await?;
+    let device_state = device_state(&db.pool, &id).await?;
     Ok(Json(DeviceDetail {
         device,
         state: device_state,
@@ -276,7 +277,7 @@ pub async fn get_device(
 pub struct DeviceDetail {
     #[serde(flatten)]
     pub device: Device,
-    pub state: crate::read_model::DeviceState,
+    pub state: DeviceState,
 }
 
 #[utoipa::path(patch, path = "/api/v1/devices/{id}", tag = "devices", request_body = DevicePatch,
@@ -289,7 +290,7 @@ pub struct DeviceDetail {
     ))]
 pub async fn update_device(
     caller: Caller,
-    State(state): State<RegistryState>,
+    State(db): State<Db>,
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<DevicePatch>, JsonRejection>,
 ) -> ApiResult<Json<Device>> {
@@ -299,14 +300,7 @@ pub async fn update_device(
     if let Some(home) = &patch.home_id {
         caller.require_home(home)?;
     }
-    let device = store::update_device(
-        &state.pool,
-        state.topics(),
-        &id,
-        &patch,
-        caller.home_scope(),
-    )
-    .await?;
+    let device = Devices::update(&db.pool, &db.topics, &id, &patch, caller.home_scope()).await?;
     Ok(Json(device))
 }
 
@@ -318,16 +312,31 @@ pub async fn update_device(
     ))]
 pub async fn delete_device(
     caller: Caller,
-    State(state): State<RegistryState>,
+    State(db): State<Db>,
     id: Result<Path<String>, PathRejection>,
 ) -> ApiResult<StatusCode> {
     let id = path_id(id, IdKind::Device)?;
-    store::delete_device(&state.pool, state.topics(), &id, caller.home_scope()).await?;
+    Devices::delete(&db.pool, &db.topics, &id, caller.home_scope()).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub async fn no_route(uri: axum::http::Uri) -> Problem {
-    Problem::no_route(uri.path())
+/// Desired state (write side, set by commands) joined with what the device
+/// reported and its presence (read model).
+pub async fn device_state(pool: &PgPool, device_id: &str) -> ApiResult<DeviceState> {
+    let (desired, version) = Devices::desired(pool, device_id).await?;
+    let view = DeviceViews::view(pool, device_id).await?;
+    Ok(DeviceState::new(desired, version, view))
+}
+
+/// The device, if it exists and the caller may use its home. Otherwise
+/// the same 404 as for a device that does not exist: ids of other homes'
+/// devices are not disclosed.
+pub async fn visible_device(pool: &PgPool, caller: &Caller, id: &str) -> ApiResult<Device> {
+    let device = Devices::get(pool, id).await?;
+    if !caller.may_use_home(&device.home_id) {
+        return Err(Problem::not_found(format!("no device {id:?}")));
+    }
+    Ok(device)
 }
 
 enum IdKind {
@@ -423,7 +432,7 @@ mod tests {
 
     #[test]
     fn openapi_documents_every_route() {
-        let doc = openapi();
+        let doc = crate::openapi();
         for path in [
             "/api/v1/homes",
             "/api/v1/homes/{id}",

@@ -8,29 +8,35 @@
 //! A device outside the caller's homes answers 404, as if it did not exist.
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::{FromRef, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
-use sqlx::Row;
 use utoipa::{IntoParams, OpenApi};
 use warmhouse_contracts::domain::CommandStatus;
 use warmhouse_service_kit::auth::Caller;
 
-use crate::commands::{self, CommandView, NewCommand};
-use crate::model::{self, Device};
+use super::machine;
+use super::model::{CommandView, NewCommand};
+use crate::db::Db;
+use crate::devices::http::{device_state, visible_device};
+use crate::devices::model;
+use crate::devices::state::DeviceState;
+use crate::devices::Device;
 use crate::problem::Problem;
-use crate::read_model::{self, DeviceState};
-use crate::{store, RegistryState};
 
 /// Header that makes a command request safe to retry.
 pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 /// Most commands one list returns.
 pub const MAX_COMMANDS_LIMIT: i64 = 200;
 
-pub fn routes() -> Router<RegistryState> {
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    Db: FromRef<S>,
+{
     Router::new()
         .route(
             "/api/v1/devices/{id}/commands",
@@ -78,12 +84,12 @@ pub struct CommandListParams {
     ))]
 pub async fn create_command(
     caller: Caller,
-    State(state): State<RegistryState>,
+    State(db): State<Db>,
     id: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     body: Result<Json<NewCommand>, JsonRejection>,
 ) -> Result<Response, Problem> {
-    let device = visible_device(&state, &caller, id).await?;
+    let device = path_device(&db, &caller, id).await?;
     let key =
         match headers.get(IDEMPOTENCY_KEY) {
             None => None,
@@ -92,8 +98,7 @@ pub async fn create_command(
             })?),
         };
     let Json(new) = body?;
-    let (command, created) =
-        commands::create(state.pool(), state.topics(), &device, &new, key).await?;
+    let (command, created) = machine::create(&db.pool, &db.topics, &device, &new, key).await?;
     let status = if created {
         StatusCode::ACCEPTED
     } else {
@@ -115,11 +120,11 @@ pub async fn create_command(
     ))]
 pub async fn list_commands(
     caller: Caller,
-    State(state): State<RegistryState>,
+    State(db): State<Db>,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<CommandListParams>, QueryRejection>,
 ) -> Result<Json<Vec<CommandView>>, Problem> {
-    let device = visible_device(&state, &caller, id).await?;
+    let device = path_device(&db, &caller, id).await?;
     let Query(params) = query.map_err(|r| Problem::invalid_parameter("query", r.body_text()))?;
     let status = match params.status.as_deref() {
         None => None,
@@ -144,7 +149,7 @@ pub async fn list_commands(
             })?,
     };
     Ok(Json(
-        commands::list(state.pool(), &device.id, status, limit).await?,
+        machine::list(&db.pool, &device.id, status, limit).await?,
     ))
 }
 
@@ -159,18 +164,16 @@ pub async fn list_commands(
     ))]
 pub async fn get_command(
     caller: Caller,
-    State(state): State<RegistryState>,
+    State(db): State<Db>,
     ids: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Json<CommandView>, Problem> {
     let Path((id, command_id)) =
         ids.map_err(|r| Problem::invalid_parameter("id", r.body_text()))?;
-    let device = visible_device_by_id(&state, &caller, &id).await?;
+    let device = visible_device_by_id(&db, &caller, &id).await?;
     if command_id.len() > 64 {
         return Err(Problem::not_found(format!("no command {command_id:?}")));
     }
-    Ok(Json(
-        commands::get(state.pool(), &device.id, &command_id).await?,
-    ))
+    Ok(Json(machine::get(&db.pool, &device.id, &command_id).await?))
 }
 
 #[utoipa::path(get, path = "/api/v1/devices/{id}/state", tag = "commands",
@@ -181,51 +184,24 @@ pub async fn get_command(
     ))]
 pub async fn get_state(
     caller: Caller,
-    State(state): State<RegistryState>,
+    State(db): State<Db>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<DeviceState>, Problem> {
-    let device = visible_device(&state, &caller, id).await?;
-    Ok(Json(device_state(&state, &device.id).await?))
+    let device = path_device(&db, &caller, id).await?;
+    Ok(Json(device_state(&db.pool, &device.id).await?))
 }
 
-/// Desired state (write side) joined with what the device reported and its
-/// presence (read model).
-pub async fn device_state(state: &RegistryState, device_id: &str) -> Result<DeviceState, Problem> {
-    let row = sqlx::query("SELECT desired, desired_version FROM devices WHERE id = $1")
-        .bind(device_id)
-        .fetch_optional(state.pool())
-        .await
-        .map_err(|e| store::db_problem(e, "device"))?
-        .ok_or_else(|| Problem::not_found(format!("no device {device_id:?}")))?;
-    let desired: sqlx::types::Json<serde_json::Map<String, serde_json::Value>> = row
-        .try_get("desired")
-        .map_err(|e| store::db_problem(e, "device"))?;
-    let version: i64 = row
-        .try_get("desired_version")
-        .map_err(|e| store::db_problem(e, "device"))?;
-    let view = read_model::view(state.pool(), device_id).await?;
-    Ok(DeviceState::new(desired.0, version, view))
-}
-
-async fn visible_device(
-    state: &RegistryState,
+async fn path_device(
+    db: &Db,
     caller: &Caller,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Device, Problem> {
     let Path(id) = id.map_err(|r| Problem::invalid_parameter("id", r.body_text()))?;
-    visible_device_by_id(state, caller, &id).await
+    visible_device_by_id(db, caller, &id).await
 }
 
 /// The device, if it exists and the caller may use its home; 404 otherwise.
-async fn visible_device_by_id(
-    state: &RegistryState,
-    caller: &Caller,
-    id: &str,
-) -> Result<Device, Problem> {
+async fn visible_device_by_id(db: &Db, caller: &Caller, id: &str) -> Result<Device, Problem> {
     model::device_id("id", id).map_err(|p| Problem::invalid_parameter("id", p.detail))?;
-    let device = store::get_device(state.pool(), id).await?;
-    if !caller.may_use_home(&device.home_id) {
-        return Err(Problem::not_found(format!("no device {id:?}")));
-    }
-    Ok(device)
+    visible_device(&db.pool, caller, id).await
 }

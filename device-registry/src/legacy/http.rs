@@ -12,7 +12,7 @@
 //! monolith's clients have none (docs/adr/0013-legacy-monolith-strangler-fig.md).
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRef, Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
@@ -20,18 +20,33 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use sqlx::Row;
 use utoipa::{IntoParams, OpenApi, ToSchema};
 use warmhouse_contracts::commands::{self as catalog, state_keys, TARGET_TEMPERATURE_RANGE};
-use warmhouse_service_kit::track_request;
+use warmhouse_service_kit::{track_request, HttpMetrics};
 
+use super::config::LegacyState;
+use super::repo::{LegacySystem, LegacySystems};
 use crate::commands::{self, CommandView, NewCommand};
+use crate::db::{Db, OrProblem};
+use crate::devices::state::DeviceViews;
+use crate::devices::Devices;
 use crate::problem::Problem;
-use crate::{read_model, store, RegistryState, MAX_BODY_BYTES};
+use crate::MAX_BODY_BYTES;
+
+/// What the legacy handlers need.
+#[derive(Clone)]
+pub struct LegacyContext {
+    pub db: Db,
+    pub legacy: LegacyState,
+}
 
 /// The legacy routes, with their own metrics and body limit but outside the
 /// bearer-token layer of `/api/v1`.
-pub fn routes(state: RegistryState) -> Router {
+pub fn routes<S>(http_metrics: HttpMetrics) -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    LegacyContext: FromRef<S>,
+{
     Router::new()
         .route("/api/heating/{id}", get(get_heating).put(put_heating))
         .route("/api/heating/{id}/turn-on", post(turn_on))
@@ -42,11 +57,7 @@ pub fn routes(state: RegistryState) -> Router {
             get(current_temperature),
         )
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .route_layer(middleware::from_fn_with_state(
-            state.http_metrics.clone(),
-            track_request,
-        ))
-        .with_state(state)
+        .route_layer(middleware::from_fn_with_state(http_metrics, track_request))
 }
 
 #[derive(OpenApi)]
@@ -112,7 +123,7 @@ pub struct SetTemperatureParams {
         (status = 503, description = "The telemetry query API is down and no temperature was imported", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn get_heating(
-    State(state): State<RegistryState>,
+    State(state): State<LegacyContext>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<HeatingSystem>, Problem> {
     let system = resolve(&state, id).await?;
@@ -128,7 +139,7 @@ pub async fn get_heating(
         (status = 409, description = "The device is disabled", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn put_heating(
-    State(state): State<RegistryState>,
+    State(state): State<LegacyContext>,
     id: Result<Path<String>, PathRejection>,
     body: Result<Json<HeatingSystemUpdate>, JsonRejection>,
 ) -> Result<Json<HeatingSystem>, Problem> {
@@ -181,7 +192,7 @@ pub async fn put_heating(
         (status = 409, description = "The device is disabled", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn turn_on(
-    State(state): State<RegistryState>,
+    State(state): State<LegacyContext>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, Problem> {
     let system = resolve(&state, id).await?;
@@ -198,7 +209,7 @@ pub async fn turn_on(
         (status = 409, description = "The device is disabled", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn turn_off(
-    State(state): State<RegistryState>,
+    State(state): State<LegacyContext>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<StatusCode, Problem> {
     let system = resolve(&state, id).await?;
@@ -218,7 +229,7 @@ pub async fn turn_off(
         (status = 409, description = "The device is disabled", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn set_temperature(
-    State(state): State<RegistryState>,
+    State(state): State<LegacyContext>,
     id: Result<Path<String>, PathRejection>,
     query: Result<Query<SetTemperatureParams>, QueryRejection>,
 ) -> Result<Response, Problem> {
@@ -264,25 +275,17 @@ pub async fn set_temperature(
         (status = 503, description = "The telemetry query API is down and no temperature was imported", body = Problem, content_type = "application/problem+json"),
     ))]
 pub async fn current_temperature(
-    State(state): State<RegistryState>,
+    State(state): State<LegacyContext>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Json<Option<f64>>, Problem> {
     let system = resolve(&state, id).await?;
     Ok(Json(room_temperature(&state, &system).await?))
 }
 
-/// A legacy id resolved to its device.
-struct LegacySystem {
-    legacy_id: i64,
-    device_id: String,
-    desired: Map<String, Value>,
-    imported_temperature: Option<f64>,
-}
-
 /// Parses `{id}` (400 unless a positive integer, as the monolith's ids
 /// were) and finds the device the import made of it (404 if none).
 async fn resolve(
-    state: &RegistryState,
+    state: &LegacyContext,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<LegacySystem, Problem> {
     let Path(text) = id.map_err(|r| Problem::invalid_parameter("id", r.body_text()))?;
@@ -299,33 +302,17 @@ async fn resolve(
                 ),
             )
         })?;
-    let row = sqlx::query(
-        "SELECT l.device_id, l.imported_current_temperature, d.desired \
-         FROM legacy_heating_systems l JOIN devices d ON d.id = l.device_id \
-         WHERE l.legacy_id = $1",
-    )
-    .bind(legacy_id)
-    .fetch_optional(state.pool())
-    .await
-    .map_err(db_problem)?
-    .ok_or_else(|| Problem::not_found(format!("no heating system {legacy_id}")))?;
-    let desired: sqlx::types::Json<Map<String, Value>> =
-        row.try_get("desired").map_err(db_problem)?;
-    Ok(LegacySystem {
-        legacy_id,
-        device_id: row.try_get("device_id").map_err(db_problem)?,
-        desired: desired.0,
-        imported_temperature: row
-            .try_get("imported_current_temperature")
-            .map_err(db_problem)?,
-    })
+    LegacySystems::find(&state.db.pool, legacy_id)
+        .await
+        .or_problem("heating system")?
+        .ok_or_else(|| Problem::not_found(format!("no heating system {legacy_id}")))
 }
 
 /// The monolith's view of a system: each setting as the device reported
 /// it, else as last asked (a device that never reported, or a command it
 /// has not executed yet).
-async fn current(state: &RegistryState, system: &LegacySystem) -> Result<HeatingSystem, Problem> {
-    let reported = read_model::view(state.pool(), &system.device_id)
+async fn current(state: &LegacyContext, system: &LegacySystem) -> Result<HeatingSystem, Problem> {
+    let reported = DeviceViews::view(&state.db.pool, &system.device_id)
         .await?
         .map(|view| view.reported)
         .unwrap_or_default();
@@ -359,7 +346,7 @@ async fn current(state: &RegistryState, system: &LegacySystem) -> Result<Heating
 /// imported one. A query API that is down only matters when there is no
 /// imported value to answer with.
 async fn room_temperature(
-    state: &RegistryState,
+    state: &LegacyContext,
     system: &LegacySystem,
 ) -> Result<Option<f64>, Problem> {
     let Some(telemetry) = &state.legacy.telemetry else {
@@ -386,18 +373,19 @@ async fn room_temperature(
 /// Queues a command for the system's device, like
 /// `POST /api/v1/devices/{id}/commands` without an idempotency key.
 async fn send(
-    state: &RegistryState,
+    state: &LegacyContext,
     system: &LegacySystem,
     name: &str,
     params: Map<String, Value>,
 ) -> Result<CommandView, Problem> {
-    let device = store::get_device(state.pool(), &system.device_id).await?;
+    let device = Devices::get(&state.db.pool, &system.device_id).await?;
     let new = NewCommand {
         name: name.to_string(),
         params,
         ttl_seconds: None,
     };
-    let (command, _) = commands::create(state.pool(), state.topics(), &device, &new, None).await?;
+    let (command, _) =
+        commands::create(&state.db.pool, &state.db.topics, &device, &new, None).await?;
     Ok(command)
 }
 
@@ -445,10 +433,6 @@ fn legacy_body_problem(rejection: JsonRejection) -> Problem {
 /// Echoes at most 40 characters of what the client sent.
 fn clip(text: &str) -> String {
     text.chars().take(40).collect()
-}
-
-fn db_problem(err: sqlx::Error) -> Problem {
-    store::db_problem(err, "heating system")
 }
 
 #[cfg(test)]
