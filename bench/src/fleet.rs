@@ -163,10 +163,9 @@ impl FleetResults {
         let mut failures = Vec::new();
         for run in &self.replica {
             match run {
-                Err(err) => failures.push(format!(
-                    "phase 7 (one replica): {}",
-                    crate::report::one_line(err)
-                )),
+                Err(err) => {
+                    failures.push(format!("phase 7 (one replica): {}", crate::one_line(err)))
+                }
                 Ok(r) if r.all_connected_after.is_none() => failures.push(format!(
                     "phase 7 ({}): {} of {} devices connected",
                     r.kind.label(),
@@ -177,7 +176,7 @@ impl FleetResults {
             }
         }
         match &self.fleet {
-            Err(err) => failures.push(format!("phase 7 (fleet): {}", crate::report::one_line(err))),
+            Err(err) => failures.push(format!("phase 7 (fleet): {}", crate::one_line(err))),
             Ok(f) => {
                 if f.all_connected_after.is_none() {
                     failures.push("phase 7 (fleet): not every device connected".into());
@@ -191,7 +190,7 @@ impl FleetResults {
                 match &f.tally {
                     Err(err) => failures.push(format!(
                         "phase 7 (fleet): counting stored readings: {}",
-                        crate::report::one_line(err)
+                        crate::one_line(err)
                     )),
                     Ok(t) if !t.exactly_once() => {
                         failures.push(format!("phase 7 (fleet): not exactly once: {t:?}"))

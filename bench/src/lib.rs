@@ -521,9 +521,8 @@ impl Results {
     /// exactly once before the bench stopped waiting.
     pub fn failures(&self) -> Vec<String> {
         let mut failures = Vec::new();
-        let mut errored = |what: &str, err: &anyhow::Error| {
-            failures.push(format!("{what}: {}", report::one_line(err)))
-        };
+        let mut errored =
+            |what: &str, err: &anyhow::Error| failures.push(format!("{what}: {}", one_line(err)));
         if let Some(Err(err)) = &self.ceiling {
             errored("phase 1 (InfluxDB ceiling)", err);
         }
@@ -558,7 +557,7 @@ impl Results {
             );
         for (what, run) in e2e_runs {
             match run {
-                Err(err) => failures.push(format!("{what}: {}", report::one_line(err))),
+                Err(err) => failures.push(format!("{what}: {}", one_line(err))),
                 Ok(e) => {
                     if let Some(problem) = e.delivery_problem() {
                         failures.push(format!("{what}: {problem}"));
@@ -719,4 +718,23 @@ fn cores() -> usize {
     std::thread::available_parallelism()
         .map(usize::from)
         .unwrap_or(1)
+}
+
+/// An error on one line, without terminal colours, cut to a readable length.
+pub(crate) fn one_line(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    let mut escape = false;
+    for c in format!("{err:#}").chars() {
+        match c {
+            '\u{1b}' => escape = true,
+            c if escape => escape = !c.is_ascii_alphabetic(),
+            '\n' => text.push(' '),
+            '|' => text.push('/'),
+            c => text.push(c),
+        }
+    }
+    if text.chars().count() > 600 {
+        text = text.chars().take(600).collect::<String>() + " …";
+    }
+    text
 }

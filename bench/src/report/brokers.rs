@@ -2,8 +2,9 @@
 
 use std::fmt::Write;
 
-use super::format::{one_line, opt_pct, pct, ratio, thousands};
+use super::format::{opt_pct, pct, ratio, thousands};
 use crate::brokers::{BrokerKind, BrokerRun};
+use crate::one_line;
 use crate::Results;
 
 pub(super) fn render(md: &mut String, results: &Results) {

@@ -2,7 +2,8 @@
 
 use std::fmt::Write;
 
-use super::format::{one_line, opt_pct, secs, thousands};
+use super::format::{opt_pct, secs, thousands};
+use crate::one_line;
 use crate::Results;
 
 pub(super) fn render(md: &mut String, results: &Results) {

@@ -2,8 +2,9 @@
 
 use std::fmt::Write;
 
-use super::format::{one_line, secs, thousands};
+use super::format::{secs, thousands};
 use crate::e2e::percentile;
+use crate::one_line;
 use crate::Results;
 
 pub(super) const HEADING: &str = "## 5. Command round trip";

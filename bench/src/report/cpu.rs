@@ -2,9 +2,10 @@
 
 use std::fmt::Write;
 
-use super::format::{one_line, pct, secs};
+use super::format::{pct, secs};
 use crate::cpu::{PerfProfile, Usage};
 use crate::e2e::E2eResult;
+use crate::one_line;
 
 pub(super) fn render(md: &mut String, e: &E2eResult) {
     let _ = writeln!(md, "## 4. Where the CPU goes (during phase 3)\n");

@@ -3,9 +3,10 @@
 
 use std::fmt::Write;
 
-use super::format::{one_line, opt_pct, ratio, secs, spread, thousands};
+use super::format::{opt_pct, ratio, secs, spread, thousands};
 use crate::e2e::{percentile, E2eOptions, E2eResult, Latency};
 use crate::influx::CeilingResult;
+use crate::one_line;
 use crate::Results;
 
 pub(super) fn render(md: &mut String, results: &Results, ceiling: Option<&CeilingResult>) {

@@ -3,9 +3,9 @@
 
 use std::fmt::Write;
 
-use super::format::one_line;
 use crate::e2e;
 use crate::fleet::{FleetOptions, FleetResults, FleetRun, ReplicaRun};
+use crate::one_line;
 
 pub(super) const HEADING: &str = "## 7. The fleet";
 

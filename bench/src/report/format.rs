@@ -1,4 +1,4 @@
-//! How figures and errors read in the report.
+//! How figures read in the report.
 
 use std::time::Duration;
 
@@ -45,23 +45,4 @@ pub(super) fn spread(rates: &[f64]) -> Option<(f64, f64, f64)> {
     let mut sorted = rates.to_vec();
     sorted.sort_by(f64::total_cmp);
     Some((*sorted.first()?, sorted[sorted.len() / 2], *sorted.last()?))
-}
-
-/// An error on one line, without terminal colours, cut to a readable length.
-pub fn one_line(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    let mut escape = false;
-    for c in format!("{err:#}").chars() {
-        match c {
-            '\u{1b}' => escape = true,
-            c if escape => escape = !c.is_ascii_alphabetic(),
-            '\n' => text.push(' '),
-            '|' => text.push('/'),
-            c => text.push(c),
-        }
-    }
-    if text.chars().count() > 600 {
-        text = text.chars().take(600).collect::<String>() + " …";
-    }
-    text
 }

@@ -19,7 +19,6 @@ use std::fmt::Write;
 use crate::Results;
 use format::secs;
 
-pub use format::one_line;
 pub use machine::{utc_now, Machine};
 
 pub fn render(results: &Results) -> String {
