@@ -332,6 +332,10 @@ if [ "$local_infra" -ge 1 ]; then
   done
 fi
 
+# The build contexts hold hard links to target/release and copies of the
+# packages: gone once the images have them (the disk is shared).
+rm -rf "$WORK/context" "$WORK/infra"
+
 # ---------------------------------------------------------------- report
 
 log "images:"
