@@ -701,7 +701,7 @@ mod tests {
 
     #[test]
     fn parsed_defaults_match_for_tests_except_device_auth() {
-        let parsed = BrokerConfig::try_parse_from(["warmhouse-broker"]).unwrap();
+        let parsed: BrokerConfig = warmhouse_service_kit::testing::clap_defaults().unwrap();
         let expected = BrokerConfig {
             device_auth: DeviceAuth::Registry,
             ..BrokerConfig::for_tests(

@@ -152,4 +152,14 @@ mod tests {
         let flag: SocketAddr = DEFAULT_LISTEN.parse().expect("a socket address");
         assert_eq!(RegistryConfig::default().listen, flag);
     }
+
+    #[test]
+    fn the_default_is_what_the_flags_declare() {
+        let declared: RegistryConfig =
+            warmhouse_service_kit::testing::clap_defaults().expect("the declared defaults parse");
+        assert_eq!(
+            format!("{:?}", RegistryConfig::default()),
+            format!("{declared:?}")
+        );
+    }
 }

@@ -34,8 +34,22 @@ use warmhouse_service_kit::{admin_router, now_ms, register, serve, Readiness};
 
 use crate::influx::{InfluxClient, InfluxSettings, WriteError};
 
-/// Configuration; every option is also an environment variable.
-#[derive(clap::Parser, Debug, Clone)]
+pub const DEFAULT_KAFKA_BOOTSTRAP: &str = "127.0.0.1:9092";
+pub const DEFAULT_GROUP: &str = "warmhouse-ingest";
+pub const DEFAULT_INFLUX_URL: &str = "http://127.0.0.1:8086";
+pub const DEFAULT_INFLUX_DATABASE: &str = "warmhouse";
+pub const DEFAULT_RAW_RETENTION: &str = "30d";
+pub const DEFAULT_ROLLUP_RETENTION: &str = "104w";
+pub const DEFAULT_BATCH_MAX_POINTS: usize = 20_000;
+pub const DEFAULT_BATCH_MAX_DELAY_MS: u64 = 100;
+pub const DEFAULT_MAX_CONCURRENT_WRITES: usize = 2;
+pub const DEFAULT_LAG_INTERVAL_MS: u64 = 5_000;
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9185";
+
+/// Configuration; every option is also an environment variable. Tests
+/// start from [`Default`] (or [`WriterConfig::new`]) and override fields, so
+/// what they run never depends on the shell's environment.
+#[derive(clap::Parser, Debug, Clone, PartialEq, Eq)]
 #[command(
     name = "ingest-writer",
     about = "Warmhouse ingest: Kafka telemetry to InfluxDB"
@@ -44,56 +58,56 @@ pub struct WriterConfig {
     #[arg(
         long,
         env = "WARMHOUSE_KAFKA_BOOTSTRAP",
-        default_value = "127.0.0.1:9092"
+        default_value = DEFAULT_KAFKA_BOOTSTRAP
     )]
     pub kafka_bootstrap: String,
-    #[arg(
-        long,
-        env = "WARMHOUSE_INGEST_GROUP",
-        default_value = "warmhouse-ingest"
-    )]
+    #[arg(long, env = "WARMHOUSE_INGEST_GROUP", default_value = DEFAULT_GROUP)]
     pub group_id: String,
     #[arg(long, env = "WARMHOUSE_TOPIC_TELEMETRY", default_value = topics::TELEMETRY)]
     pub telemetry_topic: String,
     #[arg(long, env = "WARMHOUSE_TOPIC_DEAD_LETTERS", default_value = topics::DEAD_LETTERS)]
     pub dead_letters_topic: String,
+    #[arg(long, env = "WARMHOUSE_INFLUX_URL", default_value = DEFAULT_INFLUX_URL)]
+    pub influx_url: String,
     #[arg(
         long,
-        env = "WARMHOUSE_INFLUX_URL",
-        default_value = "http://127.0.0.1:8086"
+        env = "WARMHOUSE_INFLUX_DATABASE",
+        default_value = DEFAULT_INFLUX_DATABASE
     )]
-    pub influx_url: String,
-    #[arg(long, env = "WARMHOUSE_INFLUX_DATABASE", default_value = "warmhouse")]
     pub influx_database: String,
     /// How long raw readings are kept (InfluxQL duration).
-    #[arg(long, env = "WARMHOUSE_INFLUX_RAW_RETENTION", default_value = "30d")]
+    #[arg(
+        long,
+        env = "WARMHOUSE_INFLUX_RAW_RETENTION",
+        default_value = DEFAULT_RAW_RETENTION
+    )]
     pub raw_retention: String,
     /// How long hourly rollups are kept.
     #[arg(
         long,
         env = "WARMHOUSE_INFLUX_ROLLUP_RETENTION",
-        default_value = "104w"
+        default_value = DEFAULT_ROLLUP_RETENTION
     )]
     pub rollup_retention: String,
     /// Flush a batch when it holds this many points ...
     #[arg(
         long,
         env = "WARMHOUSE_INGEST_BATCH_MAX_POINTS",
-        default_value_t = 20_000
+        default_value_t = DEFAULT_BATCH_MAX_POINTS
     )]
     pub batch_max_points: usize,
     /// ... or when its first point is this old.
     #[arg(
         long,
         env = "WARMHOUSE_INGEST_BATCH_MAX_DELAY_MS",
-        default_value_t = 100
+        default_value_t = DEFAULT_BATCH_MAX_DELAY_MS
     )]
     pub batch_max_delay_ms: u64,
     /// Batches being written at once; beyond that consumption waits.
     #[arg(
         long,
         env = "WARMHOUSE_INGEST_MAX_CONCURRENT_WRITES",
-        default_value_t = 2
+        default_value_t = DEFAULT_MAX_CONCURRENT_WRITES
     )]
     pub max_concurrent_writes: usize,
     /// How often the consumer lag (`warmhouse_ingest_consumer_lag`) is read
@@ -101,26 +115,48 @@ pub struct WriterConfig {
     #[arg(
         long,
         env = "WARMHOUSE_INGEST_LAG_INTERVAL_MS",
-        default_value_t = 5_000
+        default_value_t = DEFAULT_LAG_INTERVAL_MS
     )]
     pub lag_interval_ms: u64,
     #[arg(
         long,
         env = "WARMHOUSE_INGEST_ADMIN_LISTEN",
-        default_value = "0.0.0.0:9185"
+        default_value = DEFAULT_ADMIN_LISTEN
     )]
     pub admin_listen: SocketAddr,
 }
 
+impl Default for WriterConfig {
+    /// What the flags default to, without reading arguments or environment.
+    fn default() -> Self {
+        Self {
+            kafka_bootstrap: DEFAULT_KAFKA_BOOTSTRAP.into(),
+            group_id: DEFAULT_GROUP.into(),
+            telemetry_topic: topics::TELEMETRY.into(),
+            dead_letters_topic: topics::DEAD_LETTERS.into(),
+            influx_url: DEFAULT_INFLUX_URL.into(),
+            influx_database: DEFAULT_INFLUX_DATABASE.into(),
+            raw_retention: DEFAULT_RAW_RETENTION.into(),
+            rollup_retention: DEFAULT_ROLLUP_RETENTION.into(),
+            batch_max_points: DEFAULT_BATCH_MAX_POINTS,
+            batch_max_delay_ms: DEFAULT_BATCH_MAX_DELAY_MS,
+            max_concurrent_writes: DEFAULT_MAX_CONCURRENT_WRITES,
+            lag_interval_ms: DEFAULT_LAG_INTERVAL_MS,
+            admin_listen: SocketAddr::from(([0, 0, 0, 0], 9185)),
+        }
+    }
+}
+
 impl WriterConfig {
-    /// Defaults with the given endpoints: for tests and embedding.
+    /// Defaults with the given endpoints and the admin endpoint on a free
+    /// loopback port: for tests and embedding. Reads no environment.
     pub fn new(kafka_bootstrap: &str, influx_url: &str) -> Self {
-        use clap::Parser;
-        let mut config = Self::parse_from(["ingest-writer"]);
-        config.kafka_bootstrap = kafka_bootstrap.to_string();
-        config.influx_url = influx_url.to_string();
-        config.admin_listen = SocketAddr::from(([127, 0, 0, 1], 0));
-        config
+        Self {
+            kafka_bootstrap: kafka_bootstrap.to_string(),
+            influx_url: influx_url.to_string(),
+            admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Self::default()
+        }
     }
 }
 
@@ -542,6 +578,13 @@ fn gzip(lines: &[u8]) -> anyhow::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_default_is_what_the_flags_declare() {
+        let declared: WriterConfig =
+            warmhouse_service_kit::testing::clap_defaults().expect("the declared defaults parse");
+        assert_eq!(WriterConfig::default(), declared);
+    }
 
     #[test]
     fn envelope_becomes_one_line_per_reading() {

@@ -299,7 +299,9 @@ pub fn generate_secret() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Tokens for the tests of services that verify them.
+/// Tokens for the tests of services that verify them (feature
+/// `test-support`: not compiled into the services).
+#[cfg(any(test, feature = "test-support"))]
 pub mod testing {
     use std::time::Duration;
 

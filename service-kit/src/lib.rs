@@ -7,6 +7,8 @@ pub mod auth;
 pub mod http_metrics;
 pub mod kafka;
 pub mod problem;
+#[cfg(any(test, feature = "test-support"))]
+pub mod testing;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -41,6 +43,23 @@ pub fn init_tracing() {
     } else {
         builder.try_init()
     };
+}
+
+/// `T` from command-line style `args` (the program name first) with every
+/// `env =` variable ignored: flags and declared defaults only. For
+/// configurations built in code (test harnesses, embedding), which must not
+/// change with the shell's environment.
+pub fn parse_ignoring_env<T, I, S>(args: I) -> anyhow::Result<T>
+where
+    T: clap::Parser,
+    I: IntoIterator<Item = S>,
+    S: Into<std::ffi::OsString> + Clone,
+{
+    let matches = T::command()
+        .mut_args(|arg| arg.env(None))
+        .try_get_matches_from(args)
+        .context("parsing the arguments")?;
+    T::from_arg_matches(&matches).context("building the configuration from the arguments")
 }
 
 /// Milliseconds since the Unix epoch by this host's clock.

@@ -478,7 +478,6 @@ impl Stack {
     /// A simulator configuration pointed at this stack (its devices spread
     /// over every broker replica).
     pub fn simulator(&self, args: &[&str]) -> warmhouse_simulator::SimConfig {
-        use clap::Parser;
         let port = self
             .mqtt_ports()
             .iter()
@@ -493,6 +492,10 @@ impl Stack {
             port.as_str(),
         ];
         argv.extend_from_slice(args);
-        warmhouse_simulator::SimConfig::parse_from(argv)
+        // The environment (WARMHOUSE_SIM_*) is ignored: a test's simulator
+        // does not change with the shell it runs in. The arguments come
+        // from the code, so a wrong one is a bug to stop at.
+        warmhouse_service_kit::parse_ignoring_env(argv.iter().copied())
+            .unwrap_or_else(|e| panic!("simulator arguments {argv:?}: {e:#}"))
     }
 }

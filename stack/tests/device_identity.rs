@@ -825,7 +825,8 @@ async fn devices_speak_only_for_themselves_and_lose_access_when_revoked() {
         if tls {
             argv.extend(["--tls-ca", ca_file.to_str().unwrap()]);
         }
-        let config = <warmhouse_simulator::SimConfig as clap::Parser>::parse_from(argv);
+        let config: warmhouse_simulator::SimConfig =
+            warmhouse_service_kit::parse_ignoring_env(argv).expect("simulator arguments");
         let summary = tokio::time::timeout(
             WAIT,
             warmhouse_simulator::run(config, std::future::pending()),

@@ -50,7 +50,15 @@ pub use warmhouse_service_kit::Problem;
 /// Name of the readiness check `/readyz` reports.
 pub const READY_CHECK: &str = "influxdb";
 
-/// Configuration of `ingest-query` (flags or environment variables).
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8081";
+pub const DEFAULT_INFLUX_URL: &str = "http://127.0.0.1:8086";
+pub const DEFAULT_INFLUX_DATABASE: &str = "warmhouse";
+pub const DEFAULT_MAX_POINTS: u32 = 10_000;
+pub const DEFAULT_INFLUX_TIMEOUT_MS: u64 = 10_000;
+pub const DEFAULT_READY_INTERVAL_MS: u64 = 2_000;
+
+/// Configuration of `ingest-query` (flags or environment variables). Tests
+/// start from [`Default`] (or [`QueryConfig::new`]) and override fields.
 #[derive(clap::Parser, Debug, Clone)]
 #[command(
     name = "ingest-query",
@@ -58,40 +66,56 @@ pub const READY_CHECK: &str = "influxdb";
 )]
 pub struct QueryConfig {
     /// Address the HTTP API listens on.
-    #[arg(long, env = "WARMHOUSE_QUERY_LISTEN", default_value = "0.0.0.0:8081")]
+    #[arg(long, env = "WARMHOUSE_QUERY_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
     /// Base URL of InfluxDB's v1 HTTP API.
-    #[arg(
-        long,
-        env = "WARMHOUSE_INFLUX_URL",
-        default_value = "http://127.0.0.1:8086"
-    )]
+    #[arg(long, env = "WARMHOUSE_INFLUX_URL", default_value = DEFAULT_INFLUX_URL)]
     pub influx_url: String,
     /// InfluxDB database the writer fills.
-    #[arg(long, env = "WARMHOUSE_INFLUX_DATABASE", default_value = "warmhouse")]
+    #[arg(
+        long,
+        env = "WARMHOUSE_INFLUX_DATABASE",
+        default_value = DEFAULT_INFLUX_DATABASE
+    )]
     pub influx_database: String,
     /// Most raw points one request may return (the ceiling of `limit`), and
     /// most aggregation windows.
-    #[arg(long, env = "WARMHOUSE_QUERY_MAX_POINTS", default_value_t = 10_000,
+    #[arg(long, env = "WARMHOUSE_QUERY_MAX_POINTS", default_value_t = DEFAULT_MAX_POINTS,
           value_parser = clap::value_parser!(u32).range(1..))]
     pub max_points: u32,
     /// How long one InfluxDB query may take, in milliseconds.
     #[arg(
         long,
         env = "WARMHOUSE_QUERY_INFLUX_TIMEOUT_MS",
-        default_value_t = 10_000
+        default_value_t = DEFAULT_INFLUX_TIMEOUT_MS
     )]
     pub influx_timeout_ms: u64,
     /// How often InfluxDB is pinged for `/readyz`, in milliseconds.
     #[arg(
         long,
         env = "WARMHOUSE_QUERY_READY_INTERVAL_MS",
-        default_value_t = 2_000
+        default_value_t = DEFAULT_READY_INTERVAL_MS
     )]
     pub ready_interval_ms: u64,
     /// How bearer tokens are verified.
     #[command(flatten)]
     pub auth: AuthConfig,
+}
+
+impl Default for QueryConfig {
+    /// What the flags default to, without reading the environment. Set
+    /// `auth` before starting: without a key the API refuses to start.
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            influx_url: DEFAULT_INFLUX_URL.into(),
+            influx_database: DEFAULT_INFLUX_DATABASE.into(),
+            max_points: DEFAULT_MAX_POINTS,
+            influx_timeout_ms: DEFAULT_INFLUX_TIMEOUT_MS,
+            ready_interval_ms: DEFAULT_READY_INTERVAL_MS,
+            auth: AuthConfig::default(),
+        }
+    }
 }
 
 impl QueryConfig {
@@ -101,11 +125,7 @@ impl QueryConfig {
         Self {
             listen,
             influx_url: influx_url.into(),
-            influx_database: "warmhouse".into(),
-            max_points: 10_000,
-            influx_timeout_ms: 10_000,
-            ready_interval_ms: 2_000,
-            auth: AuthConfig::default(),
+            ..Self::default()
         }
     }
 }
@@ -279,4 +299,19 @@ pub async fn start(
         state,
         server,
     })
+}
+
+#[cfg(test)]
+mod config_tests {
+    use super::*;
+
+    #[test]
+    fn the_default_is_what_the_flags_declare() {
+        let declared: QueryConfig =
+            warmhouse_service_kit::testing::clap_defaults().expect("the declared defaults parse");
+        assert_eq!(
+            format!("{:?}", QueryConfig::default()),
+            format!("{declared:?}")
+        );
+    }
 }
