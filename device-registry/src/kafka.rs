@@ -6,9 +6,8 @@ use std::time::Duration;
 use anyhow::Context;
 use rdkafka::consumer::StreamConsumer;
 use rdkafka::producer::FutureProducer;
-use rdkafka::ClientConfig;
 use warmhouse_contracts::kafka::topics;
-use warmhouse_service_kit::kafka::group_consumer_config;
+use warmhouse_service_kit::kafka::{group_consumer_config, producer_config, Idempotence};
 
 /// Topic names (each overridable by the operator).
 #[derive(Debug, Clone)]
@@ -40,14 +39,10 @@ impl KafkaSettings {
     /// kafka.rs). One request in flight keeps each key in order through
     /// retries; duplicates after a crash are absorbed by the consumers.
     pub fn producer(&self) -> anyhow::Result<FutureProducer> {
-        ClientConfig::new()
-            .set("bootstrap.servers", &self.bootstrap)
-            .set("acks", "all")
-            .set("enable.idempotence", "false")
+        producer_config(&self.bootstrap, Idempotence::Off)
             .set("max.in.flight.requests.per.connection", "1")
             .set("linger.ms", "0")
             .set("message.timeout.ms", "10000")
-            .set("reconnect.backoff.max.ms", "1000")
             .create()
             .context("creating the outbox Kafka producer")
     }

@@ -22,6 +22,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::ClientContext;
 use tokio::sync::oneshot;
 use warmhouse_contracts::kafka::VERSION_HEADER;
+use warmhouse_service_kit::kafka::{producer_config, Idempotence};
 
 use crate::spool::Record;
 
@@ -111,10 +112,8 @@ impl Producer {
         linger: Duration,
         kafka_down: Arc<AtomicBool>,
     ) -> anyhow::Result<Self> {
-        let mut config = ClientConfig::new();
+        let mut config = producer_config(bootstrap, Idempotence::On);
         config
-            .set("bootstrap.servers", bootstrap)
-            .set("enable.idempotence", "true")
             // A batch the broker refuses for good leaves a gap, and librdkafka
             // then bumps the producer epoch on its own. tansu 0.6 has no row
             // for an epoch it did not hand out and its storage task panics:
@@ -123,15 +122,13 @@ impl Producer {
             // and `send` replaces it. Several tansu brokers on one SQLite file
             // refuse batches whenever they collide on the file's write lock.
             .set("enable.gapless.guarantee", "true")
-            .set("acks", "all")
             .set("linger.ms", linger.as_millis().to_string())
             .set("batch.num.messages", "10000")
             .set("queue.buffering.max.messages", "200000")
             .set(
                 "message.timeout.ms",
                 message_timeout.as_millis().to_string(),
-            )
-            .set("reconnect.backoff.max.ms", "1000");
+            );
         let owner = Arc::new(OnceLock::new());
         let first = create(&config, &kafka_down, 0, &owner)?;
         let shared = Arc::new(Shared {

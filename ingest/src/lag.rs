@@ -16,7 +16,8 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use prometheus::IntGaugeVec;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
+use warmhouse_service_kit::kafka::consumer_config;
 
 /// Timeout of each request to Kafka in one measurement.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(3);
@@ -32,11 +33,8 @@ impl LagProbe {
     /// A probe of `group` on `topic`. It never joins the group nor commits:
     /// it only reads offsets.
     pub fn new(bootstrap: &str, group: &str, topic: &str) -> anyhow::Result<Self> {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("group.id", group)
+        let consumer: BaseConsumer = consumer_config(bootstrap, group)
             .set("enable.auto.commit", "false")
-            .set("reconnect.backoff.max.ms", "1000")
             .create()
             .context("creating the consumer-lag probe's Kafka client")?;
         Ok(Self {

@@ -25,11 +25,13 @@ use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
-use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use warmhouse_contracts::kafka::{topics, DeadLetter};
 use warmhouse_contracts::points::points;
 use warmhouse_contracts::telemetry::TelemetryEnvelope;
-use warmhouse_service_kit::kafka::{group_consumer_config, ClosedOffRuntime};
+use warmhouse_service_kit::kafka::{
+    group_consumer_config, producer_config, ClosedOffRuntime, Idempotence,
+};
 use warmhouse_service_kit::{admin_router, now_ms, register, serve, Readiness};
 
 use crate::influx::{InfluxClient, InfluxSettings, WriteError};
@@ -289,10 +291,9 @@ pub async fn start(
     // Not idempotent: after a refused batch an idempotent producer bumps its
     // epoch, which tansu cannot take (see the edge bridge's kafka.rs), and
     // this one is never replaced. A dead letter sent twice is harmless.
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &config.kafka_bootstrap)
-        .set("enable.idempotence", "false")
-        .set("acks", "all")
+    // It reconnects within a second like every other client (it had
+    // librdkafka's 10 s backoff before it was built on the shared settings).
+    let producer: FutureProducer = producer_config(&config.kafka_bootstrap, Idempotence::Off)
         .create()
         .context("creating dead-letter producer")?;
 

@@ -1,4 +1,5 @@
-//! Kafka consumer settings and handling the services share.
+//! Kafka client settings (one builder every service's clients start
+//! from) and consumer handling the services share.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,6 +11,57 @@ use rdkafka::error::KafkaResult;
 use rdkafka::message::{Message, OwnedMessage};
 use rdkafka::{Offset, TopicPartitionList};
 
+/// How long librdkafka waits at most before reconnecting to a broker, in ms
+/// (its default, 10 s, leaves a service blind that long after Kafka is back).
+pub const RECONNECT_BACKOFF_MAX_MS: &str = "1000";
+
+/// The settings every Kafka client of the services starts from: the
+/// bootstrap servers and a reconnect backoff of at most a second. The
+/// producer and consumer variants below build on it; production code
+/// creates no client from a bare `ClientConfig::new()`.
+pub fn client_config(bootstrap: &str) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", bootstrap)
+        .set("reconnect.backoff.max.ms", RECONNECT_BACKOFF_MAX_MS);
+    config
+}
+
+/// Whether a producer is idempotent (exactly one copy of each record in the
+/// log, in order, through retries).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotence {
+    On,
+    /// An idempotent producer that lived through a broker restart can be
+    /// refused forever by tansu (see the edge bridge's kafka.rs) unless it
+    /// is replaced; producers that are not replaced turn it off, and their
+    /// consumers absorb a duplicate.
+    Off,
+}
+
+/// A producer whose records are acknowledged by every in-sync replica
+/// (`acks=all`), idempotent or not.
+pub fn producer_config(bootstrap: &str, idempotence: Idempotence) -> ClientConfig {
+    let mut config = client_config(bootstrap);
+    config.set("acks", "all").set(
+        "enable.idempotence",
+        match idempotence {
+            Idempotence::On => "true",
+            Idempotence::Off => "false",
+        },
+    );
+    config
+}
+
+/// A consumer with group id `group_id` (librdkafka wants one even for a
+/// consumer that never joins its group); its commit settings are the
+/// caller's.
+pub fn consumer_config(bootstrap: &str, group_id: &str) -> ClientConfig {
+    let mut config = client_config(bootstrap);
+    config.set("group.id", group_id);
+    config
+}
+
 /// A consumer in group `group_id` that stores each offset by hand once its
 /// record is done with (at least once), committed every 500 ms, starting
 /// from the earliest record when the group has no offset yet.
@@ -20,21 +72,35 @@ pub fn group_consumer_config(
     group_id: &str,
     fetch_wait: Duration,
 ) -> ClientConfig {
-    let mut config = ClientConfig::new();
+    let mut config = consumer_config(bootstrap, group_id);
     config
-        .set("bootstrap.servers", bootstrap)
-        .set("group.id", group_id)
         .set("enable.auto.commit", "true")
         .set("enable.auto.offset.store", "false")
         .set("auto.commit.interval.ms", "500")
         .set("auto.offset.reset", "earliest")
         .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
-        .set("reconnect.backoff.max.ms", "1000")
         // A lost member is replaced once its session expires; until then the
         // group can be stuck rebalancing (tansu keeps it as the leader,
         // docs/adr/0018-kafka-cluster-locally.md). 10 s, Kafka's default
         // before 3.0, not librdkafka's 45 s.
         .set("session.timeout.ms", "10000");
+    config
+}
+
+/// A consumer that assigns its partitions by hand and neither joins a group
+/// nor commits or stores offsets; `client_id` names it to the brokers and
+/// serves as its (never joined) group id.
+pub fn assigned_consumer_config(
+    bootstrap: &str,
+    client_id: &str,
+    fetch_wait: Duration,
+) -> ClientConfig {
+    let mut config = consumer_config(bootstrap, client_id);
+    config
+        .set("client.id", client_id)
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string());
     config
 }
 
@@ -94,16 +160,7 @@ impl TopicTail {
         client_id: &str,
         fetch_wait: Duration,
     ) -> anyhow::Result<Self> {
-        let consumer: StreamConsumer = ClientConfig::new()
-            .set("bootstrap.servers", bootstrap)
-            .set("client.id", client_id)
-            // librdkafka wants a group id for a consumer even when it
-            // never joins the group (manual assignment, nothing committed).
-            .set("group.id", client_id)
-            .set("enable.auto.commit", "false")
-            .set("enable.auto.offset.store", "false")
-            .set("fetch.wait.max.ms", fetch_wait.as_millis().to_string())
-            .set("reconnect.backoff.max.ms", "1000")
+        let consumer: StreamConsumer = assigned_consumer_config(bootstrap, client_id, fetch_wait)
             .create()
             .with_context(|| format!("creating a consumer of {topic}"))?;
         let mut tail = Self {
@@ -205,6 +262,55 @@ pub fn record_source(message: &impl Message) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn settings(config: &ClientConfig) -> Vec<(&str, &str)> {
+        config.config_map().into_iter().collect()
+    }
+
+    #[test]
+    fn every_client_starts_from_the_shared_settings() {
+        let shared = [
+            ("bootstrap.servers", "k:9092"),
+            ("reconnect.backoff.max.ms", "1000"),
+        ];
+        assert_eq!(settings(&client_config("k:9092")), shared);
+        for config in [
+            producer_config("k:9092", Idempotence::On),
+            consumer_config("k:9092", "g"),
+            group_consumer_config("k:9092", "g", Duration::from_millis(20)),
+            assigned_consumer_config("k:9092", "c", Duration::from_millis(20)),
+        ] {
+            for (key, value) in shared {
+                assert_eq!(config.get(key), Some(value), "{key}");
+            }
+        }
+    }
+
+    #[test]
+    fn producers_wait_for_every_replica() {
+        let on = producer_config("k:9092", Idempotence::On);
+        assert_eq!(on.get("acks"), Some("all"));
+        assert_eq!(on.get("enable.idempotence"), Some("true"));
+        let off = producer_config("k:9092", Idempotence::Off);
+        assert_eq!(off.get("enable.idempotence"), Some("false"));
+    }
+
+    #[test]
+    fn assigned_consumers_are_what_topic_tails_used() {
+        let config = assigned_consumer_config("k:9092", "c", Duration::from_millis(5));
+        assert_eq!(
+            settings(&config),
+            [
+                ("bootstrap.servers", "k:9092"),
+                ("client.id", "c"),
+                ("enable.auto.commit", "false"),
+                ("enable.auto.offset.store", "false"),
+                ("fetch.wait.max.ms", "5"),
+                ("group.id", "c"),
+                ("reconnect.backoff.max.ms", "1000"),
+            ]
+        );
+    }
 
     #[test]
     fn group_consumers_store_offsets_by_hand() {
