@@ -5,7 +5,9 @@
 
 use std::net::SocketAddr;
 
-use warmhouse_contracts::kafka::topics;
+use warmhouse_service_kit::args::{
+    DeviceCommandsTopic, DeviceEventsTopic, KafkaArgs, RegistryEventsTopic,
+};
 use warmhouse_service_kit::auth::AuthConfig;
 
 use crate::kafka::{KafkaSettings, Topics};
@@ -16,7 +18,6 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/warmh
 pub const DEFAULT_POOL_SIZE: u32 = 10;
 pub const DEFAULT_ACQUIRE_TIMEOUT_MS: u64 = 3_000;
 pub const DEFAULT_READY_INTERVAL_MS: u64 = 2_000;
-pub const DEFAULT_KAFKA_BOOTSTRAP: &str = "127.0.0.1:9092";
 pub const DEFAULT_GROUP: &str = "warmhouse-device-registry";
 
 /// Configuration of `device-registry` (flags or environment variables).
@@ -54,23 +55,19 @@ pub struct RegistryConfig {
         default_value_t = DEFAULT_READY_INTERVAL_MS
     )]
     pub ready_interval_ms: u64,
-    /// Kafka bootstrap servers, comma separated. Empty: no Kafka (commands
-    /// then wait in the outbox; for tests of the REST API alone).
-    #[arg(
-        long,
-        env = "WARMHOUSE_KAFKA_BOOTSTRAP",
-        default_value = DEFAULT_KAFKA_BOOTSTRAP
-    )]
-    pub kafka_bootstrap: String,
+    /// Kafka bootstrap servers. Empty: no Kafka (commands then wait in the
+    /// outbox; for tests of the REST API alone).
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     /// Consumer group of the registry's `device-events` consumer.
     #[arg(long, env = "WARMHOUSE_REGISTRY_GROUP", default_value = DEFAULT_GROUP)]
     pub group_id: String,
-    #[arg(long, env = "WARMHOUSE_TOPIC_DEVICE_COMMANDS", default_value = topics::DEVICE_COMMANDS)]
-    pub device_commands_topic: String,
-    #[arg(long, env = "WARMHOUSE_TOPIC_DEVICE_EVENTS", default_value = topics::DEVICE_EVENTS)]
-    pub device_events_topic: String,
-    #[arg(long, env = "WARMHOUSE_TOPIC_REGISTRY_EVENTS", default_value = topics::REGISTRY_EVENTS)]
-    pub registry_events_topic: String,
+    #[command(flatten)]
+    pub device_commands_topic: DeviceCommandsTopic,
+    #[command(flatten)]
+    pub device_events_topic: DeviceEventsTopic,
+    #[command(flatten)]
+    pub registry_events_topic: RegistryEventsTopic,
     /// How bearer tokens are verified.
     #[command(flatten)]
     pub auth: AuthConfig,
@@ -95,11 +92,11 @@ impl Default for RegistryConfig {
             pool_size: DEFAULT_POOL_SIZE,
             acquire_timeout_ms: DEFAULT_ACQUIRE_TIMEOUT_MS,
             ready_interval_ms: DEFAULT_READY_INTERVAL_MS,
-            kafka_bootstrap: DEFAULT_KAFKA_BOOTSTRAP.into(),
+            kafka: KafkaArgs::default(),
             group_id: DEFAULT_GROUP.into(),
-            device_commands_topic: topics::DEVICE_COMMANDS.into(),
-            device_events_topic: topics::DEVICE_EVENTS.into(),
-            registry_events_topic: topics::REGISTRY_EVENTS.into(),
+            device_commands_topic: DeviceCommandsTopic::default(),
+            device_events_topic: DeviceEventsTopic::default(),
+            registry_events_topic: RegistryEventsTopic::default(),
             auth: AuthConfig::default(),
             identity: identity::IdentityConfig::default(),
             legacy: legacy::LegacyConfig::default(),
@@ -116,28 +113,28 @@ impl RegistryConfig {
         Self {
             listen,
             database_url: database_url.into(),
-            kafka_bootstrap: String::new(),
+            kafka: KafkaArgs::new(""),
             ..Self::default()
         }
     }
 
     /// The same with Kafka at `bootstrap`.
     pub fn with_kafka(mut self, bootstrap: impl Into<String>) -> Self {
-        self.kafka_bootstrap = bootstrap.into();
+        self.kafka = KafkaArgs::new(bootstrap);
         self
     }
 
     pub(crate) fn topics(&self) -> Topics {
         Topics {
-            device_commands: self.device_commands_topic.clone(),
-            device_events: self.device_events_topic.clone(),
-            registry_events: self.registry_events_topic.clone(),
+            device_commands: self.device_commands_topic.name.clone(),
+            device_events: self.device_events_topic.name.clone(),
+            registry_events: self.registry_events_topic.name.clone(),
         }
     }
 
     pub(crate) fn kafka(&self) -> Option<KafkaSettings> {
-        (!self.kafka_bootstrap.trim().is_empty()).then(|| KafkaSettings {
-            bootstrap: self.kafka_bootstrap.clone(),
+        (!self.kafka.bootstrap.trim().is_empty()).then(|| KafkaSettings {
+            bootstrap: self.kafka.bootstrap.clone(),
             group_id: self.group_id.clone(),
         })
     }

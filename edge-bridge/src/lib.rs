@@ -27,8 +27,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use warmhouse_contracts::kafka::topics;
 use warmhouse_contracts::topics::DeviceTopic;
+use warmhouse_service_kit::args::{
+    DeadLettersTopic, DeviceCommandsTopic, DeviceEventsTopic, TelemetryTopic,
+};
 use warmhouse_service_kit::now_ms;
 
 use crate::commands::{CommandSettings, CommandSink};
@@ -50,14 +52,14 @@ pub struct IngressConfig {
         default_value = "127.0.0.1:9092"
     )]
     pub kafka_bootstrap: String,
-    #[arg(long, env = "WARMHOUSE_TOPIC_TELEMETRY", default_value = topics::TELEMETRY)]
-    pub telemetry_topic: String,
-    #[arg(long, env = "WARMHOUSE_TOPIC_DEVICE_EVENTS", default_value = topics::DEVICE_EVENTS)]
-    pub device_events_topic: String,
-    #[arg(long, env = "WARMHOUSE_TOPIC_DEAD_LETTERS", default_value = topics::DEAD_LETTERS)]
-    pub dead_letters_topic: String,
-    #[arg(long, env = "WARMHOUSE_TOPIC_DEVICE_COMMANDS", default_value = topics::DEVICE_COMMANDS)]
-    pub device_commands_topic: String,
+    #[command(flatten)]
+    pub telemetry_topic: TelemetryTopic,
+    #[command(flatten)]
+    pub device_events_topic: DeviceEventsTopic,
+    #[command(flatten)]
+    pub dead_letters_topic: DeadLettersTopic,
+    #[command(flatten)]
+    pub device_commands_topic: DeviceCommandsTopic,
     /// How long Kafka may take to acknowledge a record before it is
     /// spooled instead, in ms. A device waits this long for its PUBACK at
     /// worst when Kafka stops answering.
@@ -101,10 +103,10 @@ impl IngressConfig {
     /// exist).
     pub fn kafka_topics(&self) -> [&str; 4] {
         [
-            &self.telemetry_topic,
-            &self.device_events_topic,
-            &self.dead_letters_topic,
-            &self.device_commands_topic,
+            &self.telemetry_topic.name,
+            &self.device_events_topic.name,
+            &self.dead_letters_topic.name,
+            &self.device_commands_topic.name,
         ]
     }
 
@@ -113,10 +115,10 @@ impl IngressConfig {
     pub fn new(kafka_bootstrap: &str, spool_dir: PathBuf) -> Self {
         Self {
             kafka_bootstrap: kafka_bootstrap.to_string(),
-            telemetry_topic: topics::TELEMETRY.to_string(),
-            device_events_topic: topics::DEVICE_EVENTS.to_string(),
-            dead_letters_topic: topics::DEAD_LETTERS.to_string(),
-            device_commands_topic: topics::DEVICE_COMMANDS.to_string(),
+            telemetry_topic: TelemetryTopic::default(),
+            device_events_topic: DeviceEventsTopic::default(),
+            dead_letters_topic: DeadLettersTopic::default(),
+            device_commands_topic: DeviceCommandsTopic::default(),
             kafka_timeout_ms: 10_000,
             kafka_linger_ms: 20,
             kafka_events_linger_ms: 1,
@@ -154,7 +156,7 @@ impl Ingress {
         let kafka_down = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let timeout = Duration::from_millis(config.kafka_timeout_ms);
         let producers = delivery::Producers {
-            telemetry_topic: config.telemetry_topic.clone(),
+            telemetry_topic: config.telemetry_topic.name.clone(),
             telemetry: kafka::Producer::new(
                 &config.kafka_bootstrap,
                 timeout,
@@ -173,18 +175,18 @@ impl Ingress {
         let ingress = Arc::new(Self {
             delivery,
             topics: Topics {
-                telemetry: config.telemetry_topic.clone(),
-                device_events: config.device_events_topic.clone(),
-                dead_letters: config.dead_letters_topic.clone(),
+                telemetry: config.telemetry_topic.name.clone(),
+                device_events: config.device_events_topic.name.clone(),
+                dead_letters: config.dead_letters_topic.name.clone(),
             },
             metrics,
             connections: Connections::default(),
             broker_id: broker_id.to_string(),
             commands: CommandSettings {
                 kafka_bootstrap: config.kafka_bootstrap.clone(),
-                commands_topic: config.device_commands_topic.clone(),
-                device_events_topic: config.device_events_topic.clone(),
-                dead_letters_topic: config.dead_letters_topic.clone(),
+                commands_topic: config.device_commands_topic.name.clone(),
+                device_events_topic: config.device_events_topic.name.clone(),
+                dead_letters_topic: config.dead_letters_topic.name.clone(),
                 client_id: format!("warmhouse-broker-{broker_id}-commands"),
             },
         });

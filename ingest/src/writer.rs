@@ -26,9 +26,10 @@ use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
 use rdkafka::util::Timeout;
 use rdkafka::{Offset, TopicPartitionList};
-use warmhouse_contracts::kafka::{topics, DeadLetter};
+use warmhouse_contracts::kafka::DeadLetter;
 use warmhouse_contracts::points::points;
 use warmhouse_contracts::telemetry::TelemetryEnvelope;
+use warmhouse_service_kit::args::{DeadLettersTopic, InfluxArgs, KafkaArgs, TelemetryTopic};
 use warmhouse_service_kit::kafka::{
     group_consumer_config, producer_config, ClosedOffRuntime, Idempotence,
 };
@@ -36,10 +37,7 @@ use warmhouse_service_kit::{admin_router, now_ms, register, serve, Readiness};
 
 use crate::influx::{InfluxClient, InfluxSettings, WriteError};
 
-pub const DEFAULT_KAFKA_BOOTSTRAP: &str = "127.0.0.1:9092";
 pub const DEFAULT_GROUP: &str = "warmhouse-ingest";
-pub const DEFAULT_INFLUX_URL: &str = "http://127.0.0.1:8086";
-pub const DEFAULT_INFLUX_DATABASE: &str = "warmhouse";
 pub const DEFAULT_RAW_RETENTION: &str = "30d";
 pub const DEFAULT_ROLLUP_RETENTION: &str = "104w";
 pub const DEFAULT_BATCH_MAX_POINTS: usize = 20_000;
@@ -57,26 +55,16 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9185";
     about = "Warmhouse ingest: Kafka telemetry to InfluxDB"
 )]
 pub struct WriterConfig {
-    #[arg(
-        long,
-        env = "WARMHOUSE_KAFKA_BOOTSTRAP",
-        default_value = DEFAULT_KAFKA_BOOTSTRAP
-    )]
-    pub kafka_bootstrap: String,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
     #[arg(long, env = "WARMHOUSE_INGEST_GROUP", default_value = DEFAULT_GROUP)]
     pub group_id: String,
-    #[arg(long, env = "WARMHOUSE_TOPIC_TELEMETRY", default_value = topics::TELEMETRY)]
-    pub telemetry_topic: String,
-    #[arg(long, env = "WARMHOUSE_TOPIC_DEAD_LETTERS", default_value = topics::DEAD_LETTERS)]
-    pub dead_letters_topic: String,
-    #[arg(long, env = "WARMHOUSE_INFLUX_URL", default_value = DEFAULT_INFLUX_URL)]
-    pub influx_url: String,
-    #[arg(
-        long,
-        env = "WARMHOUSE_INFLUX_DATABASE",
-        default_value = DEFAULT_INFLUX_DATABASE
-    )]
-    pub influx_database: String,
+    #[command(flatten)]
+    pub telemetry_topic: TelemetryTopic,
+    #[command(flatten)]
+    pub dead_letters_topic: DeadLettersTopic,
+    #[command(flatten)]
+    pub influx: InfluxArgs,
     /// How long raw readings are kept (InfluxQL duration).
     #[arg(
         long,
@@ -132,12 +120,11 @@ impl Default for WriterConfig {
     /// What the flags default to, without reading arguments or environment.
     fn default() -> Self {
         Self {
-            kafka_bootstrap: DEFAULT_KAFKA_BOOTSTRAP.into(),
+            kafka: KafkaArgs::default(),
             group_id: DEFAULT_GROUP.into(),
-            telemetry_topic: topics::TELEMETRY.into(),
-            dead_letters_topic: topics::DEAD_LETTERS.into(),
-            influx_url: DEFAULT_INFLUX_URL.into(),
-            influx_database: DEFAULT_INFLUX_DATABASE.into(),
+            telemetry_topic: TelemetryTopic::default(),
+            dead_letters_topic: DeadLettersTopic::default(),
+            influx: InfluxArgs::default(),
             raw_retention: DEFAULT_RAW_RETENTION.into(),
             rollup_retention: DEFAULT_ROLLUP_RETENTION.into(),
             batch_max_points: DEFAULT_BATCH_MAX_POINTS,
@@ -154,8 +141,8 @@ impl WriterConfig {
     /// loopback port: for tests and embedding. Reads no environment.
     pub fn new(kafka_bootstrap: &str, influx_url: &str) -> Self {
         Self {
-            kafka_bootstrap: kafka_bootstrap.to_string(),
-            influx_url: influx_url.to_string(),
+            kafka: KafkaArgs::new(kafka_bootstrap),
+            influx: InfluxArgs::new(influx_url),
             admin_listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ..Self::default()
         }
@@ -268,7 +255,7 @@ pub async fn start(
     let registry = Registry::new();
     let metrics = WriterMetrics::new(&registry)?;
     let readiness = Readiness::new();
-    let mut settings = InfluxSettings::new(&config.influx_url, &config.influx_database);
+    let mut settings = InfluxSettings::new(&config.influx.url, &config.influx.database);
     settings.raw_retention = config.raw_retention.clone();
     settings.rollup_retention = config.rollup_retention.clone();
     let influx = InfluxClient::new(settings)?;
@@ -279,21 +266,21 @@ pub async fn start(
 
     // Offsets are stored by hand, only after InfluxDB took the batch.
     let consumer: StreamConsumer = group_consumer_config(
-        &config.kafka_bootstrap,
+        &config.kafka.bootstrap,
         &config.group_id,
         Duration::from_millis(20),
     )
     .create()
     .context("creating Kafka consumer")?;
     consumer
-        .subscribe(&[&config.telemetry_topic])
-        .with_context(|| format!("subscribing to {}", config.telemetry_topic))?;
+        .subscribe(&[&config.telemetry_topic.name])
+        .with_context(|| format!("subscribing to {}", config.telemetry_topic.name))?;
     // Not idempotent: after a refused batch an idempotent producer bumps its
     // epoch, which tansu cannot take (see the edge bridge's kafka.rs), and
     // this one is never replaced. A dead letter sent twice is harmless.
     // It reconnects within a second like every other client (it had
     // librdkafka's 10 s backoff before it was built on the shared settings).
-    let producer: FutureProducer = producer_config(&config.kafka_bootstrap, Idempotence::Off)
+    let producer: FutureProducer = producer_config(&config.kafka.bootstrap, Idempotence::Off)
         .create()
         .context("creating dead-letter producer")?;
 
@@ -306,9 +293,9 @@ pub async fn start(
     readiness.set("influxdb", true);
     let lag = if config.lag_interval_ms > 0 {
         let probe = crate::lag::LagProbe::new(
-            &config.kafka_bootstrap,
+            &config.kafka.bootstrap,
             &config.group_id,
-            &config.telemetry_topic,
+            &config.telemetry_topic.name,
         )?;
         Some(crate::lag::spawn(
             probe,
@@ -419,7 +406,7 @@ impl Writer {
     async fn dead_letter(&self, letter: DeadLetter) {
         produce_dead_letter(
             &self.producer,
-            &self.config.dead_letters_topic,
+            &self.config.dead_letters_topic.name,
             &letter,
             &self.metrics,
         )
@@ -436,7 +423,7 @@ impl Writer {
         let metrics = self.metrics.clone();
         let readiness = self.readiness.clone();
         let producer = self.producer.clone();
-        let dead_letters = self.config.dead_letters_topic.clone();
+        let dead_letters = self.config.dead_letters_topic.name.clone();
         async move {
             let started = Instant::now();
             let Batch {

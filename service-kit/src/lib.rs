@@ -3,6 +3,7 @@
 //! APIs also problem+json errors ([`problem`]), request metrics
 //! ([`http_metrics`]) and bearer-token auth ([`auth`]).
 
+pub mod args;
 pub mod auth;
 pub mod http_metrics;
 pub mod kafka;

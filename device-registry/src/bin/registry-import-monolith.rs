@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use clap::Parser;
 use warmhouse_device_registry::kafka::Topics;
 use warmhouse_device_registry::legacy::import::{run, ImportOptions};
+use warmhouse_service_kit::args::RegistryEventsTopic;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,8 +28,8 @@ struct Cli {
     monolith_timezone: String,
     /// Topic of the domain events announcing what was created; the same as
     /// the registry's, whose outbox relay publishes them.
-    #[arg(long, env = "WARMHOUSE_TOPIC_REGISTRY_EVENTS", default_value = warmhouse_contracts::kafka::topics::REGISTRY_EVENTS)]
-    registry_events_topic: String,
+    #[command(flatten)]
+    registry_events_topic: RegistryEventsTopic,
 }
 
 #[tokio::main]
@@ -37,7 +38,7 @@ async fn main() -> ExitCode {
     let options = ImportOptions {
         monolith_timezone: cli.monolith_timezone,
         topics: Topics {
-            registry_events: cli.registry_events_topic,
+            registry_events: cli.registry_events_topic.name,
             ..Topics::default()
         },
         ..ImportOptions::new(cli.from, cli.to)

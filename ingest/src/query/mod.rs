@@ -33,6 +33,7 @@ use axum::Router;
 use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
 use tokio::task::JoinHandle;
 use utoipa_swagger_ui::SwaggerUi;
+use warmhouse_service_kit::args::InfluxArgs;
 use warmhouse_service_kit::auth::{self, AuthConfig, Verifier};
 use warmhouse_service_kit::{
     probe_readiness, stop_channel, stopped, track_request, HttpMetrics, Readiness,
@@ -51,8 +52,6 @@ pub use warmhouse_service_kit::Problem;
 pub const READY_CHECK: &str = "influxdb";
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8081";
-pub const DEFAULT_INFLUX_URL: &str = "http://127.0.0.1:8086";
-pub const DEFAULT_INFLUX_DATABASE: &str = "warmhouse";
 pub const DEFAULT_MAX_POINTS: u32 = 10_000;
 pub const DEFAULT_INFLUX_TIMEOUT_MS: u64 = 10_000;
 pub const DEFAULT_READY_INTERVAL_MS: u64 = 2_000;
@@ -68,16 +67,9 @@ pub struct QueryConfig {
     /// Address the HTTP API listens on.
     #[arg(long, env = "WARMHOUSE_QUERY_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
-    /// Base URL of InfluxDB's v1 HTTP API.
-    #[arg(long, env = "WARMHOUSE_INFLUX_URL", default_value = DEFAULT_INFLUX_URL)]
-    pub influx_url: String,
-    /// InfluxDB database the writer fills.
-    #[arg(
-        long,
-        env = "WARMHOUSE_INFLUX_DATABASE",
-        default_value = DEFAULT_INFLUX_DATABASE
-    )]
-    pub influx_database: String,
+    /// The InfluxDB the writer fills.
+    #[command(flatten)]
+    pub influx: InfluxArgs,
     /// Most raw points one request may return (the ceiling of `limit`), and
     /// most aggregation windows.
     #[arg(long, env = "WARMHOUSE_QUERY_MAX_POINTS", default_value_t = DEFAULT_MAX_POINTS,
@@ -108,8 +100,7 @@ impl Default for QueryConfig {
     fn default() -> Self {
         Self {
             listen: SocketAddr::from(([0, 0, 0, 0], 8081)),
-            influx_url: DEFAULT_INFLUX_URL.into(),
-            influx_database: DEFAULT_INFLUX_DATABASE.into(),
+            influx: InfluxArgs::default(),
             max_points: DEFAULT_MAX_POINTS,
             influx_timeout_ms: DEFAULT_INFLUX_TIMEOUT_MS,
             ready_interval_ms: DEFAULT_READY_INTERVAL_MS,
@@ -124,7 +115,7 @@ impl QueryConfig {
     pub fn new(listen: SocketAddr, influx_url: impl Into<String>) -> Self {
         Self {
             listen,
-            influx_url: influx_url.into(),
+            influx: InfluxArgs::new(influx_url),
             ..Self::default()
         }
     }
@@ -183,7 +174,7 @@ impl QueryState {
             .auth
             .verifier()
             .context("configuring bearer-token verification")?;
-        let mut settings = InfluxSettings::new(&config.influx_url, &config.influx_database);
+        let mut settings = InfluxSettings::new(&config.influx.url, &config.influx.database);
         settings.timeout = Duration::from_millis(config.influx_timeout_ms);
         let registry = Registry::new();
         let readiness = Readiness::new();
@@ -293,7 +284,7 @@ pub async fn start(
     let (addr, server) =
         warmhouse_service_kit::serve(config.listen, router(state.clone()), stopped(stop_rx))
             .await?;
-    tracing::info!(%addr, influx = %config.influx_url, database = %config.influx_database, "telemetry query API listening");
+    tracing::info!(%addr, influx = %config.influx.url, database = %config.influx.database, "telemetry query API listening");
     Ok(RunningQueryApi {
         addr,
         state,

@@ -1,0 +1,234 @@
+//! Command-line argument groups the services share, each flattened
+//! (`#[command(flatten)]`) into a service's configuration. Every option is
+//! also an environment variable; the flag names, variable names and
+//! defaults are those the deployment files (helm/warmhouse,
+//! docker-compose*.yml) and docs/ name, so they must not change.
+//!
+//! Each group's [`Default`] is its declared defaults without reading the
+//! environment: tests build configurations from it.
+//!
+//! What stays out of the groups: options whose variable differs between
+//! services, such as the HTTP listen address (`WARMHOUSE_QUERY_LISTEN`,
+//! `WARMHOUSE_REGISTRY_LISTEN`, `WARMHOUSE_INGEST_ADMIN_LISTEN`, ...) and
+//! the broker's `WARMHOUSE_BROKER_KAFKA_BOOTSTRAP`; a clap group declares
+//! one variable an option.
+
+use warmhouse_contracts::kafka::topics;
+
+/// Kafka bootstrap servers when none is configured.
+pub const DEFAULT_KAFKA_BOOTSTRAP: &str = "127.0.0.1:9092";
+/// InfluxDB's v1 HTTP API when none is configured.
+pub const DEFAULT_INFLUX_URL: &str = "http://127.0.0.1:8086";
+/// The InfluxDB database of the telemetry when none is configured.
+pub const DEFAULT_INFLUX_DATABASE: &str = "warmhouse";
+
+/// Where Kafka is: `--kafka-bootstrap`, `WARMHOUSE_KAFKA_BOOTSTRAP`.
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct KafkaArgs {
+    /// Kafka bootstrap servers, comma separated (empty: no Kafka, where the
+    /// service can run without it).
+    #[arg(
+        id = "kafka_bootstrap",
+        long = "kafka-bootstrap",
+        value_name = "KAFKA_BOOTSTRAP",
+        env = "WARMHOUSE_KAFKA_BOOTSTRAP",
+        default_value = DEFAULT_KAFKA_BOOTSTRAP
+    )]
+    pub bootstrap: String,
+}
+
+impl Default for KafkaArgs {
+    fn default() -> Self {
+        Self {
+            bootstrap: DEFAULT_KAFKA_BOOTSTRAP.into(),
+        }
+    }
+}
+
+impl KafkaArgs {
+    /// The given bootstrap servers.
+    pub fn new(bootstrap: impl Into<String>) -> Self {
+        Self {
+            bootstrap: bootstrap.into(),
+        }
+    }
+}
+
+/// One group a Kafka topic, so that each service flattens in the topics it
+/// uses and no other: `--<kind>-topic`, `WARMHOUSE_TOPIC_<KIND>`, defaulting
+/// to the contract's name ([`warmhouse_contracts::kafka::topics`]).
+macro_rules! topic_args {
+    ($(#[$doc:meta])* $name:ident, $id:literal, $flag:literal, $value:literal, $env:literal, $default:expr) => {
+        $(#[$doc])*
+        #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+        pub struct $name {
+            #[arg(id = $id, long = $flag, value_name = $value, env = $env, default_value = $default)]
+            pub name: String,
+        }
+
+        impl Default for $name {
+            fn default() -> Self {
+                Self {
+                    name: $default.into(),
+                }
+            }
+        }
+
+        impl $name {
+            /// The topic called `name`.
+            pub fn new(name: impl Into<String>) -> Self {
+                Self { name: name.into() }
+            }
+        }
+    };
+}
+
+topic_args!(
+    /// The telemetry topic (readings, key = device id).
+    TelemetryTopic,
+    "telemetry_topic",
+    "telemetry-topic",
+    "TELEMETRY_TOPIC",
+    "WARMHOUSE_TOPIC_TELEMETRY",
+    topics::TELEMETRY
+);
+topic_args!(
+    /// Device events: reported state, presence, command acks.
+    DeviceEventsTopic,
+    "device_events_topic",
+    "device-events-topic",
+    "DEVICE_EVENTS_TOPIC",
+    "WARMHOUSE_TOPIC_DEVICE_EVENTS",
+    topics::DEVICE_EVENTS
+);
+topic_args!(
+    /// What could not be decoded or written, with the reason.
+    DeadLettersTopic,
+    "dead_letters_topic",
+    "dead-letters-topic",
+    "DEAD_LETTERS_TOPIC",
+    "WARMHOUSE_TOPIC_DEAD_LETTERS",
+    topics::DEAD_LETTERS
+);
+topic_args!(
+    /// Commands from the registry to devices.
+    DeviceCommandsTopic,
+    "device_commands_topic",
+    "device-commands-topic",
+    "DEVICE_COMMANDS_TOPIC",
+    "WARMHOUSE_TOPIC_DEVICE_COMMANDS",
+    topics::DEVICE_COMMANDS
+);
+topic_args!(
+    /// The registry's events (registrations, revocations).
+    RegistryEventsTopic,
+    "registry_events_topic",
+    "registry-events-topic",
+    "REGISTRY_EVENTS_TOPIC",
+    "WARMHOUSE_TOPIC_REGISTRY_EVENTS",
+    topics::REGISTRY_EVENTS
+);
+
+/// Where the telemetry is in InfluxDB: `--influx-url`
+/// (`WARMHOUSE_INFLUX_URL`) and `--influx-database`
+/// (`WARMHOUSE_INFLUX_DATABASE`).
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct InfluxArgs {
+    /// Base URL of InfluxDB's v1 HTTP API.
+    #[arg(
+        id = "influx_url",
+        long = "influx-url",
+        value_name = "INFLUX_URL",
+        env = "WARMHOUSE_INFLUX_URL",
+        default_value = DEFAULT_INFLUX_URL
+    )]
+    pub url: String,
+    /// InfluxDB database of the telemetry (the ingest writer fills it).
+    #[arg(
+        id = "influx_database",
+        long = "influx-database",
+        value_name = "INFLUX_DATABASE",
+        env = "WARMHOUSE_INFLUX_DATABASE",
+        default_value = DEFAULT_INFLUX_DATABASE
+    )]
+    pub database: String,
+}
+
+impl Default for InfluxArgs {
+    fn default() -> Self {
+        Self {
+            url: DEFAULT_INFLUX_URL.into(),
+            database: DEFAULT_INFLUX_DATABASE.into(),
+        }
+    }
+}
+
+impl InfluxArgs {
+    /// The default database at `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            ..Self::default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(clap::Parser, Debug, PartialEq, Eq, Default)]
+    #[command(name = "every-group")]
+    struct Every {
+        #[command(flatten)]
+        kafka: KafkaArgs,
+        #[command(flatten)]
+        telemetry: TelemetryTopic,
+        #[command(flatten)]
+        device_events: DeviceEventsTopic,
+        #[command(flatten)]
+        dead_letters: DeadLettersTopic,
+        #[command(flatten)]
+        device_commands: DeviceCommandsTopic,
+        #[command(flatten)]
+        registry_events: RegistryEventsTopic,
+        #[command(flatten)]
+        influx: InfluxArgs,
+    }
+
+    #[test]
+    fn defaults_are_what_the_flags_declare() {
+        let declared: Every = crate::testing::clap_defaults().expect("the defaults parse");
+        assert_eq!(declared, Every::default());
+    }
+
+    #[test]
+    fn flags_and_variables_keep_their_names() {
+        use clap::CommandFactory;
+        let command = Every::command();
+        let names: Vec<(String, String)> = command
+            .get_arguments()
+            .filter_map(|arg| {
+                Some((
+                    arg.get_long()?.to_string(),
+                    arg.get_env()?.to_string_lossy().into_owned(),
+                ))
+            })
+            .collect();
+        let expected = [
+            ("kafka-bootstrap", "WARMHOUSE_KAFKA_BOOTSTRAP"),
+            ("telemetry-topic", "WARMHOUSE_TOPIC_TELEMETRY"),
+            ("device-events-topic", "WARMHOUSE_TOPIC_DEVICE_EVENTS"),
+            ("dead-letters-topic", "WARMHOUSE_TOPIC_DEAD_LETTERS"),
+            ("device-commands-topic", "WARMHOUSE_TOPIC_DEVICE_COMMANDS"),
+            ("registry-events-topic", "WARMHOUSE_TOPIC_REGISTRY_EVENTS"),
+            ("influx-url", "WARMHOUSE_INFLUX_URL"),
+            ("influx-database", "WARMHOUSE_INFLUX_DATABASE"),
+        ];
+        let expected: Vec<(String, String)> = expected
+            .iter()
+            .map(|(flag, env)| (flag.to_string(), env.to_string()))
+            .collect();
+        assert_eq!(names, expected);
+    }
+}
