@@ -7,13 +7,13 @@
 
 use std::time::Duration;
 
-use prometheus::{IntCounterVec, Opts, Registry};
+use prometheus::{IntCounterVec, Registry};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::Message;
 use sqlx::PgPool;
 use tokio::sync::watch;
 use warmhouse_contracts::kafka::{DeviceEvent, DeviceEventKind};
-use warmhouse_service_kit::register;
+use warmhouse_service_kit::metrics::counter_vec;
 
 use crate::commands::{self, CommandMetrics};
 use crate::devices::state::DeviceViews;
@@ -28,15 +28,11 @@ pub struct DeviceEventMetrics {
 impl DeviceEventMetrics {
     pub fn register(registry: &Registry) -> anyhow::Result<Self> {
         Ok(Self {
-            applied: register(
+            applied: counter_vec(
                 registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "warmhouse_registry_device_events_total",
-                        "device-events applied, by kind",
-                    ),
-                    &["kind"],
-                )?,
+                "warmhouse_registry_device_events_total",
+                "device-events applied, by kind",
+                &["kind"],
             )?,
         })
     }

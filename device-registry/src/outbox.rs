@@ -23,7 +23,8 @@ use sqlx::{PgConnection, PgPool, Row};
 use tokio::sync::watch;
 use warmhouse_contracts::domain::{DomainEvent, DomainEventKind};
 use warmhouse_contracts::kafka::VERSION_HEADER;
-use warmhouse_service_kit::{now_ms, register};
+use warmhouse_service_kit::metrics::{counter, gauge};
+use warmhouse_service_kit::now_ms;
 
 use crate::kafka::{KafkaSettings, Topics};
 
@@ -56,26 +57,20 @@ pub struct OutboxMetrics {
 impl OutboxMetrics {
     pub fn register(registry: &Registry) -> anyhow::Result<Self> {
         Ok(Self {
-            published: register(
+            published: counter(
                 registry,
-                IntCounter::new(
-                    "warmhouse_registry_outbox_published_total",
-                    "Outbox records published to Kafka",
-                )?,
+                "warmhouse_registry_outbox_published_total",
+                "Outbox records published to Kafka",
             )?,
-            failures: register(
+            failures: counter(
                 registry,
-                IntCounter::new(
-                    "warmhouse_registry_outbox_failures_total",
-                    "Outbox relay failures (each is retried)",
-                )?,
+                "warmhouse_registry_outbox_failures_total",
+                "Outbox relay failures (each is retried)",
             )?,
-            backlog: register(
+            backlog: gauge(
                 registry,
-                IntGauge::new(
-                    "warmhouse_registry_outbox_backlog",
-                    "Outbox records not yet published",
-                )?,
+                "warmhouse_registry_outbox_backlog",
+                "Outbox records not yet published",
             )?,
         })
     }

@@ -18,9 +18,7 @@ use anyhow::Context;
 use flate2::write::GzEncoder;
 use futures::stream::{FuturesOrdered, StreamExt};
 use influxdb_line_protocol::builder::LineProtocolBuilder;
-use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-};
+use prometheus::{Histogram, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use rdkafka::consumer::{Consumer, StreamConsumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{FutureProducer, FutureRecord};
@@ -33,7 +31,8 @@ use warmhouse_service_kit::args::{DeadLettersTopic, InfluxArgs, KafkaArgs, Telem
 use warmhouse_service_kit::kafka::{
     group_consumer_config, producer_config, ClosedOffRuntime, Idempotence,
 };
-use warmhouse_service_kit::{admin_router, now_ms, register, serve, Readiness};
+use warmhouse_service_kit::metrics::{counter, counter_vec, gauge, gauge_vec, histogram};
+use warmhouse_service_kit::{admin_router, now_ms, serve, Readiness};
 
 use crate::influx::{InfluxClient, InfluxSettings, WriteError};
 
@@ -167,15 +166,15 @@ impl WriterMetrics {
     fn new(registry: &Registry) -> anyhow::Result<Self> {
         let p = "warmhouse_ingest_";
         Ok(Self {
-            consumed: register(registry, IntCounter::new(format!("{p}consumed_total"), "Kafka records consumed")?)?,
-            points_written: register(registry, IntCounter::new(format!("{p}points_written_total"), "Points InfluxDB accepted")?)?,
-            batches_written: register(registry, IntCounter::new(format!("{p}batches_written_total"), "Batches InfluxDB accepted")?)?,
-            write_failures: register(registry, IntCounterVec::new(Opts::new(format!("{p}write_failures_total"), "Failed InfluxDB writes, by kind (unavailable: retried; refused: dead-lettered)"), &["kind"])?)?,
-            dead_lettered: register(registry, IntCounter::new(format!("{p}dead_lettered_total"), "Records or batches sent to the dead-letter topic")?)?,
-            batch_seconds: register(registry, Histogram::with_opts(HistogramOpts::new(format!("{p}batch_write_seconds"), "Time to write one batch, retries included").buckets(prometheus::exponential_buckets(0.005, 2.0, 14)?))?)?,
-            pending_writes: register(registry, IntGauge::new(format!("{p}pending_writes"), "Batches being written")?)?,
-            last_write_ms: register(registry, IntGauge::new(format!("{p}last_write_timestamp_ms"), "When InfluxDB last accepted a batch")?)?,
-            consumer_lag: register(registry, IntGaugeVec::new(Opts::new(format!("{p}consumer_lag"), "Telemetry records in Kafka the writer's group has not committed (not yet in InfluxDB), by partition"), &["partition"])?)?,
+            consumed: counter(registry, format!("{p}consumed_total"), "Kafka records consumed")?,
+            points_written: counter(registry, format!("{p}points_written_total"), "Points InfluxDB accepted")?,
+            batches_written: counter(registry, format!("{p}batches_written_total"), "Batches InfluxDB accepted")?,
+            write_failures: counter_vec(registry, format!("{p}write_failures_total"), "Failed InfluxDB writes, by kind (unavailable: retried; refused: dead-lettered)", &["kind"])?,
+            dead_lettered: counter(registry, format!("{p}dead_lettered_total"), "Records or batches sent to the dead-letter topic")?,
+            batch_seconds: histogram(registry, format!("{p}batch_write_seconds"), "Time to write one batch, retries included", Some(prometheus::exponential_buckets(0.005, 2.0, 14)?))?,
+            pending_writes: gauge(registry, format!("{p}pending_writes"), "Batches being written")?,
+            last_write_ms: gauge(registry, format!("{p}last_write_timestamp_ms"), "When InfluxDB last accepted a batch")?,
+            consumer_lag: gauge_vec(registry, format!("{p}consumer_lag"), "Telemetry records in Kafka the writer's group has not committed (not yet in InfluxDB), by partition", &["partition"])?,
         })
     }
 }

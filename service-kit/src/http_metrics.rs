@@ -14,7 +14,7 @@ use std::time::Instant;
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramVec, IntCounterVec, Registry};
 use tracing::Instrument;
 
 /// `{prefix}_requests_total{route,status}` and
@@ -29,27 +29,20 @@ impl HttpMetrics {
     /// Registers the two metrics named after `prefix` (e.g.
     /// `warmhouse_query` gives `warmhouse_query_requests_total`).
     pub fn register(registry: &Registry, prefix: &str) -> anyhow::Result<Self> {
-        use crate::register;
+        use crate::metrics::{counter_vec, histogram_vec};
         Ok(Self {
-            requests: register(
+            requests: counter_vec(
                 registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        format!("{prefix}_requests_total"),
-                        "HTTP requests answered, by route and status",
-                    ),
-                    &["route", "status"],
-                )?,
+                format!("{prefix}_requests_total"),
+                "HTTP requests answered, by route and status",
+                &["route", "status"],
             )?,
-            request_seconds: register(
+            request_seconds: histogram_vec(
                 registry,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        format!("{prefix}_request_duration_seconds"),
-                        "Time to answer an HTTP request, by route",
-                    ),
-                    &["route"],
-                )?,
+                format!("{prefix}_request_duration_seconds"),
+                "Time to answer an HTTP request, by route",
+                &["route"],
+                None,
             )?,
         })
     }

@@ -7,6 +7,7 @@ pub mod args;
 pub mod auth;
 pub mod http_metrics;
 pub mod kafka;
+pub mod metrics;
 pub mod problem;
 #[cfg(any(test, feature = "test-support"))]
 pub mod testing;

@@ -1,7 +1,7 @@
 //! How commands end and how long their round trips take.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
-use warmhouse_service_kit::register;
+use prometheus::{HistogramVec, IntCounter, IntCounterVec, Registry};
+use warmhouse_service_kit::metrics::{counter, counter_vec, histogram_vec};
 
 use super::model::CommandView;
 
@@ -15,35 +15,16 @@ pub struct CommandMetrics {
 impl CommandMetrics {
     pub fn register(registry: &Registry) -> anyhow::Result<Self> {
         Ok(Self {
-            commands_expired: register(
+            commands_expired: counter(registry, "warmhouse_registry_commands_expired_total", "Commands whose time to live ran out")?,
+            commands_finished: counter_vec(registry, "warmhouse_registry_commands_finished_total", "Commands that reached a final status (acked, failed, expired), by status", &["status"])?,
+            command_ack_seconds: histogram_vec(
                 registry,
-                IntCounter::new(
-                    "warmhouse_registry_commands_expired_total",
-                    "Commands whose time to live ran out",
-                )?,
-            )?,
-            commands_finished: register(
-                registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "warmhouse_registry_commands_finished_total",
-                        "Commands that reached a final status (acked, failed, expired), by status",
-                    ),
-                    &["status"],
-                )?,
-            )?,
-            command_ack_seconds: register(
-                registry,
-                HistogramVec::new(
-                    HistogramOpts::new(
-                        "warmhouse_registry_command_ack_seconds",
-                        "Command round trip: from its creation (REST) to the device's answer being recorded, by final status",
-                    )
-                    // 5 ms to 41 s: the target is a p99 under 50 ms, and a
-                    // command may wait for a device to come back online.
-                    .buckets(prometheus::exponential_buckets(0.005, 2.0, 14)?),
-                    &["status"],
-                )?,
+                "warmhouse_registry_command_ack_seconds",
+                "Command round trip: from its creation (REST) to the device's answer being recorded, by final status",
+                &["status"],
+                // 5 ms to 41 s: the target is a p99 under 50 ms, and a
+                // command may wait for a device to come back online.
+                Some(prometheus::exponential_buckets(0.005, 2.0, 14)?),
             )?,
         })
     }

@@ -30,7 +30,7 @@ use anyhow::Context;
 use axum::middleware;
 use axum::routing::get;
 use axum::Router;
-use prometheus::{Histogram, HistogramOpts, IntCounterVec, Opts, Registry};
+use prometheus::{Histogram, IntCounterVec, Registry};
 use tokio::task::JoinHandle;
 use utoipa_swagger_ui::SwaggerUi;
 use warmhouse_service_kit::args::InfluxArgs;
@@ -131,25 +131,20 @@ pub struct QueryMetrics {
 
 impl QueryMetrics {
     fn register(registry: &Registry) -> anyhow::Result<Self> {
-        use warmhouse_service_kit::register;
+        use warmhouse_service_kit::metrics::{counter_vec, histogram};
         Ok(Self {
             http: HttpMetrics::register(registry, "warmhouse_query")?,
-            influx_seconds: register(
+            influx_seconds: histogram(
                 registry,
-                Histogram::with_opts(HistogramOpts::new(
-                    "warmhouse_query_influx_duration_seconds",
-                    "Time InfluxDB took to answer a query",
-                ))?,
+                "warmhouse_query_influx_duration_seconds",
+                "Time InfluxDB took to answer a query",
+                None,
             )?,
-            influx_errors: register(
+            influx_errors: counter_vec(
                 registry,
-                IntCounterVec::new(
-                    Opts::new(
-                        "warmhouse_query_influx_errors_total",
-                        "Failed InfluxDB queries, by kind (unavailable, error)",
-                    ),
-                    &["kind"],
-                )?,
+                "warmhouse_query_influx_errors_total",
+                "Failed InfluxDB queries, by kind (unavailable, error)",
+                &["kind"],
             )?,
         })
     }
