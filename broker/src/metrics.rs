@@ -7,9 +7,9 @@
 //! publish; the self-probe publishes, so the connection gauge stays fresh.
 
 use anyhow::Context;
-use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Registry};
 use rumqttd::{Alert, Meter};
-use warmhouse_service_kit::register;
+use warmhouse_service_kit::metrics::{counter, counter_vec, gauge, gauge_vec};
 
 /// Label for filters without wildcards: exact topics (including the
 /// per-topic logs of dynamic filters) would give one series per device.
@@ -33,110 +33,20 @@ pub struct BrokerMetrics {
 
 impl BrokerMetrics {
     pub fn register(registry: &Registry) -> anyhow::Result<Self> {
-        let opts = |name: &str, help: &str| Opts::new(format!("warmhouse_broker_{name}"), help);
+        let name = |name: &str| format!("warmhouse_broker_{name}");
         Ok(Self {
-            connections: register(
-                registry,
-                IntGauge::with_opts(opts(
-                    "connections",
-                    "MQTT connections held by the router (both listeners, plus the self-probe while it runs)",
-                ))?,
-            )?,
-            publishes: register(
-                registry,
-                IntCounter::with_opts(opts(
-                    "publishes_total",
-                    "PUBLISH packets received by the router (messages in, including the self-probe's)",
-                ))?,
-            )?,
-            failed_publishes: register(
-                registry,
-                IntCounter::with_opts(opts(
-                    "failed_publishes_total",
-                    "PUBLISH packets the router could not append (the publisher is disconnected)",
-                ))?,
-            )?,
-            routed_messages: register(
-                registry,
-                IntCounterVec::new(
-                    opts(
-                        "routed_messages_total",
-                        "Messages appended to subscription filter logs; a publish matching n filters counts n times",
-                    ),
-                    &["filter"],
-                )?,
-            )?,
-            routed_bytes: register(
-                registry,
-                IntCounterVec::new(
-                    opts(
-                        "routed_bytes_total",
-                        "Bytes (topic + payload + 4) appended to subscription filter logs",
-                    ),
-                    &["filter"],
-                )?,
-            )?,
-            alerts: register(
-                registry,
-                IntCounterVec::new(
-                    opts(
-                        "alerts_total",
-                        "rumqttd alerts; cursor_jump means a subscriber fell behind the filter log and skipped data",
-                    ),
-                    &["kind"],
-                )?,
-            )?,
-            probe_up: register(
-                registry,
-                IntGaugeVec::new(
-                    opts(
-                        "probe_up",
-                        "1 if the last self-probe (connect, subscribe, publish, receive) of the listener succeeded",
-                    ),
-                    &["listener"],
-                )?,
-            )?,
-            probe_failures: register(
-                registry,
-                IntCounterVec::new(opts("probe_failures_total", "Failed self-probes"), &["listener"])?,
-            )?,
-            device_auth: register(
-                registry,
-                IntCounterVec::new(
-                    opts(
-                        "device_auth_total",
-                        "Device connect decisions: allowed, refused (by the registry), revoked (by the broker's revocation list), invalid (not even asked), error (no usable registry answer: refused with \"server unavailable\"), probe (the self-probe)",
-                    ),
-                    &["listener", "outcome"],
-                )?,
-            )?,
-            revocations: register(
-                registry,
-                IntCounterVec::new(
-                    opts(
-                        "revocations_total",
-                        "Devices revoked (live connections dropped), by source: registry_event or admin",
-                    ),
-                    &["source"],
-                )?,
-            )?,
-            revocation_consumer_up: register(
-                registry,
-                IntGauge::with_opts(opts(
-                    "revocation_consumer_up",
-                    "1 while the registry-events consumer reads from Kafka; 0 when it cannot (revocations then only take effect at reconnect)",
-                ))?,
-            )?,
-            client_limits_exceeded: register(
-                registry,
-                IntCounterVec::new(
-                    opts(
-                        "client_limits_exceeded_total",
-                        "Device connections dropped for breaking a limit, by limit (subscriptions, topic_length, topic_levels, inflight)",
-                    ),
-                    &["limit"],
-                )?,
-            )?,
+            connections: gauge(registry, name("connections"), "MQTT connections held by the router (both listeners, plus the self-probe while it runs)")?,
+            publishes: counter(registry, name("publishes_total"), "PUBLISH packets received by the router (messages in, including the self-probe's)")?,
+            failed_publishes: counter(registry, name("failed_publishes_total"), "PUBLISH packets the router could not append (the publisher is disconnected)")?,
+            routed_messages: counter_vec(registry, name("routed_messages_total"), "Messages appended to subscription filter logs; a publish matching n filters counts n times", &["filter"])?,
+            routed_bytes: counter_vec(registry, name("routed_bytes_total"), "Bytes (topic + payload + 4) appended to subscription filter logs", &["filter"])?,
+            alerts: counter_vec(registry, name("alerts_total"), "rumqttd alerts; cursor_jump means a subscriber fell behind the filter log and skipped data", &["kind"])?,
+            probe_up: gauge_vec(registry, name("probe_up"), "1 if the last self-probe (connect, subscribe, publish, receive) of the listener succeeded", &["listener"])?,
+            probe_failures: counter_vec(registry, name("probe_failures_total"), "Failed self-probes", &["listener"])?,
+            device_auth: counter_vec(registry, name("device_auth_total"), "Device connect decisions: allowed, refused (by the registry), revoked (by the broker's revocation list), invalid (not even asked), error (no usable registry answer: refused with \"server unavailable\"), probe (the self-probe)", &["listener", "outcome"])?,
+            revocations: counter_vec(registry, name("revocations_total"), "Devices revoked (live connections dropped), by source: registry_event or admin", &["source"])?,
+            revocation_consumer_up: gauge(registry, name("revocation_consumer_up"), "1 while the registry-events consumer reads from Kafka; 0 when it cannot (revocations then only take effect at reconnect)")?,
+            client_limits_exceeded: counter_vec(registry, name("client_limits_exceeded_total"), "Device connections dropped for breaking a limit, by limit (subscriptions, topic_length, topic_levels, inflight)", &["limit"])?,
         })
     }
 
