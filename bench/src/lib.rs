@@ -693,7 +693,7 @@ async fn on_process_thread<T: Send + 'static>(
 }
 
 /// A simulator configuration for the brokers on `ports` (devices spread
-/// over them) from command-line style arguments.
+/// over them) from command-line style arguments, whatever the environment.
 fn sim_config(ports: &[u16], args: &[&str]) -> anyhow::Result<warmhouse_simulator::SimConfig> {
     let port = ports
         .iter()
@@ -702,7 +702,8 @@ fn sim_config(ports: &[u16], args: &[&str]) -> anyhow::Result<warmhouse_simulato
         .join(",");
     let mut argv = vec!["warmhouse-sim", "--host", "127.0.0.1", "--port", &port];
     argv.extend_from_slice(args);
-    warmhouse_simulator::SimConfig::try_parse_from(argv).context("simulator arguments")
+    // The bench's simulators must not change with the shell's WARMHOUSE_* variables.
+    warmhouse_service_kit::parse_ignoring_env(argv).context("simulator arguments")
 }
 
 fn per_sec(count: u64, elapsed: Duration) -> f64 {

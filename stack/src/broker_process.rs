@@ -86,6 +86,9 @@ impl BrokerProcess {
             .env("RUST_LOG", "info,rumqttd=warn,librdkafka=warn,rdkafka=warn")
             // Plain text in the log file: no terminal colour codes.
             .env("NO_COLOR", "1")
+            // The error a replica exits with is the last line of its log, not
+            // a backtrace of the runtime's threads (panics keep theirs).
+            .env("RUST_LIB_BACKTRACE", "0")
             .env("WARMHOUSE_BROKER_MQTT_V4_ADDR", loopback(self.mqtt_v4_port))
             .env("WARMHOUSE_BROKER_MQTT_V5_ADDR", loopback(self.mqtt_v5_port))
             .env("WARMHOUSE_BROKER_ADMIN_ADDR", self.admin_addr.to_string())
