@@ -22,8 +22,8 @@
 //! ```
 //!
 //! rumqttd has no shutdown: once started, its threads live until the
-//! process exits. [`RunningBroker::shutdown`] stops only what this crate
-//! adds (admin server, probe, metrics).
+//! process exits. [`Running::shutdown`] stops only what this crate adds
+//! (admin server, probe, metrics, the ingress's tasks).
 
 pub mod access;
 mod config;
@@ -40,9 +40,9 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use prometheus::Registry;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use warmhouse_service_kit::{admin_router, serve, Readiness};
+use warmhouse_service_kit::{admin_router, FailureReporter, Lifecycle, Readiness, Running};
 
 pub use config::{
     BrokerConfig, DeviceAuth, ListenerAuth, ListenerSpec, Secret, DEFAULT_MAX_PAYLOAD_SIZE,
@@ -54,9 +54,8 @@ use last_good::LastGoodAnswers;
 use metrics::BrokerMetrics;
 use revocation::Revocations;
 
-/// A started broker. Dropping it stops the admin server, the self-probe and
-/// the metrics pump; rumqttd itself keeps running until the process exits.
-pub struct RunningBroker {
+/// What a running broker exposes.
+pub struct BrokerParts {
     pub mqtt_v4_addr: SocketAddr,
     pub mqtt_v5_addr: SocketAddr,
     /// The mTLS device listener, when configured.
@@ -71,49 +70,16 @@ pub struct RunningBroker {
     pub ingress: warmhouse_edge_bridge::metrics::Metrics,
     pub registry: Registry,
     pub readiness: Readiness,
-    shutdown: watch::Sender<bool>,
-    failures: mpsc::UnboundedReceiver<anyhow::Error>,
-    admin_task: Option<JoinHandle<()>>,
-    tasks: Vec<JoinHandle<()>>,
 }
 
-impl RunningBroker {
-    /// Resolves when the broker can no longer serve: rumqttd's thread ended
-    /// or panicked, its router stopped, or a listener failed
-    /// `probe_failure_limit` probes in a row. The binary exits on it so the
-    /// orchestrator restarts the process (rumqttd cannot be restarted
-    /// in-process).
-    pub async fn failed(&mut self) -> anyhow::Error {
-        match self.failures.recv().await {
-            Some(err) => err,
-            // Every watcher is gone (after shutdown): nothing more to report.
-            None => std::future::pending().await,
-        }
-    }
-
-    /// Stops the admin server (gracefully), the probe and the metrics pump.
-    pub async fn shutdown(mut self) {
-        self.stop_tasks();
-        if let Some(admin_task) = self.admin_task.take() {
-            if let Err(err) = admin_task.await {
-                tracing::warn!(%err, "admin server task ended abnormally");
-            }
-        }
-    }
-
-    fn stop_tasks(&mut self) {
-        let _ = self.shutdown.send(true);
-        for task in &self.tasks {
-            task.abort();
-        }
-    }
-}
-
-impl Drop for RunningBroker {
-    fn drop(&mut self) {
-        self.stop_tasks();
-    }
-}
+/// A started broker. [`Running::failed`] resolves when it can no longer
+/// serve: rumqttd's thread ended or panicked, its router stopped, or a
+/// listener failed `probe_failure_limit` probes in a row; the binary exits
+/// on it so the orchestrator restarts the process (rumqttd cannot be
+/// restarted in-process). [`Running::shutdown`] and dropping it stop the
+/// admin server (gracefully), the probe, the metrics pump and the ingress's
+/// tasks; rumqttd itself keeps running until the process exits.
+pub type RunningBroker = Running<BrokerParts>;
 
 /// Starts rumqttd (in its own threads: it blocks) and the admin HTTP server,
 /// and returns once every MQTT listener completes a publish/subscribe round
@@ -121,9 +87,112 @@ impl Drop for RunningBroker {
 pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     config.validate().context("invalid broker configuration")?;
     let listeners = config.listeners();
-    // rumqttd logs a bind failure and carries on without that listener;
-    // binding first turns "address in use" into an error here.
+    ensure_listeners_free(&listeners)?;
+    let mut rumqttd_config = config.to_rumqttd()?;
+    let registry = Registry::new();
+    let metrics = BrokerMetrics::register(&registry)?;
+    let readiness = Readiness::new();
     for spec in &listeners {
+        readiness.set(spec.listener.name(), false);
+    }
+    let mut lifecycle = Lifecycle::new("broker");
+
+    // The self-probe's password on device listeners: random per process,
+    // known only here, checked without the registry.
+    let probe_password = Secret::new(random_secret());
+    let revocations = device_access(
+        &config,
+        &listeners,
+        &probe_password,
+        &metrics,
+        &mut rumqttd_config,
+    )?;
+    let broker_id = config.instance_id.clone().unwrap_or_else(host_name);
+    let device_ingress = start_ingress(
+        &config,
+        &broker_id,
+        &listeners,
+        &registry,
+        &metrics,
+        &mut rumqttd_config,
+        &mut lifecycle,
+    )?;
+    lifecycle.adopt(start_revocation_consumer(&config, &broker_id, &revocations, &metrics).await);
+    let admin = admin_router(registry.clone(), readiness.clone()).merge(revocation::admin_routes(
+        revocations.clone(),
+        config.admin_token.clone(),
+        Duration::from_secs(config.revocation_memory_secs),
+    ));
+    let admin_addr = lifecycle
+        .serve(config.admin_addr, admin)
+        .await
+        .context("starting the admin HTTP server")?;
+
+    let mut broker = rumqttd::Broker::new(rumqttd_config);
+    // Links must be made before `start` takes the broker into its thread.
+    spawn_metrics_pump(&mut broker, &metrics, &mut lifecycle)?;
+    revocations.attach(broker.tenant_disconnector());
+    start_commands(
+        &broker,
+        &device_ingress,
+        &broker_id,
+        &config,
+        &mut lifecycle,
+    )
+    .await?;
+    spawn_rumqttd(broker, lifecycle.failure_reporter())?;
+
+    let probers = probers(&config, &listeners, &probe_password)?;
+    let probers = wait_until_serving(probers, &config, &mut lifecycle)
+        .await
+        .context("rumqttd did not start serving")?;
+    for prober in &probers {
+        readiness.set(prober.listener().name(), true);
+        metrics
+            .probe_up
+            .with_label_values(&[prober.listener().name()])
+            .set(1);
+    }
+    lifecycle.spawn(probe_loop(
+        probers,
+        Duration::from_secs(config.probe_interval_secs),
+        Duration::from_secs(config.probe_timeout_secs),
+        config.probe_failure_limit,
+        readiness.clone(),
+        metrics,
+        lifecycle.failure_reporter(),
+        lifecycle.stop_signal(),
+    ));
+
+    let listener_addr = |wanted: Listener| {
+        listeners
+            .iter()
+            .find(|spec| spec.listener == wanted)
+            .map(|spec| spec.addr)
+    };
+    tracing::info!(
+        listeners = ?listeners.iter().map(|s| (s.listener.name(), s.addr.to_string())).collect::<Vec<_>>(),
+        device_auth = ?config.device_auth,
+        admin = %admin_addr,
+        "broker serving"
+    );
+    Ok(lifecycle.running(BrokerParts {
+        mqtt_v4_addr: config.mqtt_v4_addr,
+        mqtt_v5_addr: config.mqtt_v5_addr,
+        mqtts_addr: listener_addr(Listener::Mqtts),
+        internal_addr: listener_addr(Listener::Internal),
+        admin_addr,
+        revocations,
+        ingress: device_ingress.metrics().clone(),
+        registry,
+        readiness,
+    }))
+}
+
+/// rumqttd logs a bind failure and carries on without that listener;
+/// binding first turns "address in use" into an error here.
+fn ensure_listeners_free(listeners: &[ListenerSpec]) -> anyhow::Result<()> {
+    for spec in listeners {
         let addr = spec.addr;
         std::net::TcpListener::bind(addr).with_context(|| {
             format!(
@@ -132,24 +201,25 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
             )
         })?;
     }
-    let mut rumqttd_config = config.to_rumqttd()?;
+    Ok(())
+}
 
-    let registry = Registry::new();
-    let metrics = BrokerMetrics::register(&registry)?;
-    let readiness = Readiness::new();
-    for spec in &listeners {
-        readiness.set(spec.listener.name(), false);
-    }
-
+/// Who may connect: the revocations every listener honours and, when
+/// devices authenticate through the registry, the access check each device
+/// listener asks at every connect.
+fn device_access(
+    config: &BrokerConfig,
+    listeners: &[ListenerSpec],
+    probe_password: &Secret,
+    metrics: &BrokerMetrics,
+    rumqttd_config: &mut rumqttd::Config,
+) -> anyhow::Result<Revocations> {
     let registry_timeout = Duration::from_millis(config.registry_timeout_ms);
     let revocations = Revocations::new(
         Duration::from_secs(config.revocation_memory_secs),
         registry_timeout + Duration::from_secs(1),
         metrics.revocations.clone(),
     );
-    // The self-probe's password on device listeners: random per process,
-    // known only here, checked without the registry.
-    let probe_password = Secret::new(random_secret());
     let last_good = LastGoodAnswers::new(Duration::from_secs(config.access_grace_secs));
     revocations.also_forget(last_good.clone());
     if config.device_auth == DeviceAuth::Registry {
@@ -169,177 +239,111 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
             last_good,
             metrics.device_auth.clone(),
         )?;
-        install_auth_handlers(&mut rumqttd_config, &listeners, &access)?;
+        install_auth_handlers(rumqttd_config, listeners, &access)?;
     }
-    let broker_id = config.instance_id.clone().unwrap_or_else(host_name);
+    Ok(revocations)
+}
+
+/// The device ingress (edge-bridge's library: Kafka, spool, dead letters)
+/// with its spool drainer running, and every device listener's publishes
+/// shown to it before rumqttd acknowledges them.
+fn start_ingress(
+    config: &BrokerConfig,
+    broker_id: &str,
+    listeners: &[ListenerSpec],
+    registry: &Registry,
+    metrics: &BrokerMetrics,
+    rumqttd_config: &mut rumqttd::Config,
+    lifecycle: &mut Lifecycle,
+) -> anyhow::Result<Arc<warmhouse_edge_bridge::Ingress>> {
     let (device_ingress, drainer) =
-        warmhouse_edge_bridge::Ingress::start(&config.ingress, &broker_id, &registry)
+        warmhouse_edge_bridge::Ingress::start(&config.ingress, broker_id, registry)
             .context("starting the device ingress")?;
+    lifecycle.adopt([drainer]);
     install_publish_hooks(
-        &mut rumqttd_config,
-        &listeners,
+        rumqttd_config,
+        listeners,
         &device_ingress,
         metrics.client_limits_exceeded.clone(),
     )?;
-    let event_task = start_revocation_consumer(&config, &broker_id, &revocations, &metrics).await;
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
-    let stopped = {
-        let rx = shutdown_rx.clone();
-        // Also resolves when the sender is dropped with the RunningBroker.
-        async move {
-            let mut rx = rx;
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
-    let admin = admin_router(registry.clone(), readiness.clone()).merge(revocation::admin_routes(
-        revocations.clone(),
-        config.admin_token.clone(),
-        Duration::from_secs(config.revocation_memory_secs),
-    ));
-    let (admin_addr, admin_task) = serve(config.admin_addr, admin, stopped)
-        .await
-        .context("starting the admin HTTP server")?;
+    Ok(device_ingress)
+}
 
-    let (failure_tx, mut failures) = mpsc::unbounded_channel();
-    let mut broker = rumqttd::Broker::new(rumqttd_config);
-    // Links must be made before `start` takes the broker into its thread.
+/// Feeds rumqttd's meters and alerts into the metrics; the broker has
+/// failed when that ends (rumqttd's router is gone).
+fn spawn_metrics_pump(
+    broker: &mut rumqttd::Broker,
+    metrics: &BrokerMetrics,
+    lifecycle: &mut Lifecycle,
+) -> anyhow::Result<()> {
     let meters = broker.meters().context("opening rumqttd's meters link")?;
     let alerts = broker.alerts().context("opening rumqttd's alerts link")?;
-    revocations.attach(broker.tenant_disconnector());
-    // Commands for the devices connected here enter the router in-process.
-    // Read from Kafka before the listeners open, so no command for a device
-    // that connects from then on is missed.
+    let metrics = metrics.clone();
+    let failures = lifecycle.failure_reporter();
+    lifecycle.spawn(async move {
+        failures.report(metrics::pump(meters, alerts, metrics).await);
+    });
+    Ok(())
+}
+
+/// Commands for the devices connected here enter the router in-process.
+/// Read from Kafka before the listeners open, so no command for a device
+/// that connects from then on is missed.
+async fn start_commands(
+    broker: &rumqttd::Broker,
+    device_ingress: &Arc<warmhouse_edge_bridge::Ingress>,
+    broker_id: &str,
+    config: &BrokerConfig,
+    lifecycle: &mut Lifecycle,
+) -> anyhow::Result<()> {
     let command_sink =
-        ingress::RouterCommandSink::new(&broker, &format!("warmhouse-commands-{broker_id}"))?;
+        ingress::RouterCommandSink::new(broker, &format!("warmhouse-commands-{broker_id}"))?;
     let commands = device_ingress
         .start_commands(
             command_sink,
             Duration::from_secs(config.startup_timeout_secs),
         )
         .await;
-    {
-        let failure_tx = failure_tx.clone();
-        std::thread::Builder::new()
-            .name("rumqttd".to_string())
-            .spawn(move || {
-                // rumqttd's error is neither small nor Sync: keep its message.
-                let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                    broker.start().map_err(|err| err.to_string())
-                }));
-                let err = match outcome {
-                    Ok(Ok(())) => {
-                        anyhow!("rumqttd stopped: all its listeners ended (see the log for why)")
-                    }
-                    Ok(Err(err)) => anyhow!("rumqttd failed: {err}"),
-                    Err(_) => anyhow!("rumqttd panicked"),
-                };
-                let _ = failure_tx.send(err);
-            })
-            .context("spawning the rumqttd thread")?;
-    }
-
-    let mut tasks = vec![drainer, commands];
-    tasks.extend(event_task);
-    {
-        let metrics = metrics.clone();
-        let failure_tx = failure_tx.clone();
-        tasks.push(tokio::spawn(async move {
-            let err = metrics::pump(meters, alerts, metrics).await;
-            let _ = failure_tx.send(err);
-        }));
-    }
-
-    let mut probers = probers(&config, &listeners, &probe_password)?;
-    let probe_timeout = Duration::from_secs(config.probe_timeout_secs);
-    let startup = wait_until_serving(
-        &mut probers,
-        probe_timeout,
-        Duration::from_secs(config.startup_timeout_secs),
-        &mut failures,
-    )
-    .await;
-    if let Err(err) = startup {
-        let _ = shutdown_tx.send(true);
-        tasks.iter().for_each(JoinHandle::abort);
-        return Err(err.context("rumqttd did not start serving"));
-    }
-    for prober in &probers {
-        readiness.set(prober.listener().name(), true);
-        metrics
-            .probe_up
-            .with_label_values(&[prober.listener().name()])
-            .set(1);
-    }
-
-    tasks.push(tokio::spawn(probe_loop(
-        probers,
-        Duration::from_secs(config.probe_interval_secs),
-        probe_timeout,
-        config.probe_failure_limit,
-        readiness.clone(),
-        metrics,
-        failure_tx,
-        shutdown_rx,
-    )));
-
-    let listener_addr = |wanted: Listener| {
-        listeners
-            .iter()
-            .find(|spec| spec.listener == wanted)
-            .map(|spec| spec.addr)
-    };
-    tracing::info!(
-        listeners = ?listeners.iter().map(|s| (s.listener.name(), s.addr.to_string())).collect::<Vec<_>>(),
-        device_auth = ?config.device_auth,
-        admin = %admin_addr,
-        "broker serving"
-    );
-    Ok(RunningBroker {
-        mqtt_v4_addr: config.mqtt_v4_addr,
-        mqtt_v5_addr: config.mqtt_v5_addr,
-        mqtts_addr: listener_addr(Listener::Mqtts),
-        internal_addr: listener_addr(Listener::Internal),
-        admin_addr,
-        revocations,
-        ingress: device_ingress.metrics().clone(),
-        registry,
-        readiness,
-        shutdown: shutdown_tx,
-        failures,
-        admin_task: Some(admin_task),
-        tasks,
-    })
+    lifecycle.adopt([commands]);
+    Ok(())
 }
 
-/// Runs a broker until SIGTERM or Ctrl-C (then stops gracefully and
-/// returns `Ok`), or until it can no longer serve (then returns the error,
-/// so the process exits non-zero and its orchestrator restarts it). What
-/// the `warmhouse-broker` binary does.
-pub async fn run_until_stopped(config: BrokerConfig) -> anyhow::Result<()> {
-    let mut broker = start(config).await?;
-    tokio::select! {
-        _ = warmhouse_service_kit::shutdown_signal() => {
-            tracing::info!("shutdown signal received");
-            broker.shutdown().await;
-            // Returning ends the process and with it rumqttd's threads.
-            Ok(())
-        }
-        err = broker.failed() => Err(err.context("broker can no longer serve")),
-    }
+/// Runs rumqttd in a thread of its own (it blocks); its end, whatever the
+/// cause, is the broker's failure.
+fn spawn_rumqttd(mut broker: rumqttd::Broker, failures: FailureReporter) -> anyhow::Result<()> {
+    std::thread::Builder::new()
+        .name("rumqttd".to_string())
+        .spawn(move || {
+            // rumqttd's error is neither small nor Sync: keep its message.
+            let outcome = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                broker.start().map_err(|err| err.to_string())
+            }));
+            failures.report(match outcome {
+                Ok(Ok(())) => {
+                    anyhow!("rumqttd stopped: all its listeners ended (see the log for why)")
+                }
+                Ok(Err(err)) => anyhow!("rumqttd failed: {err}"),
+                Err(_) => anyhow!("rumqttd panicked"),
+            });
+        })
+        .context("spawning the rumqttd thread")?;
+    Ok(())
 }
 
 /// Probes every listener until each has answered once, rumqttd reports a
-/// failure, or `deadline` passes.
+/// failure, or the startup timeout passes. Returns the probers for the
+/// periodic self-probe.
 async fn wait_until_serving(
-    probers: &mut [Prober],
-    probe_timeout: Duration,
-    deadline: Duration,
-    failures: &mut mpsc::UnboundedReceiver<anyhow::Error>,
-) -> anyhow::Result<()> {
+    mut probers: Vec<Prober>,
+    config: &BrokerConfig,
+    lifecycle: &mut Lifecycle,
+) -> anyhow::Result<Vec<Prober>> {
+    let probe_timeout = Duration::from_secs(config.probe_timeout_secs);
+    let deadline = Duration::from_secs(config.startup_timeout_secs);
     let started = Instant::now();
     let mut serving = vec![false; probers.len()];
     loop {
-        if let Ok(err) = failures.try_recv() {
+        if let Some(err) = lifecycle.reported_failure() {
             return Err(err);
         }
         let mut last_error = None;
@@ -352,7 +356,7 @@ async fn wait_until_serving(
             }
         }
         match last_error {
-            None => return Ok(()),
+            None => return Ok(probers),
             Some(err) if started.elapsed() >= deadline => {
                 return Err(err.context(format!("listeners not serving after {deadline:?}")))
             }
@@ -543,7 +547,7 @@ async fn probe_loop(
     failure_limit: u32,
     readiness: Readiness,
     metrics: BrokerMetrics,
-    failure_tx: mpsc::UnboundedSender<anyhow::Error>,
+    failure_reporter: FailureReporter,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut failures: Vec<ProbeFailures> = probers
@@ -580,7 +584,7 @@ async fn probe_loop(
                         "self-probe failed"
                     );
                     if failure_limit > 0 && !busy && in_a_row == failure_limit {
-                        let _ = failure_tx.send(err.context(format!(
+                        failure_reporter.report(err.context(format!(
                             "{name} listener failed {failure_limit} probes in a row"
                         )));
                     }

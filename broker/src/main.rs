@@ -2,10 +2,10 @@
 //! non-zero when it can no longer serve, so the orchestrator restarts it.
 
 use clap::Parser;
-use warmhouse_broker::{run_until_stopped, BrokerConfig};
+use warmhouse_broker::{start, BrokerConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     warmhouse_service_kit::init_tracing();
-    run_until_stopped(BrokerConfig::parse()).await
+    start(BrokerConfig::parse()).await?.run_until_signal().await
 }

@@ -14,11 +14,10 @@ use prometheus::Registry;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::PgPool;
 use tokio::sync::watch;
-use tokio::task::JoinHandle;
 use utoipa::OpenApi;
 use utoipa_swagger_ui::SwaggerUi;
 use warmhouse_service_kit::auth::{self, Verifier};
-use warmhouse_service_kit::{stopped, track_request, HttpMetrics, Readiness};
+use warmhouse_service_kit::{track_request, HttpMetrics, Lifecycle, Readiness, Running};
 
 use crate::background::{self, BackgroundMetrics};
 use crate::config::RegistryConfig;
@@ -175,20 +174,15 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     doc
 }
 
-/// A running registry.
-pub struct RunningRegistry {
+/// What a running registry exposes.
+pub struct RegistryParts {
     /// Bound address (the real port when port 0 was asked for).
     pub addr: SocketAddr,
     pub state: RegistryState,
-    server: JoinHandle<()>,
 }
 
-impl RunningRegistry {
-    /// Waits until the server has shut down.
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.server.await.context("registry server task failed")
-    }
-}
+/// A running registry: [`Running::wait`] returns once it has stopped.
+pub type RunningRegistry = Running<RegistryParts>;
 
 /// Connects to PostgreSQL, applies the migrations, binds `config.listen`
 /// and serves until `shutdown` resolves. Unlike the query API it needs the
@@ -197,7 +191,37 @@ pub async fn start(
     config: RegistryConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<RunningRegistry> {
-    // Before anything else: without a key there is nothing safe to serve.
+    let state = build_state(&config).await?;
+    let mut lifecycle = Lifecycle::new("device registry");
+    lifecycle.stop_on(shutdown);
+    lifecycle.adopt(background::spawn(
+        state.db.pool.clone(),
+        config.kafka(),
+        config.topics(),
+        BackgroundMetrics::register(&state.registry)?,
+        lifecycle.stop_signal(),
+    ));
+    lifecycle.spawn(onboarding::recover_forever(
+        state.onboarding.clone(),
+        SAGA_RECOVERY,
+        lifecycle.stop_signal(),
+    ));
+    lifecycle.spawn_graceful(watch_database(
+        state.clone(),
+        Duration::from_millis(config.ready_interval_ms.max(100)),
+        lifecycle.stop_signal(),
+    ));
+    let addr = lifecycle
+        .serve(config.listen, router(state.clone()))
+        .await?;
+    tracing::info!(%addr, "device registry listening");
+    Ok(lifecycle.running(RegistryParts { addr, state }))
+}
+
+/// The handlers' state: bearer-token verification and the legacy API's
+/// client first (without them nothing is safe to serve), then the
+/// database, metrics and device identity.
+async fn build_state(config: &RegistryConfig) -> anyhow::Result<RegistryState> {
     let verifier = config
         .auth
         .verifier()
@@ -208,17 +232,16 @@ pub async fn start(
         .onboarding
         .telemetry_catalog()
         .context("configuring the onboarding saga's telemetry store")?;
-    let pool = connect(&config).await?;
+    let pool = connect(config).await?;
     let registry = Registry::new();
     let readiness = Readiness::new();
     readiness.set(READY_CHECK, true);
-    let background_metrics = BackgroundMetrics::register(&registry)?;
     let identity = config.identity.load(&registry)?;
     let db = Db {
         pool,
         topics: config.topics(),
     };
-    let state = RegistryState {
+    Ok(RegistryState {
         onboarding: Onboarding {
             db: db.clone(),
             identity: identity.clone(),
@@ -232,34 +255,6 @@ pub async fn start(
         readiness,
         legacy,
         identity,
-    };
-
-    let stop_rx = warmhouse_service_kit::stop_channel(shutdown);
-    background::spawn(
-        state.db.pool.clone(),
-        config.kafka(),
-        config.topics(),
-        background_metrics,
-        stop_rx.clone(),
-    );
-    tokio::spawn(onboarding::recover_forever(
-        state.onboarding.clone(),
-        SAGA_RECOVERY,
-        stop_rx.clone(),
-    ));
-    tokio::spawn(watch_database(
-        state.clone(),
-        Duration::from_millis(config.ready_interval_ms.max(100)),
-        stop_rx.clone(),
-    ));
-    let (addr, server) =
-        warmhouse_service_kit::serve(config.listen, router(state.clone()), stopped(stop_rx))
-            .await?;
-    tracing::info!(%addr, "device registry listening");
-    Ok(RunningRegistry {
-        addr,
-        state,
-        server,
     })
 }
 

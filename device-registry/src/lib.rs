@@ -41,7 +41,8 @@ mod outbox;
 mod problem;
 
 pub use app::{
-    openapi, router, start, RegistryState, RunningRegistry, MAX_BODY_BYTES, READY_CHECK,
+    openapi, router, start, RegistryParts, RegistryState, RunningRegistry, MAX_BODY_BYTES,
+    READY_CHECK,
 };
 pub use config::RegistryConfig;
 pub use devices::http::{DEFAULT_LIMIT, MAX_LIMIT};

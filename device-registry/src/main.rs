@@ -22,6 +22,8 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     warmhouse_service_kit::init_tracing();
-    let running = start(cli.config, warmhouse_service_kit::shutdown_signal()).await?;
-    running.wait().await
+    start(cli.config, std::future::pending())
+        .await?
+        .run_until_signal()
+        .await
 }

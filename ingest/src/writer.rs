@@ -32,7 +32,7 @@ use warmhouse_service_kit::kafka::{
     group_consumer_config, producer_config, ClosedOffRuntime, Idempotence,
 };
 use warmhouse_service_kit::metrics::{counter, counter_vec, gauge, gauge_vec, histogram};
-use warmhouse_service_kit::{admin_router, now_ms, serve, Readiness};
+use warmhouse_service_kit::{admin_router, now_ms, serve, Lifecycle, Readiness, Running};
 
 use crate::influx::{InfluxClient, InfluxSettings, WriteError};
 
@@ -179,30 +179,16 @@ impl WriterMetrics {
     }
 }
 
-pub struct RunningWriter {
+/// What a running writer exposes.
+pub struct WriterParts {
     pub admin_addr: SocketAddr,
     pub metrics: WriterMetrics,
-    task: tokio::task::JoinHandle<()>,
-    admin: tokio::task::JoinHandle<()>,
-    lag: Option<tokio::task::JoinHandle<()>>,
 }
 
-impl RunningWriter {
-    /// Waits until the writer has stopped (after its shutdown future resolved).
-    pub async fn join(mut self) {
-        let _ = (&mut self.task).await;
-    }
-}
-
-impl Drop for RunningWriter {
-    fn drop(&mut self) {
-        self.task.abort();
-        self.admin.abort();
-        if let Some(lag) = &self.lag {
-            lag.abort();
-        }
-    }
-}
+/// A running writer: [`Running::wait`] returns once it has stopped (after
+/// its shutdown future resolved and the batches in flight were written and
+/// committed).
+pub type RunningWriter = Running<WriterParts>;
 
 /// A batch being gathered: line protocol, its size, the next offset of every
 /// partition it covers, and the age of its first record.
@@ -246,7 +232,8 @@ impl Batch {
     }
 }
 
-/// Starts the writer on the current Tokio runtime.
+/// Starts the writer on the current Tokio runtime; it runs until
+/// `shutdown` resolves.
 pub async fn start(
     config: WriterConfig,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -254,6 +241,42 @@ pub async fn start(
     let registry = Registry::new();
     let metrics = WriterMetrics::new(&registry)?;
     let readiness = Readiness::new();
+    let influx = influx_client(&config).await?;
+    let consumer = telemetry_consumer(&config)?;
+    let producer = dead_letter_producer(&config)?;
+
+    let mut lifecycle = Lifecycle::new("ingest writer");
+    lifecycle.stop_on(shutdown);
+    // Not stopped with the stop signal: /metrics keeps answering while the
+    // writer finishes its batches in flight.
+    let (admin_addr, admin) = serve(
+        config.admin_listen,
+        admin_router(registry, readiness.clone()),
+        std::future::pending(),
+    )
+    .await?;
+    lifecycle.adopt([admin]);
+    readiness.set("influxdb", true);
+    if let Some(lag) = spawn_lag_probe(&config, &metrics)? {
+        lifecycle.adopt([lag]);
+    }
+    let writer = Writer {
+        config,
+        consumer: ClosedOffRuntime::new(consumer),
+        producer,
+        influx,
+        metrics: metrics.clone(),
+        readiness,
+    };
+    lifecycle.spawn_graceful(writer.run(lifecycle.stopped()));
+    Ok(lifecycle.running(WriterParts {
+        admin_addr,
+        metrics,
+    }))
+}
+
+/// The InfluxDB client, with the database and retention policies made.
+async fn influx_client(config: &WriterConfig) -> anyhow::Result<InfluxClient> {
     let mut settings = InfluxSettings::new(&config.influx.url, &config.influx.database);
     settings.raw_retention = config.raw_retention.clone();
     settings.rollup_retention = config.rollup_retention.clone();
@@ -262,8 +285,12 @@ pub async fn start(
         .ensure_schema()
         .await
         .context("preparing the InfluxDB database and retention policies")?;
+    Ok(influx)
+}
 
-    // Offsets are stored by hand, only after InfluxDB took the batch.
+/// The telemetry topic's consumer. Offsets are stored by hand, only after
+/// InfluxDB took the batch.
+fn telemetry_consumer(config: &WriterConfig) -> anyhow::Result<StreamConsumer> {
     let consumer: StreamConsumer = group_consumer_config(
         &config.kafka.bootstrap,
         &config.group_id,
@@ -274,55 +301,38 @@ pub async fn start(
     consumer
         .subscribe(&[&config.telemetry_topic.name])
         .with_context(|| format!("subscribing to {}", config.telemetry_topic.name))?;
-    // Not idempotent: after a refused batch an idempotent producer bumps its
-    // epoch, which tansu cannot take (see the edge bridge's kafka.rs), and
-    // this one is never replaced. A dead letter sent twice is harmless.
-    // It reconnects within a second like every other client (it had
-    // librdkafka's 10 s backoff before it was built on the shared settings).
-    let producer: FutureProducer = producer_config(&config.kafka.bootstrap, Idempotence::Off)
-        .create()
-        .context("creating dead-letter producer")?;
+    Ok(consumer)
+}
 
-    let (admin_addr, admin) = serve(
-        config.admin_listen,
-        admin_router(registry, readiness.clone()),
-        std::future::pending(),
-    )
-    .await?;
-    readiness.set("influxdb", true);
-    let lag = if config.lag_interval_ms > 0 {
-        let probe = crate::lag::LagProbe::new(
-            &config.kafka.bootstrap,
-            &config.group_id,
-            &config.telemetry_topic.name,
-        )?;
-        Some(crate::lag::spawn(
-            probe,
-            metrics.consumer_lag.clone(),
-            Duration::from_millis(config.lag_interval_ms),
-        ))
-    } else {
-        None
-    };
-    let task_metrics = metrics.clone();
-    let task = tokio::spawn(async move {
-        let writer = Writer {
-            config,
-            consumer: ClosedOffRuntime::new(consumer),
-            producer,
-            influx,
-            metrics: task_metrics,
-            readiness,
-        };
-        writer.run(shutdown).await;
-    });
-    Ok(RunningWriter {
-        admin_addr,
-        metrics,
-        task,
-        admin,
-        lag,
-    })
+/// Not idempotent: after a refused batch an idempotent producer bumps its
+/// epoch, which tansu cannot take (see the edge bridge's kafka.rs), and
+/// this one is never replaced. A dead letter sent twice is harmless. It
+/// reconnects within a second like every other client (it had librdkafka's
+/// 10 s backoff before it was built on the shared settings).
+fn dead_letter_producer(config: &WriterConfig) -> anyhow::Result<FutureProducer> {
+    producer_config(&config.kafka.bootstrap, Idempotence::Off)
+        .create()
+        .context("creating dead-letter producer")
+}
+
+/// Keeps the consumer-lag gauge current, unless turned off.
+fn spawn_lag_probe(
+    config: &WriterConfig,
+    metrics: &WriterMetrics,
+) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+    if config.lag_interval_ms == 0 {
+        return Ok(None);
+    }
+    let probe = crate::lag::LagProbe::new(
+        &config.kafka.bootstrap,
+        &config.group_id,
+        &config.telemetry_topic.name,
+    )?;
+    Ok(Some(crate::lag::spawn(
+        probe,
+        metrics.consumer_lag.clone(),
+        Duration::from_millis(config.lag_interval_ms),
+    )))
 }
 
 struct Writer {

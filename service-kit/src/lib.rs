@@ -1,5 +1,6 @@
 //! What every Warmhouse service shares: logging, Prometheus metrics, the
-//! `/healthz` and `/readyz` endpoints, and graceful shutdown; for the REST
+//! `/healthz` and `/readyz` endpoints, and one lifecycle ([`lifecycle`]:
+//! start, run until stopped, graceful shutdown); for the REST
 //! APIs also problem+json errors ([`problem`]), request metrics
 //! ([`http_metrics`]) and bearer-token auth ([`auth`]).
 
@@ -7,6 +8,7 @@ pub mod args;
 pub mod auth;
 pub mod http_metrics;
 pub mod kafka;
+pub mod lifecycle;
 pub mod metrics;
 pub mod problem;
 #[cfg(any(test, feature = "test-support"))]
@@ -30,6 +32,7 @@ use tokio::task::JoinHandle;
 
 pub use auth::{AuthConfig, Caller};
 pub use http_metrics::{track_request, HttpMetrics};
+pub use lifecycle::{FailureReporter, Lifecycle, Running};
 pub use problem::Problem;
 
 /// Initialises `tracing`. `RUST_LOG` filters (default `info`);
@@ -240,19 +243,6 @@ pub async fn serve(
     Ok((local, task))
 }
 
-/// Turns a service's `shutdown` future into a channel that every task of
-/// the service (server, probes, consumers) can wait on.
-pub fn stop_channel(
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> watch::Receiver<bool> {
-    let (stop_tx, stop_rx) = watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    stop_rx
-}
-
 /// Resolves once `stop` says so (or its sender is gone).
 pub async fn stopped(mut stop: watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
@@ -334,9 +324,11 @@ mod tests {
         let readiness = Readiness::new();
         readiness.set("db", true);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let stop = stop_channel(async {
+        let mut lifecycle = Lifecycle::new("test");
+        lifecycle.stop_on(async {
             let _ = rx.await;
         });
+        let stop = lifecycle.stop_signal();
         let calls = Arc::new(AtomicUsize::new(0));
         let counted = calls.clone();
         let mut tx = Some(tx);

@@ -357,7 +357,7 @@ impl Stack {
             ..
         } = self;
         drop(gateway);
-        if tokio::time::timeout(Duration::from_secs(10), writer.join())
+        if tokio::time::timeout(Duration::from_secs(10), writer.wait())
             .await
             .is_err()
         {

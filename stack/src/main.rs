@@ -78,7 +78,10 @@ async fn main() -> anyhow::Result<()> {
         Command::Up(args) => up(args).await,
         Command::Broker(config) => {
             warmhouse_service_kit::init_tracing();
-            warmhouse_broker::run_until_stopped(config).await
+            warmhouse_broker::start(config)
+                .await?
+                .run_until_signal()
+                .await
         }
     }
 }

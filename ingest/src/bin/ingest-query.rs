@@ -24,8 +24,8 @@ async fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     warmhouse_service_kit::init_tracing();
-    let running = start(cli.config, warmhouse_service_kit::shutdown_signal()).await?;
-    running.wait().await?;
-    tracing::info!("telemetry query API stopped");
-    Ok(())
+    start(cli.config, std::future::pending())
+        .await?
+        .run_until_signal()
+        .await
 }

@@ -1,14 +1,13 @@
 use clap::Parser;
 use warmhouse_ingest::writer::{start, WriterConfig};
-use warmhouse_service_kit::{init_tracing, shutdown_signal};
+use warmhouse_service_kit::init_tracing;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     init_tracing();
     let config = WriterConfig::parse();
-    let writer = start(config, shutdown_signal()).await?;
+    // Stopped by run_until_signal rather than by a future of its own.
+    let writer = start(config, std::future::pending()).await?;
     tracing::info!(admin = %writer.admin_addr, "ingest writer started");
-    writer.join().await;
-    tracing::info!("ingest writer stopped");
-    Ok(())
+    writer.run_until_signal().await
 }

@@ -31,12 +31,11 @@ use axum::middleware;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{Histogram, IntCounterVec, Registry};
-use tokio::task::JoinHandle;
 use utoipa_swagger_ui::SwaggerUi;
 use warmhouse_service_kit::args::InfluxArgs;
 use warmhouse_service_kit::auth::{self, AuthConfig, Verifier};
 use warmhouse_service_kit::{
-    probe_readiness, stop_channel, stopped, track_request, HttpMetrics, Readiness,
+    probe_readiness, track_request, HttpMetrics, Lifecycle, Readiness, Running,
 };
 
 use crate::influx::{InfluxClient, InfluxSettings};
@@ -236,21 +235,16 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api::openapi()
 }
 
-/// A running query API.
-pub struct RunningQueryApi {
+/// What a running query API exposes.
+pub struct QueryApiParts {
     /// Bound address (the real port when port 0 was asked for).
     pub addr: SocketAddr,
     pub state: QueryState,
-    server: JoinHandle<()>,
 }
 
-impl RunningQueryApi {
-    /// Waits until the server has shut down (after `shutdown` resolved and
-    /// in-flight requests finished).
-    pub async fn wait(self) -> anyhow::Result<()> {
-        self.server.await.context("query API server task failed")
-    }
-}
+/// A running query API: [`Running::wait`] returns once it has stopped
+/// (after `shutdown` resolved and in-flight requests finished).
+pub type RunningQueryApi = Running<QueryApiParts>;
 
 /// Binds `config.listen` and serves until `shutdown` resolves. InfluxDB
 /// need not be up: the API starts anyway, answers 503 meanwhile and reports
@@ -263,28 +257,25 @@ pub async fn start(
     // Know readiness before the first /readyz, instead of one interval later.
     state.readiness.set(READY_CHECK, state.influx.ping().await);
 
-    let stop_rx = stop_channel(shutdown);
+    let mut lifecycle = Lifecycle::new("telemetry query API");
+    lifecycle.stop_on(shutdown);
     let influx = state.influx.clone();
-    tokio::spawn(probe_readiness(
+    lifecycle.spawn(probe_readiness(
         state.readiness.clone(),
         READY_CHECK,
         "InfluxDB",
         Duration::from_millis(config.ready_interval_ms.max(100)),
-        stop_rx.clone(),
+        lifecycle.stop_signal(),
         move || {
             let influx = influx.clone();
             async move { influx.ping().await }
         },
     ));
-    let (addr, server) =
-        warmhouse_service_kit::serve(config.listen, router(state.clone()), stopped(stop_rx))
-            .await?;
+    let addr = lifecycle
+        .serve(config.listen, router(state.clone()))
+        .await?;
     tracing::info!(%addr, influx = %config.influx.url, database = %config.influx.database, "telemetry query API listening");
-    Ok(RunningQueryApi {
-        addr,
-        state,
-        server,
-    })
+    Ok(lifecycle.running(QueryApiParts { addr, state }))
 }
 
 #[cfg(test)]
