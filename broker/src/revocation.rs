@@ -50,7 +50,6 @@ use warmhouse_contracts::ids::DeviceId;
 use warmhouse_service_kit::kafka::{record_source, TopicTail};
 use warmhouse_service_kit::Problem;
 
-use crate::access::constant_time_eq;
 use crate::config::Secret;
 use crate::last_good::LastGoodAnswers;
 
@@ -366,9 +365,7 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), Problem> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
-        Some(presented) if constant_time_eq(presented.as_bytes(), token.expose().as_bytes()) => {
-            Ok(())
-        }
+        Some(presented) if token.matches(presented) => Ok(()),
         Some(_) => Err(Problem::unauthorized(
             Some("invalid_token"),
             "the bearer token is not the broker's admin token",
