@@ -179,7 +179,7 @@ impl<T> Running<T> {
     /// Waits until the service is told to stop (by the future it was
     /// started with) and its graceful tasks have finished.
     pub async fn wait(mut self) -> anyhow::Result<()> {
-        crate::stopped(self.lifecycle.stop_signal()).await;
+        self.lifecycle.stopped().await;
         self.lifecycle.finish().await
     }
 
@@ -288,10 +288,31 @@ mod tests {
 
     #[tokio::test]
     async fn dropping_stops_every_task() {
-        let (lifecycle, _, _) = service();
+        let (mut lifecycle, _, _) = service();
+        // Each task holds a sender; its receiver sees it closed once the
+        // task is gone.
+        let (graceful_alive, graceful_gone) = tokio::sync::oneshot::channel::<()>();
+        lifecycle.spawn_graceful(async move {
+            let _alive = graceful_alive;
+            std::future::pending::<()>().await;
+        });
+        let (background_alive, background_gone) = tokio::sync::oneshot::channel::<()>();
+        lifecycle.spawn(async move {
+            let _alive = background_alive;
+            std::future::pending::<()>().await;
+        });
         let signal = lifecycle.stop_signal();
         drop(lifecycle.running(()));
         assert!(*signal.borrow(), "the stop signal is given");
+        let gone = |receiver| tokio::time::timeout(Duration::from_secs(5), receiver);
+        assert!(
+            gone(graceful_gone).await.is_ok(),
+            "a graceful task that ignores the signal is aborted"
+        );
+        assert!(
+            gone(background_gone).await.is_ok(),
+            "a background task is aborted"
+        );
     }
 
     #[tokio::test]
