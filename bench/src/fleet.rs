@@ -10,6 +10,7 @@
 //! back (on the other replicas) is measured.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -24,6 +25,7 @@ use warmhouse_stack::{Stack, StackOptions};
 use super::brokers::{self, BrokerKind};
 use super::cpu;
 use super::e2e::{self, Latency, Tally};
+use super::registry_api::RegistryApi;
 
 /// Devices one simulator process holds at most (20,000 open files a process
 /// here, and a few for itself).
@@ -245,17 +247,14 @@ pub async fn run_replica(
     let watched = vec![("broker".to_string(), pid)];
     let me = std::process::id();
     let before = cpu::snapshot(&watched, me);
-    let deadline = started + Duration::from_secs(35);
-    let mut all_connected_after = None;
-    let mut connected = 0;
-    while Instant::now() < deadline {
-        connected = open_sockets(pid).saturating_sub(base_fds);
-        if connected >= u64::from(devices) {
-            all_connected_after = Some(started.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (all_connected_after, connected) = wait_for_sockets(
+        pid,
+        base_fds,
+        devices,
+        started,
+        started + Duration::from_secs(35),
+    )
+    .await;
     let connected_at = cpu::snapshot(&watched, me);
     let rss = rss_bytes(pid);
     tokio::time::sleep(steady).await;
@@ -264,12 +263,6 @@ pub async fn run_replica(
     broker.process.check_alive()?;
     broker.process.terminate(Duration::from_secs(2));
     let summary = summary?;
-    let cores = |a: &cpu::Snapshot, b: &cpu::Snapshot| {
-        let usage = cpu::usage(a, b, super::cores());
-        usage
-            .process("broker")
-            .map(|secs| secs / usage.wall.as_secs_f64())
-    };
     Ok(ReplicaRun {
         kind,
         devices: devices / 4 * 4,
@@ -282,12 +275,42 @@ pub async fn run_replica(
             _ => None,
         },
         rss_mb: rss.map(|rss| rss as f64 / (1 << 20) as f64),
-        connect_cpu_cores: cores(&before, &connected_at),
-        steady_cpu_cores: cores(&connected_at, &steady_end),
+        connect_cpu_cores: broker_cores(&before, &connected_at),
+        steady_cpu_cores: broker_cores(&connected_at, &steady_end),
         messages_acked: summary.messages_acked,
         messages_unacked: summary.messages_unacked,
         reconnects: summary.reconnects,
     })
+}
+
+/// Counts the broker's sockets (above the `base` it held before) every
+/// 100 ms until `devices` are in or `deadline` passes: the broker's own
+/// view of who is connected, the same for ours and Mosquitto. Returns when
+/// all were in (from `started`) and the connections last counted.
+async fn wait_for_sockets(
+    pid: u32,
+    base: u64,
+    devices: u32,
+    started: Instant,
+    deadline: Instant,
+) -> (Option<Duration>, u64) {
+    let mut connected = 0;
+    while Instant::now() < deadline {
+        connected = open_sockets(pid).saturating_sub(base);
+        if connected >= u64::from(devices) {
+            return (Some(started.elapsed()), connected);
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    (None, connected)
+}
+
+/// The process named "broker"'s CPU between two snapshots, in cores.
+fn broker_cores(a: &cpu::Snapshot, b: &cpu::Snapshot) -> Option<f64> {
+    let usage = cpu::usage(a, b, super::cores());
+    usage
+        .process("broker")
+        .map(|secs| secs / usage.wall.as_secs_f64())
 }
 
 pub async fn run_fleet(dir: &Path, options: &FleetOptions) -> anyhow::Result<FleetRun> {
@@ -311,6 +334,10 @@ pub async fn run_fleet(dir: &Path, options: &FleetOptions) -> anyhow::Result<Fle
     result
 }
 
+/// The fleet's run, step by step: provision, start the simulators and the
+/// latency probe, wait until every device is in, kill one replica a third
+/// into the load and watch its devices come back, then count what was
+/// stored.
 async fn drive_fleet(
     stack: &mut Stack,
     dir: &Path,
@@ -319,22 +346,104 @@ async fn drive_fleet(
     let run_id = format!("fl{}", warmhouse_service_kit::now_ms() % 1_000_000);
     let homes = options.devices.div_ceil(4).max(1);
     let devices = homes * 4;
-    let registry = stack.registry_url().context("the stack has no registry")?;
     let http = stack
         .api_client_builder()?
         .timeout(Duration::from_secs(30))
         .build()
         .context("HTTP client")?;
-    let token = stack.admin_token()?;
+    let registry = RegistryApi::new(stack, http)?;
 
-    // Provision every home, device and password through the registry, as an
-    // installer would (each password is hashed with Argon2id once).
     eprintln!("   provisioning {devices} devices in {homes} homes");
-    let provision_started = Instant::now();
     let shares = shares(homes);
+    let provisioned = provision_fleet(&registry, dir, &run_id, &shares).await?;
+    let provisioned_in = provisioned.took;
+    eprintln!("   provisioned in {:.0} s", provisioned_in.as_secs_f64());
+
+    let ports: Vec<u16> = stack
+        .broker_processes
+        .iter()
+        .map(|b| b.mqtt_v4_port)
+        .collect();
+    let sims = spawn_fleet(
+        dir,
+        options,
+        &ports,
+        &shares,
+        &run_id,
+        &provisioned.credential_files,
+    )?;
+    let started = Instant::now();
+    let load_end = started + options.connect_spread + options.duration;
+    let probe = start_probe(stack, provisioned.probe, load_end).await?;
+
+    let admin_addrs = admin_addrs(stack);
+    // The probe's own connection and each replica's self-probe count too.
+    let fleet_held = u64::from(devices);
+    let connect_deadline = started + options.connect_spread + Duration::from_secs(120);
+    let all_connected_after =
+        wait_all_connected(stack, &admin_addrs, fleet_held, started, connect_deadline).await?;
+    let rss_per_connection = broker_rss_per_connection(stack, devices);
+
+    let load = run_load(
+        stack,
+        &registry,
+        sims,
+        &admin_addrs,
+        fleet_held,
+        options,
+        load_end,
+    )
+    .await?;
+    let totals = &load.totals;
+    let (drain, tally) = count_stored(stack, &run_id, totals.readings_acked).await?;
+    let latency = e2e::probe_result(probe, Duration::from_secs(60)).await;
+    Ok(FleetRun {
+        devices,
+        replicas: stack.broker_processes.len(),
+        simulators: shares.len(),
+        provisioned_in,
+        all_connected_after,
+        readings_acked: totals.readings_acked,
+        messages_acked: totals.messages_acked,
+        messages_unacked: totals.messages_unacked,
+        reconnects: totals.reconnects,
+        tally,
+        drain,
+        latency,
+        rss_per_connection,
+        cpu_cores: load.cpu_cores,
+        load_window: load.window,
+        restart: load.restart,
+    })
+}
+
+/// What provisioning made: a credentials file per simulator share, the
+/// latency probe's device, and how long it took.
+struct Provisioned {
+    credential_files: Vec<PathBuf>,
+    probe: ProbeDevice,
+    took: Duration,
+}
+
+/// The latency probe's device and its password.
+struct ProbeDevice {
+    id: String,
+    password: String,
+}
+
+/// Provisions every home, device and password through the registry, as an
+/// installer would (each password is hashed with Argon2id once), and writes
+/// each share's passwords where its simulator reads them.
+async fn provision_fleet(
+    registry: &RegistryApi,
+    dir: &Path,
+    run_id: &str,
+    shares: &[SimShare],
+) -> anyhow::Result<Provisioned> {
+    let started = Instant::now();
     let mut credential_files = Vec::new();
     for (i, share) in shares.iter().enumerate() {
-        let passwords = provision(&http, &registry, &token, &run_id, share).await?;
+        let passwords = provision(registry, run_id, share).await?;
         let file = dir.join(format!("credentials-{i}.json"));
         let body: serde_json::Map<String, serde_json::Value> = passwords
             .into_iter()
@@ -344,29 +453,37 @@ async fn drive_fleet(
             .with_context(|| format!("writing {}", file.display()))?;
         credential_files.push(file);
     }
-    let probe_device = format!("probe-{run_id}");
-    let probe_password = provision_probe(&http, &registry, &token, &probe_device).await?;
-    let provisioned_in = provision_started.elapsed();
-    eprintln!("   provisioned in {:.0} s", provisioned_in.as_secs_f64());
+    let id = format!("probe-{run_id}");
+    let password = provision_probe(registry, &id).await?;
+    Ok(Provisioned {
+        credential_files,
+        probe: ProbeDevice { id, password },
+        took: started.elapsed(),
+    })
+}
 
-    let ports: Vec<u16> = stack
-        .broker_processes
-        .iter()
-        .map(|b| b.mqtt_v4_port)
-        .collect();
-    let me = std::process::id();
+/// One simulator process a share, each with its credentials, spreading its
+/// devices over every replica and their starts over the connect spread.
+fn spawn_fleet(
+    dir: &Path,
+    options: &FleetOptions,
+    ports: &[u16],
+    shares: &[SimShare],
+    run_id: &str,
+    credential_files: &[PathBuf],
+) -> anyhow::Result<Vec<Simulator>> {
     let spread_ms = options.connect_spread.as_millis().to_string();
     let duration_secs = (options.connect_spread + options.duration)
         .as_secs()
         .to_string();
     let interval_ms = options.interval.as_millis().to_string();
     let mut sims = Vec::new();
-    for (i, share) in shares.iter().enumerate() {
+    for (i, (share, credentials)) in shares.iter().zip(credential_files).enumerate() {
         sims.push(Simulator::spawn(
             dir,
             i,
             &options.sim_bin,
-            &ports,
+            ports,
             share,
             &[
                 "--interval-ms",
@@ -374,70 +491,84 @@ async fn drive_fleet(
                 "--duration-secs",
                 &duration_secs,
                 "--run-id",
-                &run_id,
+                run_id,
                 "--start-delay-spread-ms",
                 &spread_ms,
                 "--drain-timeout-secs",
                 "60",
             ],
-            Some(&credential_files[i]),
+            Some(credentials),
         )?);
     }
-    let started = Instant::now();
-    let load_end = started + options.connect_spread + options.duration;
+    Ok(sims)
+}
 
-    // The probe publishes on the last replica (the first one is killed).
-    let probe_port = *ports.last().context("no broker replica")?;
-    let probe = e2e::Connected::connect(probe_port, &probe_device, Some(&probe_password))
+/// Connects the latency probe and starts it publishing until `load_end`.
+/// It publishes on the last replica: the first one is killed.
+async fn start_probe(
+    stack: &Stack,
+    device: ProbeDevice,
+    load_end: Instant,
+) -> anyhow::Result<tokio::task::JoinHandle<e2e::Latency>> {
+    let probe_port = stack
+        .broker_processes
+        .last()
+        .context("no broker replica")?
+        .mqtt_v4_port;
+    let connection = e2e::Connected::connect(probe_port, &device.id, Some(&device.password))
         .await
         .context("the latency probe's connection")?;
-    let probe = tokio::spawn(e2e::probe(
-        probe,
+    Ok(tokio::spawn(e2e::probe(
+        connection,
         stack.api_client_builder()?,
         stack.query_url(),
-        probe_device,
+        device.id,
         load_end,
-    ));
+    )))
+}
 
-    let admin_addrs: Vec<_> = stack
-        .broker_processes
-        .iter()
-        .map(|b| b.admin_addr)
-        .collect();
-    let connections = |addrs: Vec<std::net::SocketAddr>| async move {
-        let mut total = 0u64;
-        for addr in addrs {
-            total += broker_connections(addr).await.unwrap_or(0);
-        }
-        total
-    };
-    // The probe's own connection and each replica's self-probe count too.
-    let fleet_held = u64::from(devices);
-    let mut all_connected_after = None;
-    while Instant::now() < started + options.connect_spread + Duration::from_secs(120) {
+/// Polls the replicas' connection counts every 500 ms until they hold
+/// `fleet_held` or `deadline` passes; fails as soon as a replica exits.
+/// Returns when all were in, from `started`.
+async fn wait_all_connected(
+    stack: &mut Stack,
+    admin_addrs: &[SocketAddr],
+    fleet_held: u64,
+    started: Instant,
+    deadline: Instant,
+) -> anyhow::Result<Option<Duration>> {
+    while Instant::now() < deadline {
         brokers_alive(stack)?;
-        if connections(admin_addrs.clone()).await >= fleet_held {
-            all_connected_after = Some(started.elapsed());
-            break;
+        if connections_held(admin_addrs).await >= fleet_held {
+            return Ok(Some(started.elapsed()));
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let rss_per_connection = {
-        let total: u64 = stack
-            .broker_processes
-            .iter()
-            .filter_map(|b| b.pid().and_then(rss_bytes))
-            .sum();
-        (total > 0).then(|| total as f64 / f64::from(devices))
-    };
+    Ok(None)
+}
 
+/// Broker RSS of all replicas over the fleet's devices (`None` when no
+/// replica's RSS could be read).
+fn broker_rss_per_connection(stack: &Stack, devices: u32) -> Option<f64> {
+    let total: u64 = stack
+        .broker_processes
+        .iter()
+        .filter_map(|b| b.pid().and_then(rss_bytes))
+        .sum();
+    (total > 0).then(|| total as f64 / f64::from(devices))
+}
+
+/// The processes whose CPU the load is charged to, by group: the bench
+/// itself (registry, writer and query API run in it), the replicas, the
+/// simulators and the third-party servers.
+fn watched_processes(stack: &Stack, sims: &[Simulator], me: u32) -> Vec<(String, u32)> {
     let mut watched = vec![("bench (registry, writer, query)".to_string(), me)];
     for broker in &stack.broker_processes {
         if let Some(pid) = broker.pid() {
             watched.push(("brokers".to_string(), pid));
         }
     }
-    for sim in &sims {
+    for sim in sims {
         if let Some(pid) = sim.pid {
             watched.push(("simulators".to_string(), pid));
         }
@@ -447,78 +578,141 @@ async fn drive_fleet(
             watched.push((name.to_string(), pid));
         }
     }
+    watched
+}
+
+/// The load from every device connected until the simulators ended.
+struct LoadRun {
+    /// Every simulator's summary added up.
+    totals: SimSummary,
+    window: Duration,
+    /// CPU over the load, in cores, by process group.
+    cpu_cores: Vec<(String, f64)>,
+    restart: Option<RestartRun>,
+}
+
+/// The rest of the load once every device is in: a third into it one
+/// replica is killed and comes back; then the simulators end (their drain
+/// included in the CPU figures). Fails as soon as a replica exits on its own.
+async fn run_load(
+    stack: &mut Stack,
+    registry: &RegistryApi,
+    sims: Vec<Simulator>,
+    admin_addrs: &[SocketAddr],
+    fleet_held: u64,
+    options: &FleetOptions,
+    load_end: Instant,
+) -> anyhow::Result<LoadRun> {
+    let me = std::process::id();
+    let watched = watched_processes(stack, &sims, me);
     let cpu_before = cpu::snapshot(&watched, me);
     let load_started = Instant::now();
-
-    // A third into the load: one replica dies and comes back.
-    let kill_at = Instant::now() + options.duration / 3;
-    while Instant::now() < kill_at {
-        brokers_alive(stack)?;
-        tokio::time::sleep(Duration::from_secs(1).min(kill_at - Instant::now())).await;
-    }
-    let restart = if stack.broker_processes.len() > 1 {
-        let victim_connections = broker_connections(admin_addrs[0]).await.unwrap_or(0);
-        let checks_before = password_checks(&http, &registry).await;
-        stack.broker_processes[0].kill();
-        let killed = Instant::now();
-        let others = admin_addrs[1..].to_vec();
-        let mut back_after = None;
-        while killed.elapsed() < Duration::from_secs(120) {
-            if connections(others.clone()).await >= fleet_held {
-                back_after = Some(killed.elapsed());
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        let checks_after = password_checks(&http, &registry).await;
-        // Back with the same spool: what it had acknowledged and not yet
-        // handed to Kafka goes now.
-        stack.broker_processes[0]
-            .start_again()
-            .await
-            .context("restarting the killed replica")?;
-        Some(RestartRun {
-            devices: victim_connections,
-            back_after,
-            remembered: checks_after.0.saturating_sub(checks_before.0),
-            verified: checks_after.1.saturating_sub(checks_before.1),
-        })
-    } else {
-        None
-    };
-
-    while Instant::now() < load_end {
-        brokers_alive(stack)?;
-        tokio::time::sleep(Duration::from_secs(1).min(load_end - Instant::now())).await;
-    }
+    keep_alive_until(stack, Instant::now() + options.duration / 3).await?;
+    let restart = kill_and_recover(stack, registry, admin_addrs, fleet_held).await?;
+    keep_alive_until(stack, load_end).await?;
     brokers_alive(stack)?;
-    let mut summaries = Vec::new();
-    for sim in sims {
-        summaries.push(
-            sim.finish(options.connect_spread + options.duration + Duration::from_secs(180))
-                .await?,
-        );
+    let totals = finish_all(
+        sims,
+        options.connect_spread + options.duration + Duration::from_secs(180),
+    )
+    .await?;
+    let window = load_started.elapsed();
+    Ok(LoadRun {
+        totals,
+        window,
+        cpu_cores: cpu_by_group(&cpu_before, &cpu::snapshot(&watched, me)),
+        restart,
+    })
+}
+
+/// Waits until `until`, failing as soon as a replica exits on its own.
+async fn keep_alive_until(stack: &mut Stack, until: Instant) -> anyhow::Result<()> {
+    while Instant::now() < until {
+        brokers_alive(stack)?;
+        tokio::time::sleep(Duration::from_secs(1).min(until - Instant::now())).await;
     }
-    let load_window = load_started.elapsed();
-    let cpu_after = cpu::snapshot(&watched, me);
-    let usage = cpu::usage(&cpu_before, &cpu_after, super::cores());
+    Ok(())
+}
+
+/// Kills the first replica with SIGKILL and measures how soon the others
+/// hold the whole fleet again and what the registry's password checks did
+/// meanwhile; then restarts it. `None` with a single replica (nowhere for
+/// its devices to go).
+async fn kill_and_recover(
+    stack: &mut Stack,
+    registry: &RegistryApi,
+    admin_addrs: &[SocketAddr],
+    fleet_held: u64,
+) -> anyhow::Result<Option<RestartRun>> {
+    if stack.broker_processes.len() <= 1 {
+        return Ok(None);
+    }
+    let victim_connections = broker_connections(admin_addrs[0]).await.unwrap_or(0);
+    let checks_before = password_checks(registry).await;
+    stack.broker_processes[0].kill();
+    let killed = Instant::now();
+    let others = &admin_addrs[1..];
+    let mut back_after = None;
+    while killed.elapsed() < Duration::from_secs(120) {
+        if connections_held(others).await >= fleet_held {
+            back_after = Some(killed.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let checks_after = password_checks(registry).await;
+    // Back with the same spool: what it had acknowledged and not yet
+    // handed to Kafka goes now.
+    stack.broker_processes[0]
+        .start_again()
+        .await
+        .context("restarting the killed replica")?;
+    Ok(Some(RestartRun {
+        devices: victim_connections,
+        back_after,
+        remembered: checks_after.0.saturating_sub(checks_before.0),
+        verified: checks_after.1.saturating_sub(checks_before.1),
+    }))
+}
+
+/// Waits for every simulator to end and adds up their summaries.
+async fn finish_all(sims: Vec<Simulator>, timeout: Duration) -> anyhow::Result<SimSummary> {
+    let mut totals = SimSummary::default();
+    for sim in sims {
+        let summary = sim.finish(timeout).await?;
+        totals.readings_acked += summary.readings_acked;
+        totals.messages_acked += summary.messages_acked;
+        totals.messages_unacked += summary.messages_unacked;
+        totals.reconnects += summary.reconnects;
+    }
+    Ok(totals)
+}
+
+/// CPU between two snapshots in cores, added up by process group.
+fn cpu_by_group(before: &cpu::Snapshot, after: &cpu::Snapshot) -> Vec<(String, f64)> {
+    let usage = cpu::usage(before, after, super::cores());
     let mut by_group: BTreeMap<String, f64> = BTreeMap::new();
     for (name, secs) in &usage.processes {
         if let Some(secs) = secs {
             *by_group.entry(name.clone()).or_default() += secs / usage.wall.as_secs_f64();
         }
     }
-    let readings_acked = summaries.iter().map(|s| s.readings_acked).sum();
-    let messages_acked = summaries.iter().map(|s| s.messages_acked).sum();
-    let messages_unacked = summaries.iter().map(|s| s.messages_unacked).sum();
-    let reconnects = summaries.iter().map(|s| s.reconnects).sum();
+    by_group.into_iter().collect()
+}
 
-    // Drain: until InfluxDB holds every acknowledged reading.
+/// Waits (at most 300 s) until InfluxDB holds every acknowledged reading,
+/// then counts the run by device and seq; an irregular series is printed
+/// with its missing seqs, to look into. Returns (drain time, tally).
+async fn count_stored(
+    stack: &Stack,
+    run_id: &str,
+    readings_acked: u64,
+) -> anyhow::Result<(Option<Duration>, anyhow::Result<Tally>)> {
     let influx = InfluxClient::new(InfluxSettings::new(stack.influxd.url(), "warmhouse"))?;
     let done = Instant::now();
     let mut drain = None;
     while done.elapsed() < Duration::from_secs(300) {
-        if let Ok(stored) = e2e::count_run(&influx, &run_id).await {
+        if let Ok(stored) = e2e::count_run(&influx, run_id).await {
             if stored >= readings_acked {
                 drain = Some(done.elapsed());
                 break;
@@ -526,7 +720,7 @@ async fn drive_fleet(
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let verification = e2e::verify(&influx, &run_id).await;
+    let verification = e2e::verify(&influx, run_id).await;
     if let Ok(v) = &verification {
         for series in &v.irregular {
             eprintln!("   irregular series: {series}");
@@ -540,25 +734,7 @@ async fn drive_fleet(
         }
     }
     let tally = verification.map(|v| Tally::new(readings_acked, &v, drain.is_some()));
-    let latency = e2e::probe_result(probe, Duration::from_secs(60)).await;
-    Ok(FleetRun {
-        devices,
-        replicas: stack.broker_processes.len(),
-        simulators: shares.len(),
-        provisioned_in,
-        all_connected_after,
-        readings_acked,
-        messages_acked,
-        messages_unacked,
-        reconnects,
-        tally,
-        drain,
-        latency,
-        rss_per_connection,
-        cpu_cores: by_group.into_iter().collect(),
-        load_window,
-        restart,
-    })
+    Ok((drain, tally))
 }
 
 /// Fails the phase as soon as a broker replica has exited on its own (the
@@ -597,9 +773,7 @@ fn shares(homes: u32) -> Vec<SimShare> {
 /// Registers the share's homes and devices in the registry and issues each
 /// device a password; returns (device id, password).
 async fn provision(
-    http: &reqwest::Client,
-    registry: &str,
-    token: &str,
+    registry: &RegistryApi,
     run_id: &str,
     share: &SimShare,
 ) -> anyhow::Result<Vec<(String, String)>> {
@@ -614,33 +788,24 @@ async fn provision(
             run_id,
         ],
     )?;
-    register_fleet(http, registry, token, &config).await?;
+    let RegistryApi { http, url, token } = registry;
+    register_fleet(http, url, token, &config).await?;
     let devices = config
         .device_specs()?
         .into_iter()
         .map(|s| s.device_id.to_string());
-    issue_passwords(http, registry, token, devices).await
+    issue_passwords(http, url, token, devices).await
 }
 
 /// The latency probe's device (in a home of its own) and its password.
-async fn provision_probe(
-    http: &reqwest::Client,
-    registry: &str,
-    token: &str,
-    device: &str,
-) -> anyhow::Result<String> {
+async fn provision_probe(registry: &RegistryApi, device: &str) -> anyhow::Result<String> {
+    let RegistryApi { http, url, token } = registry;
     let home = format!("probe-home-{device}");
     let home_body = json!({"id": home, "name": "Latency probe"});
-    create(http, &format!("{registry}/api/v1/homes"), token, &home_body).await?;
+    create(http, &format!("{url}/api/v1/homes"), token, &home_body).await?;
     let device_body = json!({"id": device, "home_id": home, "kind": "climate_sensor", "name": "Latency probe", "status": "active"});
-    create(
-        http,
-        &format!("{registry}/api/v1/devices"),
-        token,
-        &device_body,
-    )
-    .await?;
-    let mut issued = issue_passwords(http, registry, token, [device.to_string()]).await?;
+    create(http, &format!("{url}/api/v1/devices"), token, &device_body).await?;
+    let mut issued = issue_passwords(http, url, token, [device.to_string()]).await?;
     issued
         .pop()
         .map(|(_, password)| password)
@@ -664,8 +829,27 @@ async fn missing_seqs(influx: &InfluxClient, device: &str, metric: &str) -> Vec<
     (1..highest).filter(|seq| !seen.contains(seq)).collect()
 }
 
+/// Each replica's admin address (its metrics), in replica order.
+fn admin_addrs(stack: &Stack) -> Vec<SocketAddr> {
+    stack
+        .broker_processes
+        .iter()
+        .map(|b| b.admin_addr)
+        .collect()
+}
+
+/// Connections the replicas with these admin addresses hold together (one
+/// that does not answer counts none).
+async fn connections_held(admin_addrs: &[SocketAddr]) -> u64 {
+    let mut total = 0u64;
+    for addr in admin_addrs {
+        total += broker_connections(*addr).await.unwrap_or(0);
+    }
+    total
+}
+
 /// `warmhouse_broker_connections` of the replica with this admin address.
-async fn broker_connections(admin: std::net::SocketAddr) -> Option<u64> {
+async fn broker_connections(admin: SocketAddr) -> Option<u64> {
     let text = reqwest::get(format!("http://{admin}/metrics"))
         .await
         .ok()?
@@ -676,8 +860,13 @@ async fn broker_connections(admin: std::net::SocketAddr) -> Option<u64> {
 }
 
 /// The registry's password checks so far: (remembered, verified).
-async fn password_checks(http: &reqwest::Client, registry: &str) -> (u64, u64) {
-    let Ok(response) = http.get(format!("{registry}/metrics")).send().await else {
+async fn password_checks(registry: &RegistryApi) -> (u64, u64) {
+    let Ok(response) = registry
+        .http
+        .get(format!("{}/metrics", registry.url))
+        .send()
+        .await
+    else {
         return (0, 0);
     };
     let text = response.text().await.unwrap_or_default();

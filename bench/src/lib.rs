@@ -21,6 +21,7 @@ mod cpu;
 mod e2e;
 mod fleet;
 mod influx;
+mod registry_api;
 mod report;
 
 use std::path::{Path, PathBuf};
