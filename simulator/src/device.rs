@@ -107,132 +107,81 @@ struct Device {
     failures_logged: u32,
 }
 
+/// One device from its start to its goodbye: waits its turn, connects,
+/// publishes until told to stop or done, then disconnects cleanly if it
+/// could say it went offline.
 pub(crate) async fn run_device(
     spec: DeviceSpec,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
     start_delay: Duration,
 ) -> DeviceReport {
-    let config = &shared.config;
-    if !start_delay.is_zero() {
-        tokio::select! {
-            _ = tokio::time::sleep(start_delay) => {}
-            _ = stop.wait_for(|stop| *stop) => return DeviceReport::default(),
-        }
+    if !wait_to_start(&mut stop, start_delay).await {
+        return DeviceReport::default();
     }
-
-    let window = usize::from(config.inflight);
-    // Devices are spread over the brokers; each starts at its own.
-    let ports = config.ports.len().max(1);
-    let brokers: Vec<MqttOptions> = (0..ports)
-        .map(|i| config.ports[(spec.index + i) % ports])
-        .map(|port| mqtt_options(&spec, config, port, &shared.identity))
-        .collect();
-    let (client, mut eventloop) = AsyncClient::new(brokers[0].clone(), window + CHANNEL_SLACK);
-    // A device answers commands with one small packet: no Nagle delay.
-    eventloop.network_options.set_tcp_nodelay(true);
-    let mut events = event_stream(eventloop, brokers);
-    let mut device = Device {
-        sim: SimDevice::new(
-            spec.home_id.clone(),
-            spec.kind,
-            seed_for(spec.device_id.as_str()),
-        ),
-        spec,
-        client,
-        commands: RecentCommands::default(),
-        tracker: AckTracker::new(),
-        priority: VecDeque::new(),
-        backlog: VecDeque::new(),
-        window,
-        telemetry_qos: if config.qos == 0 {
-            QoS::AtMostOnce
-        } else {
-            QoS::AtLeastOnce
-        },
-        connected: false,
-        ever_connected: false,
-        generated: 0,
-        offline_queued: false,
-        offline_acked: false,
-        report: DeviceReport::default(),
-        failures_logged: 0,
-        shared: shared.clone(),
-    };
-
-    let interval_ms = config.interval_ms;
-    let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
-    // A device that fell behind does not burst to catch up; it skips.
-    ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    let limit = config.messages_per_device.unwrap_or(u64::MAX);
-    let drain = Duration::from_secs(config.drain_timeout_secs);
-    let mut stop_requested = *stop.borrow();
-    let mut deadline = stop_requested.then(|| Instant::now() + drain);
-    let mut retry_at: Option<Instant> = None;
-    let mut backoff = BACKOFF_MIN;
-
-    loop {
-        device.submit();
-        let generating = !stop_requested && device.generated < limit;
-        if !generating && device.idle() {
-            if device.connected && !device.offline_queued {
-                // A clean disconnect does not fire the last will: say goodbye ourselves.
-                device.queue_status(false);
-                device.offline_queued = true;
-                continue;
-            }
-            if !device.connected || device.offline_acked {
-                break;
-            }
-        }
-        let fast = interval_ms == 0
-            && generating
-            && device.connected
-            && device.backlog.is_empty()
-            && device.tracker.outstanding() < device.window;
-
-        tokio::select! {
-            biased;
-            _ = stop.changed(), if !stop_requested => {
-                stop_requested = true;
-                deadline = Some(Instant::now() + drain);
-            }
-            _ = sleep_until_opt(deadline), if deadline.is_some() => break,
-            _ = sleep_until_opt(retry_at), if retry_at.is_some() => retry_at = None,
-            next = events.next(), if retry_at.is_none() => {
-                let Some((result, stale)) = next else { break };
-                match result {
-                    Ok(event) => {
-                        if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
-                            backoff = BACKOFF_MIN;
-                        }
-                        device.handle_event(event);
-                    }
-                    Err(err) => {
-                        for event in stale {
-                            device.handle_event(event);
-                        }
-                        device.connection_failed(&err);
-                        retry_at = Some(Instant::now() + jittered(backoff));
-                        backoff = (backoff * 2).min(BACKOFF_MAX);
-                    }
-                }
-            }
-            _ = ticker.tick(), if generating && interval_ms > 0 => device.generate(),
-            _ = std::future::ready(()), if fast => {
-                device.generate();
-                // Publishing flat out never waits on anything: give other devices a turn.
-                tokio::task::coop::consume_budget().await;
-            }
-        }
-    }
-
+    let (client, mut events) = connect(&spec, &shared);
+    let mut device = Device::new(spec, shared, client);
+    device.publish_loop(&mut events, stop).await;
     if device.connected && device.offline_acked {
         device.disconnect(&mut events).await;
     }
     // Otherwise (drain timed out) the connection just drops: no DISCONNECT,
     // so the broker publishes the last will and nobody sees a stale "online".
     device.finish()
+}
+
+/// Sleeps `start_delay` (devices of a fleet start spread out, not all in
+/// one instant); false when the run is stopped before it is over.
+async fn wait_to_start(stop: &mut watch::Receiver<bool>, start_delay: Duration) -> bool {
+    if start_delay.is_zero() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(start_delay) => true,
+        _ = stop.wait_for(|stop| *stop) => false,
+    }
+}
+
+/// The device's MQTT client and its event loop as a stream. Nothing goes
+/// over the network until the stream is polled.
+fn connect(spec: &DeviceSpec, shared: &Shared) -> (AsyncClient, Events) {
+    let config = &shared.config;
+    // Devices are spread over the brokers; each starts at its own.
+    let ports = config.ports.len().max(1);
+    let brokers: Vec<MqttOptions> = (0..ports)
+        .map(|i| config.ports[(spec.index + i) % ports])
+        .map(|port| mqtt_options(spec, config, port, &shared.identity))
+        .collect();
+    let window = usize::from(config.inflight);
+    let (client, mut eventloop) = AsyncClient::new(brokers[0].clone(), window + CHANNEL_SLACK);
+    // A device answers commands with one small packet: no Nagle delay.
+    eventloop.network_options.set_tcp_nodelay(true);
+    (client, event_stream(eventloop, brokers))
+}
+
+/// When to try again after the connection failed: the wait doubles with
+/// every failure, up to [`BACKOFF_MAX`], and starts over once connected.
+struct Reconnect {
+    at: Option<Instant>,
+    backoff: Duration,
+}
+
+impl Reconnect {
+    fn new() -> Self {
+        Self {
+            at: None,
+            backoff: BACKOFF_MIN,
+        }
+    }
+
+    fn connected(&mut self) {
+        self.backoff = BACKOFF_MIN;
+    }
+
+    fn failed(&mut self) {
+        self.at = Some(Instant::now() + jittered(self.backoff));
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
@@ -317,6 +266,121 @@ fn json<T: serde::Serialize>(value: &T) -> Vec<u8> {
 }
 
 impl Device {
+    fn new(spec: DeviceSpec, shared: Arc<Shared>, client: AsyncClient) -> Self {
+        let config = &shared.config;
+        Self {
+            sim: SimDevice::new(
+                spec.home_id.clone(),
+                spec.kind,
+                seed_for(spec.device_id.as_str()),
+            ),
+            spec,
+            client,
+            commands: RecentCommands::default(),
+            tracker: AckTracker::new(),
+            priority: VecDeque::new(),
+            backlog: VecDeque::new(),
+            window: usize::from(config.inflight),
+            telemetry_qos: if config.qos == 0 {
+                QoS::AtMostOnce
+            } else {
+                QoS::AtLeastOnce
+            },
+            connected: false,
+            ever_connected: false,
+            generated: 0,
+            offline_queued: false,
+            offline_acked: false,
+            report: DeviceReport::default(),
+            failures_logged: 0,
+            shared,
+        }
+    }
+
+    /// Samples and publishes (reconnecting as needed, answering commands)
+    /// until the device generated all it should or was told to stop; then
+    /// drains what it published and says it goes offline, or gives up once
+    /// the drain timeout passed.
+    async fn publish_loop(&mut self, events: &mut Events, mut stop: watch::Receiver<bool>) {
+        let config = &self.shared.config;
+        let interval_ms = config.interval_ms;
+        let mut ticker = tokio::time::interval(Duration::from_millis(interval_ms.max(1)));
+        // A device that fell behind does not burst to catch up; it skips.
+        ticker.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let limit = config.messages_per_device.unwrap_or(u64::MAX);
+        let drain = Duration::from_secs(config.drain_timeout_secs);
+        let mut stop_requested = *stop.borrow();
+        let mut deadline = stop_requested.then(|| Instant::now() + drain);
+        let mut reconnect = Reconnect::new();
+
+        loop {
+            self.submit();
+            let generating = !stop_requested && self.generated < limit;
+            if !generating && self.idle() {
+                if self.connected && !self.offline_queued {
+                    // A clean disconnect does not fire the last will: say goodbye ourselves.
+                    self.queue_status(false);
+                    self.offline_queued = true;
+                    continue;
+                }
+                if !self.connected || self.offline_acked {
+                    break;
+                }
+            }
+            let fast = interval_ms == 0
+                && generating
+                && self.connected
+                && self.backlog.is_empty()
+                && self.tracker.outstanding() < self.window;
+
+            tokio::select! {
+                biased;
+                _ = stop.changed(), if !stop_requested => {
+                    stop_requested = true;
+                    deadline = Some(Instant::now() + drain);
+                }
+                _ = sleep_until_opt(deadline), if deadline.is_some() => break,
+                _ = sleep_until_opt(reconnect.at), if reconnect.at.is_some() => reconnect.at = None,
+                next = events.next(), if reconnect.at.is_none() => {
+                    let Some((result, stale)) = next else { break };
+                    self.polled(result, stale, &mut reconnect);
+                }
+                _ = ticker.tick(), if generating && interval_ms > 0 => self.generate(),
+                _ = std::future::ready(()), if fast => {
+                    self.generate();
+                    // Publishing flat out never waits on anything: give other devices a turn.
+                    tokio::task::coop::consume_budget().await;
+                }
+            }
+        }
+    }
+
+    /// What one poll of the event loop gave: an event, or a connection
+    /// error with the events read before it (accounted for first), after
+    /// which the device waits before it tries again.
+    fn polled(
+        &mut self,
+        result: Result<Event, ConnectionError>,
+        stale: Vec<Event>,
+        reconnect: &mut Reconnect,
+    ) {
+        match result {
+            Ok(event) => {
+                if matches!(event, Event::Incoming(Packet::ConnAck(_))) {
+                    reconnect.connected();
+                }
+                self.handle_event(event);
+            }
+            Err(err) => {
+                for event in stale {
+                    self.handle_event(event);
+                }
+                self.connection_failed(&err);
+                reconnect.failed();
+            }
+        }
+    }
+
     fn idle(&self) -> bool {
         self.priority.is_empty() && self.backlog.is_empty() && self.tracker.outstanding() == 0
     }
@@ -468,36 +532,43 @@ impl Device {
         stats.connected.fetch_add(1, Ordering::Relaxed);
 
         if !session_present {
-            // rumqttc dropped what it had not got acknowledged: publish it again.
-            // Old status and state are superseded by the fresh ones below.
-            let lost = self.tracker.session_lost();
-            let mut telemetry = Vec::new();
-            for item in lost.into_iter().rev() {
-                match item.kind {
-                    Kind::Telemetry(_) => telemetry.push(item),
-                    Kind::CommandAck | Kind::Status { online: false } => {
-                        self.priority.push_front(item)
-                    }
-                    Kind::Status { online: true } | Kind::State => {}
-                }
-            }
-            for item in telemetry {
-                self.backlog.push_front(item);
-            }
+            self.requeue_lost_session();
         }
         // Without a session the broker forgot the subscription; with one,
         // subscribing again is harmless.
+        self.subscribe_to_commands();
+        // Fresh presence and state go first.
+        let rest: Vec<Outbound> = self.priority.drain(..).collect();
+        self.queue_status(true);
+        self.queue_state();
+        self.priority.extend(rest);
+    }
+
+    /// rumqttc dropped what it had not got acknowledged: publish it again,
+    /// in its order. Old status and state are superseded by the fresh ones
+    /// the new connection queues.
+    fn requeue_lost_session(&mut self) {
+        let lost = self.tracker.session_lost();
+        let mut telemetry = Vec::new();
+        for item in lost.into_iter().rev() {
+            match item.kind {
+                Kind::Telemetry(_) => telemetry.push(item),
+                Kind::CommandAck | Kind::Status { online: false } => self.priority.push_front(item),
+                Kind::Status { online: true } | Kind::State => {}
+            }
+        }
+        for item in telemetry {
+            self.backlog.push_front(item);
+        }
+    }
+
+    fn subscribe_to_commands(&self) {
         if let Err(err) = self.client.try_subscribe(
             topic(&self.spec.device_id, Channel::Commands),
             QoS::AtLeastOnce,
         ) {
             tracing::warn!(device = %self.spec.device_id, error = %err, "cannot subscribe to commands");
         }
-        // Fresh presence and state go first.
-        let rest: Vec<Outbound> = self.priority.drain(..).collect();
-        self.queue_status(true);
-        self.queue_state();
-        self.priority.extend(rest);
     }
 
     fn connection_failed(&mut self, err: &ConnectionError) {
