@@ -181,22 +181,53 @@ pub async fn run(config: SimConfig, shutdown: impl Future<Output = ()>) -> anyho
     });
     let (stop_tx, stop_rx) = watch::channel(false);
     let started = Instant::now();
+    let tasks = spawn_devices(specs, &shared, &stop_rx);
+    let progress_task =
+        progress.then(|| tokio::spawn(progress_loop(shared.clone(), devices, started)));
+
+    let deadline = duration.map(|d| started + d);
+    let (reports, failure) = wait_for_devices(tasks, &stop_tx, shutdown, deadline).await;
+    let elapsed = started.elapsed();
+    if let Some(task) = progress_task {
+        finish_progress(task, &shared.stats, devices, started).await;
+    }
+    if let Some(err) = failure {
+        return Err(anyhow::Error::new(err).context("a simulated device failed"));
+    }
+    Ok(Summary::of_run(&shared.stats, devices, elapsed, reports))
+}
+
+/// One task a device, each starting after its own delay.
+fn spawn_devices(
+    specs: Vec<DeviceSpec>,
+    shared: &Arc<Shared>,
+    stop: &watch::Receiver<bool>,
+) -> JoinSet<device::DeviceReport> {
+    let devices = specs.len();
     let mut tasks = JoinSet::new();
     for spec in specs {
         let delay = shared.config.start_delay(spec.index, devices);
         tasks.spawn(device::run_device(
             spec,
             shared.clone(),
-            stop_rx.clone(),
+            stop.clone(),
             delay,
         ));
     }
-    let progress_task =
-        progress.then(|| tokio::spawn(progress_loop(shared.clone(), devices, started)));
+    tasks
+}
 
-    let mut reports = Vec::with_capacity(devices);
+/// Collects every device's report, telling them all to stop (and drain)
+/// on `shutdown`, at `deadline`, or when one of them panicked; that panic
+/// is returned beside the reports.
+async fn wait_for_devices(
+    mut tasks: JoinSet<device::DeviceReport>,
+    stop_tx: &watch::Sender<bool>,
+    shutdown: impl Future<Output = ()>,
+    deadline: Option<Instant>,
+) -> (Vec<device::DeviceReport>, Option<tokio::task::JoinError>) {
+    let mut reports = Vec::with_capacity(tasks.len());
     let mut failure = None;
-    let deadline = duration.map(|d| started + d);
     tokio::pin!(shutdown);
     let mut stopping = false;
     loop {
@@ -222,41 +253,55 @@ pub async fn run(config: SimConfig, shutdown: impl Future<Output = ()>) -> anyho
             }
         }
     }
-    let elapsed = started.elapsed();
-    if let Some(task) = progress_task {
-        task.abort();
-        let _ = task.await;
-        print_progress(&shared.stats, devices, started, None);
-        if std::io::stderr().is_terminal() {
-            eprintln!();
-        }
-    }
-    if let Some(err) = failure {
-        return Err(anyhow::Error::new(err).context("a simulated device failed"));
-    }
+    (reports, failure)
+}
 
-    let stats = &shared.stats;
-    let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-    let mut summary = Summary {
-        devices,
-        messages_generated: load(&stats.generated),
-        messages_sent: load(&stats.messages_sent),
-        messages_acked: load(&stats.messages_acked),
-        readings_acked: load(&stats.readings_acked),
-        messages_unacked: 0,
-        reconnects: load(&stats.reconnects),
-        retransmits: load(&stats.retransmits),
-        commands: load(&stats.commands),
-        duplicate_commands: load(&stats.duplicate_commands),
-        skipped_ticks: load(&stats.skipped_ticks),
-        elapsed,
-        published: Vec::new(),
-    };
-    for report in reports {
-        summary.messages_unacked += report.unacked;
-        summary.published.extend(report.published);
+/// Stops the progress line and prints its final state, ending the line on
+/// a terminal so what follows starts on a line of its own.
+async fn finish_progress(
+    task: tokio::task::JoinHandle<()>,
+    stats: &Stats,
+    devices: usize,
+    started: Instant,
+) {
+    task.abort();
+    let _ = task.await;
+    print_progress(stats, devices, started, None);
+    if std::io::stderr().is_terminal() {
+        eprintln!();
     }
-    Ok(summary)
+}
+
+impl Summary {
+    /// The run's counters and what the devices reported when they ended.
+    fn of_run(
+        stats: &Stats,
+        devices: usize,
+        elapsed: Duration,
+        reports: Vec<device::DeviceReport>,
+    ) -> Self {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let mut summary = Summary {
+            devices,
+            messages_generated: load(&stats.generated),
+            messages_sent: load(&stats.messages_sent),
+            messages_acked: load(&stats.messages_acked),
+            readings_acked: load(&stats.readings_acked),
+            messages_unacked: 0,
+            reconnects: load(&stats.reconnects),
+            retransmits: load(&stats.retransmits),
+            commands: load(&stats.commands),
+            duplicate_commands: load(&stats.duplicate_commands),
+            skipped_ticks: load(&stats.skipped_ticks),
+            elapsed,
+            published: Vec::new(),
+        };
+        for report in reports {
+            summary.messages_unacked += report.unacked;
+            summary.published.extend(report.published);
+        }
+        summary
+    }
 }
 
 async fn sleep_until_opt(at: Option<Instant>) {
