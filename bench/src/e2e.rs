@@ -279,8 +279,78 @@ pub async fn run(dir: &Path, options: &E2eOptions) -> anyhow::Result<E2eResult> 
     result
 }
 
+/// One run, step by step: the load's configuration, a warm-up reading, the
+/// latency probe, perf and the rate sampler alongside, the load itself, then
+/// the drain and the exactly-once count.
 async fn drive(stack: &Stack, dir: &Path, options: &E2eOptions) -> anyhow::Result<E2eResult> {
     let me = std::process::id();
+    let watched = watched_processes(me);
+    let influx = InfluxClient::new(InfluxSettings::new(stack.influxd.url(), "warmhouse"))?;
+    let run_id = format!("e2e{}", warmhouse_service_kit::now_ms() % 1_000_000_000);
+    let duration_secs = options.duration.as_secs().max(1);
+    let config = load_config(stack, options, &run_id, duration_secs)?;
+
+    // One reading through the idle pipeline first, so Kafka producer and
+    // consumer group, InfluxDB database and query API are all up before the
+    // clock starts; its latency is the cold-start figure.
+    // The probes read as an admin: their devices belong to no real home.
+    let warm_up = warm_up(
+        stack.api_client_builder()?,
+        stack.mqtt_port(),
+        &stack.query_url(),
+        &format!("warmup-{run_id}"),
+    )
+    .await;
+    let probe = LoadProbe::start(stack, &run_id, duration_secs).await?;
+    let perf = options
+        .perf
+        .then(|| spawn_perf(dir, me, duration_secs))
+        .transpose()?;
+    let sampler = spawn_rate_sampler(stack, probe.load_end);
+
+    let load = run_load(stack, config, options.duration, &watched, me).await;
+    let summary = match load.summary {
+        Ok(summary) => summary,
+        Err(err) => {
+            probe.abort();
+            return Err(err);
+        }
+    };
+    let (bridged_rates, stored_rates) = sampler.await.unwrap_or_default();
+    let drain = wait_for_drain(&influx, &run_id, summary.readings_acked).await;
+    let verification = verify(&influx, &run_id).await;
+    let latency = probe.latency().await;
+    print_slow_probe_readings(&latency);
+    let perf = perf_result(perf).await;
+    Ok(E2eResult {
+        run_id,
+        warm_up,
+        batch_delay: StackOptions::default().ingest_batch_max_delay,
+        devices: summary.devices,
+        offered_per_sec: options.offered_per_sec(),
+        readings_acked: summary.readings_acked,
+        messages_acked: summary.messages_acked,
+        messages_unacked: summary.messages_unacked,
+        skipped_ticks: summary.skipped_ticks,
+        reconnects: summary.reconnects,
+        sim_elapsed: summary.elapsed,
+        stored_during_load: load.stored,
+        load_window: load.window,
+        bridged_rates,
+        stored_rates,
+        batches: load.batches,
+        drain,
+        verification,
+        latency,
+        cpu: load.cpu,
+        perf,
+        batch_points: options.batch_points,
+    })
+}
+
+/// The processes whose CPU phase 4 reports: the bench (broker, writer,
+/// query API and simulator run in it), influxd and tansu.
+fn watched_processes(me: u32) -> Vec<(String, u32)> {
     let mut watched = vec![("bench".to_string(), me)];
     for name in ["influxd", "tansu"] {
         match cpu::children_named(me, name).last() {
@@ -288,14 +358,22 @@ async fn drive(stack: &Stack, dir: &Path, options: &E2eOptions) -> anyhow::Resul
             None => tracing::warn!("no {name} child process found for CPU accounting"),
         }
     }
-    let influx = InfluxClient::new(InfluxSettings::new(stack.influxd.url(), "warmhouse"))?;
-    let run_id = format!("e2e{}", warmhouse_service_kit::now_ms() % 1_000_000_000);
+    watched
+}
+
+/// The simulator's configuration for the run: the options' fleet on every
+/// broker replica, for `duration_secs`.
+fn load_config(
+    stack: &Stack,
+    options: &E2eOptions,
+    run_id: &str,
+    duration_secs: u64,
+) -> anyhow::Result<warmhouse_simulator::SimConfig> {
     let (homes, per_home) = options.fleet();
     // Devices come online over 2 ms each (500 a second), as a fleet does,
     // not in one burst.
     let spread_ms = (u64::from(options.devices) * 2).max(2000).to_string();
-    let duration_secs = options.duration.as_secs().max(1);
-    let config = super::sim_config(
+    super::sim_config(
         &stack.mqtt_ports(),
         &[
             "--homes",
@@ -309,7 +387,7 @@ async fn drive(stack: &Stack, dir: &Path, options: &E2eOptions) -> anyhow::Resul
             "--duration-secs",
             &duration_secs.to_string(),
             "--run-id",
-            &run_id,
+            run_id,
             "--drain-timeout-secs",
             "30",
             // Thousands of devices connecting in the same instant measure
@@ -317,131 +395,177 @@ async fn drive(stack: &Stack, dir: &Path, options: &E2eOptions) -> anyhow::Resul
             "--start-delay-spread-ms",
             &spread_ms,
         ],
-    )?;
-    let written = stack.writer.metrics.points_written.clone();
-
-    // One reading through the idle pipeline first, so Kafka producer and
-    // consumer group, InfluxDB database and query API are all up before the
-    // clock starts; its latency is the cold-start figure.
-    // The probes read as an admin: their devices belong to no real home.
-    let warm_up = warm_up(
-        stack.api_client_builder()?,
-        stack.mqtt_port(),
-        &stack.query_url(),
-        &format!("warmup-{run_id}"),
     )
-    .await;
-    let probe_device = format!("probe-{run_id}");
-    let probe_connection = Connected::connect(stack.mqtt_port(), &probe_device, None).await;
-    let load_end = Instant::now() + Duration::from_secs(duration_secs);
-    let probe_http = stack.api_client_builder()?;
-    let probe = probe_connection.map(|connection| {
-        tokio::spawn(probe(
-            connection,
-            probe_http,
-            stack.query_url(),
-            probe_device,
-            load_end,
-        ))
-    });
-    let perf = if options.perf {
-        // Profile the middle of the load, not the start-up.
-        let delay = Duration::from_secs(2.min(duration_secs / 4));
-        let seconds = duration_secs.saturating_sub(4).max(2);
-        let perf_dir = dir.join("perf");
-        std::fs::create_dir_all(&perf_dir).context("creating perf dir")?;
-        Some(tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            tokio::task::spawn_blocking(move || cpu::start_perf(me, seconds, &perf_dir)?.finish(10))
-                .await
-                .context("perf task")?
-        }))
-    } else {
-        None
-    };
+}
 
-    // Sample the brokers' ingress and the writer once a second while the load runs.
-    let sampler = {
-        let written = written.clone();
-        let ingress: Vec<_> = stack
-            .brokers
-            .iter()
-            .map(|b| b.ingress.readings.clone())
-            .collect();
-        let bridged = move || ingress.iter().map(|c| c.get()).sum::<u64>();
-        tokio::spawn(async move {
-            let (mut bridged_rates, mut stored_rates) = (Vec::new(), Vec::new());
-            let mut last = (bridged(), written.get(), Instant::now());
-            let started = Instant::now();
-            while Instant::now() + Duration::from_millis(500) < load_end {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                let now = (bridged(), written.get(), Instant::now());
-                if started.elapsed() > Duration::from_secs(2) {
-                    let window = now.2 - last.2;
-                    bridged_rates.push(super::per_sec(now.0.saturating_sub(last.0), window));
-                    stored_rates.push(super::per_sec(now.1.saturating_sub(last.1), window));
-                }
-                last = now;
+/// The latency probe of a run, connected before the load's clock starts and
+/// publishing until `load_end`.
+struct LoadProbe {
+    load_end: Instant,
+    /// Its task; an error when it could not connect.
+    task: anyhow::Result<tokio::task::JoinHandle<Latency>>,
+}
+
+impl LoadProbe {
+    async fn start(stack: &Stack, run_id: &str, duration_secs: u64) -> anyhow::Result<Self> {
+        let device = format!("probe-{run_id}");
+        let connection = Connected::connect(stack.mqtt_port(), &device, None).await;
+        let load_end = Instant::now() + Duration::from_secs(duration_secs);
+        let http = stack.api_client_builder()?;
+        let task = connection.map(|connection| {
+            tokio::spawn(probe(connection, http, stack.query_url(), device, load_end))
+        });
+        Ok(Self { load_end, task })
+    }
+
+    /// Stops it early: the run failed.
+    fn abort(&self) {
+        if let Ok(task) = &self.task {
+            task.abort();
+        }
+    }
+
+    /// What it measured (waiting at most 90 s for it), or why it could not.
+    async fn latency(self) -> Latency {
+        match self.task {
+            Err(err) => Latency {
+                first_error: Some(format!("probe: {err:#}")),
+                ..Latency::default()
+            },
+            Ok(task) => probe_result(task, Duration::from_secs(90)).await,
+        }
+    }
+}
+
+/// The profile of a [`spawn_perf`] task, when there is one.
+async fn perf_result(
+    task: Option<tokio::task::JoinHandle<anyhow::Result<cpu::PerfProfile>>>,
+) -> Option<anyhow::Result<cpu::PerfProfile>> {
+    let task = task?;
+    Some(match task.await {
+        Ok(result) => result,
+        Err(err) => Err(anyhow::anyhow!("perf task failed: {err}")),
+    })
+}
+
+/// A `perf record` of this process over the middle of the load, not the
+/// start-up.
+fn spawn_perf(
+    dir: &Path,
+    me: u32,
+    duration_secs: u64,
+) -> anyhow::Result<tokio::task::JoinHandle<anyhow::Result<cpu::PerfProfile>>> {
+    let delay = Duration::from_secs(2.min(duration_secs / 4));
+    let seconds = duration_secs.saturating_sub(4).max(2);
+    let perf_dir = dir.join("perf");
+    std::fs::create_dir_all(&perf_dir).context("creating perf dir")?;
+    Ok(tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        tokio::task::spawn_blocking(move || cpu::start_perf(me, seconds, &perf_dir)?.finish(10))
+            .await
+            .context("perf task")?
+    }))
+}
+
+/// Samples the brokers' ingress and the writer once a second until
+/// `load_end`: per-second rates of readings bridged and points stored,
+/// after a 2 s warm-up.
+fn spawn_rate_sampler(
+    stack: &Stack,
+    load_end: Instant,
+) -> tokio::task::JoinHandle<(Vec<f64>, Vec<f64>)> {
+    let written = stack.writer.metrics.points_written.clone();
+    let ingress: Vec<_> = stack
+        .brokers
+        .iter()
+        .map(|b| b.ingress.readings.clone())
+        .collect();
+    let bridged = move || ingress.iter().map(|c| c.get()).sum::<u64>();
+    tokio::spawn(async move {
+        let (mut bridged_rates, mut stored_rates) = (Vec::new(), Vec::new());
+        let mut last = (bridged(), written.get(), Instant::now());
+        let started = Instant::now();
+        while Instant::now() + Duration::from_millis(500) < load_end {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = (bridged(), written.get(), Instant::now());
+            if started.elapsed() > Duration::from_secs(2) {
+                let window = now.2 - last.2;
+                bridged_rates.push(super::per_sec(now.0.saturating_sub(last.0), window));
+                stored_rates.push(super::per_sec(now.1.saturating_sub(last.1), window));
             }
-            (bridged_rates, stored_rates)
-        })
-    };
+            last = now;
+        }
+        (bridged_rates, stored_rates)
+    })
+}
 
-    let batch_seconds = stack.writer.metrics.batch_seconds.clone();
-    let batches_before = histogram_snapshot(&batch_seconds);
-    let before = cpu::snapshot(&watched, me);
+/// The simulator's run and what the pipeline did while it ran.
+struct Load {
+    summary: anyhow::Result<warmhouse_simulator::Summary>,
+    window: Duration,
+    /// Points the writer stored meanwhile.
+    stored: u64,
+    /// The writer's InfluxDB writes meanwhile.
+    batches: BatchStats,
+    cpu: cpu::Usage,
+}
+
+/// Runs the simulator to its end (at most `duration` and 90 s), with the
+/// writer's counters and the watched processes' CPU read around it.
+async fn run_load(
+    stack: &Stack,
+    config: warmhouse_simulator::SimConfig,
+    duration: Duration,
+    watched: &[(String, u32)],
+    me: u32,
+) -> Load {
+    let written = &stack.writer.metrics.points_written;
+    let batch_seconds = &stack.writer.metrics.batch_seconds;
+    let batches_before = histogram_snapshot(batch_seconds);
+    let before = cpu::snapshot(watched, me);
     let written_at_start = written.get();
-    let load_started = Instant::now();
+    let started = Instant::now();
     let summary = tokio::time::timeout(
-        options.duration + Duration::from_secs(90),
+        duration + Duration::from_secs(90),
         warmhouse_simulator::run(config, std::future::pending()),
     )
     .await;
-    let load_window = load_started.elapsed();
+    let window = started.elapsed();
     let written_at_end = written.get();
-    let batches = batch_stats(&batches_before, &histogram_snapshot(&batch_seconds));
-    let after = cpu::snapshot(&watched, me);
-    let summary = match summary {
-        Ok(Ok(summary)) => summary,
-        Ok(Err(err)) => {
-            if let Ok(probe) = &probe {
-                probe.abort();
-            }
-            return Err(err.context("simulator"));
-        }
-        Err(_) => {
-            if let Ok(probe) = &probe {
-                probe.abort();
-            }
-            bail!("the simulator did not finish in time");
-        }
-    };
-    let (bridged_rates, stored_rates) = sampler.await.unwrap_or_default();
+    let batches = batch_stats(&batches_before, &histogram_snapshot(batch_seconds));
+    let after = cpu::snapshot(watched, me);
+    Load {
+        summary: match summary {
+            Ok(summary) => summary.context("simulator"),
+            Err(_) => Err(anyhow::anyhow!("the simulator did not finish in time")),
+        },
+        window,
+        stored: written_at_end.saturating_sub(written_at_start),
+        batches,
+        cpu: cpu::usage(&before, &after, super::cores()),
+    }
+}
 
-    // Drain: until InfluxDB holds every acknowledged reading of the run.
+/// Waits (at most 120 s) until InfluxDB holds every acknowledged reading of
+/// the run; how long that took.
+async fn wait_for_drain(influx: &InfluxClient, run_id: &str, acked: u64) -> Option<Duration> {
     let sim_done = Instant::now();
     let drain_deadline = sim_done + Duration::from_secs(120);
-    let mut drain = None;
     loop {
-        if let Ok(stored) = count_run(&influx, &run_id).await {
-            if stored >= summary.readings_acked {
-                drain = Some(sim_done.elapsed());
-                break;
+        if let Ok(stored) = count_run(influx, run_id).await {
+            if stored >= acked {
+                return Some(sim_done.elapsed());
             }
         }
         if Instant::now() > drain_deadline {
-            break;
+            return None;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let verification = verify(&influx, &run_id).await;
-    let latency = match probe {
-        Err(err) => Latency {
-            first_error: Some(format!("probe: {err:#}")),
-            ..Latency::default()
-        },
-        Ok(probe) => probe_result(probe, Duration::from_secs(90)).await,
-    };
+}
+
+/// Names the probe readings slower than 300 ms, to look into.
+fn print_slow_probe_readings(latency: &Latency) {
     let slow: Vec<String> = latency
         .samples
         .iter()
@@ -451,37 +575,6 @@ async fn drive(stack: &Stack, dir: &Path, options: &E2eOptions) -> anyhow::Resul
     if !slow.is_empty() {
         eprintln!("   probe readings slower than 300 ms: {}", slow.join(", "));
     }
-    let perf = match perf {
-        Some(task) => Some(match task.await {
-            Ok(result) => result,
-            Err(err) => Err(anyhow::anyhow!("perf task failed: {err}")),
-        }),
-        None => None,
-    };
-    Ok(E2eResult {
-        run_id,
-        warm_up,
-        batch_delay: StackOptions::default().ingest_batch_max_delay,
-        devices: summary.devices,
-        offered_per_sec: options.offered_per_sec(),
-        readings_acked: summary.readings_acked,
-        messages_acked: summary.messages_acked,
-        messages_unacked: summary.messages_unacked,
-        skipped_ticks: summary.skipped_ticks,
-        reconnects: summary.reconnects,
-        sim_elapsed: summary.elapsed,
-        stored_during_load: written_at_end.saturating_sub(written_at_start),
-        load_window,
-        bridged_rates,
-        stored_rates,
-        batches,
-        drain,
-        verification,
-        latency,
-        cpu: cpu::usage(&before, &after, super::cores()),
-        perf,
-        batch_points: options.batch_points,
-    })
 }
 
 /// Readings of the run stored in InfluxDB (every metric).
@@ -719,6 +812,10 @@ pub(super) async fn probe_result(
     }
 }
 
+/// Readings the probe published and has not seen through the query API yet:
+/// (seq, when published), oldest first.
+type Pending = Arc<Mutex<VecDeque<(i64, Instant)>>>;
+
 /// One reading every 100 ms on its own device until `load_end`; each one is
 /// timed from just before the publish until the query API returns its seq.
 pub(super) async fn probe(
@@ -736,87 +833,19 @@ pub(super) async fn probe(
             return latency;
         }
     };
-    let client = connection.client.clone();
     let started = Instant::now();
-    let pending: Arc<Mutex<VecDeque<(i64, Instant)>>> = Arc::new(Mutex::new(VecDeque::new()));
-    let publisher = {
-        let pending = pending.clone();
-        let sent = connection.sent.clone();
-        let topic = format!("/tenants/{device}/telemetry");
-        let home = format!("probe-home-{device}");
-        tokio::spawn(async move {
-            let mut ticker = tokio::time::interval(Duration::from_millis(100));
-            ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut seq = 0i64;
-            while Instant::now() < load_end {
-                ticker.tick().await;
-                seq += 1;
-                let payload = serde_json::json!({
-                    "v": 1,
-                    "home_id": home,
-                    "device_type": "climate_sensor",
-                    "samples": [{
-                        "seq": seq,
-                        "ts": warmhouse_service_kit::now_ms(),
-                        "values": {"temperature": 20.0 + (seq % 50) as f64 / 10.0},
-                    }],
-                });
-                let sent_at = Instant::now();
-                if let Ok(mut pending) = pending.lock() {
-                    pending.push_back((seq, sent_at));
-                }
-                if let Ok(mut sent) = sent.lock() {
-                    sent.push_back(sent_at);
-                }
-                if client
-                    .publish(&topic, QoS::AtLeastOnce, false, payload.to_string())
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-            }
-            seq
-        })
-    };
-
+    let pending: Pending = Arc::new(Mutex::new(VecDeque::new()));
+    let publisher = spawn_probe_publisher(&connection, &device, pending.clone(), load_end);
     let url = format!("{query_url}/api/v1/devices/{device}/telemetry/latest");
     let give_up = load_end + Duration::from_secs(60);
-    loop {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-        let waiting = pending.lock().map(|p| !p.is_empty()).unwrap_or(false);
-        if !waiting {
-            if publisher.is_finished() {
-                break;
-            }
-            continue;
-        }
-        if Instant::now() > give_up {
-            break;
-        }
-        match latest_seq(&http, &url).await {
-            Ok(Some(seen)) => {
-                let now = Instant::now();
-                if let Ok(mut pending) = pending.lock() {
-                    while pending.front().is_some_and(|(seq, _)| *seq <= seen) {
-                        if let Some((_, sent_at)) = pending.pop_front() {
-                            latency.samples.push((
-                                sent_at.duration_since(started).as_secs_f64(),
-                                now.duration_since(sent_at).as_secs_f64() * 1000.0,
-                            ));
-                        }
-                    }
-                }
-            }
-            Ok(None) => {}
-            Err(err) => {
-                latency.poll_errors += 1;
-                latency
-                    .first_error
-                    .get_or_insert_with(|| format!("{err:#}"));
-            }
-        }
-    }
+    let poll = QueryPoll {
+        http: &http,
+        url: &url,
+        pending: &pending,
+        started,
+        give_up,
+    };
+    poll.run(&publisher, &mut latency).await;
     latency.sent = match tokio::time::timeout(Duration::from_secs(5), publisher).await {
         Ok(Ok(sent)) => sent as u64,
         _ => latency.samples.len() as u64,
@@ -831,6 +860,112 @@ pub(super) async fn probe(
         .unwrap_or_default();
     connection.close().await;
     latency
+}
+
+/// The probe's publisher: a reading every 100 ms until `load_end`, each
+/// noted in `pending` (for the query API) and in the connection's `sent`
+/// (for its PUBACK) just before it goes out. Ends with the last seq sent.
+fn spawn_probe_publisher(
+    connection: &Connected,
+    device: &str,
+    pending: Pending,
+    load_end: Instant,
+) -> tokio::task::JoinHandle<i64> {
+    let client = connection.client.clone();
+    let sent = connection.sent.clone();
+    let topic = format!("/tenants/{device}/telemetry");
+    let home = format!("probe-home-{device}");
+    tokio::spawn(async move {
+        let mut ticker = tokio::time::interval(Duration::from_millis(100));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut seq = 0i64;
+        while Instant::now() < load_end {
+            ticker.tick().await;
+            seq += 1;
+            let payload = serde_json::json!({
+                "v": 1,
+                "home_id": home,
+                "device_type": "climate_sensor",
+                "samples": [{
+                    "seq": seq,
+                    "ts": warmhouse_service_kit::now_ms(),
+                    "values": {"temperature": 20.0 + (seq % 50) as f64 / 10.0},
+                }],
+            });
+            let sent_at = Instant::now();
+            if let Ok(mut pending) = pending.lock() {
+                pending.push_back((seq, sent_at));
+            }
+            if let Ok(mut sent) = sent.lock() {
+                sent.push_back(sent_at);
+            }
+            if client
+                .publish(&topic, QoS::AtLeastOnce, false, payload.to_string())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+        seq
+    })
+}
+
+/// Polling the query API for the probe's readings.
+struct QueryPoll<'a> {
+    http: &'a reqwest::Client,
+    url: &'a str,
+    pending: &'a Pending,
+    /// When the probe started (a sample's time is counted from it).
+    started: Instant,
+    /// No more polling after this, whatever is still pending.
+    give_up: Instant,
+}
+
+impl QueryPoll<'_> {
+    /// Every 5 ms while a reading is pending, until the publisher has ended
+    /// and nothing is, or `give_up`: each reading the API returns (its seq or
+    /// a later one) becomes a latency sample; a failed poll is counted.
+    async fn run(&self, publisher: &tokio::task::JoinHandle<i64>, latency: &mut Latency) {
+        loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let waiting = self.pending.lock().map(|p| !p.is_empty()).unwrap_or(false);
+            if !waiting {
+                if publisher.is_finished() {
+                    break;
+                }
+                continue;
+            }
+            if Instant::now() > self.give_up {
+                break;
+            }
+            match latest_seq(self.http, self.url).await {
+                Ok(Some(seen)) => self.take_seen(seen, latency),
+                Ok(None) => {}
+                Err(err) => {
+                    latency.poll_errors += 1;
+                    latency
+                        .first_error
+                        .get_or_insert_with(|| format!("{err:#}"));
+                }
+            }
+        }
+    }
+
+    /// Moves every pending reading up to `seen` into the latency samples.
+    fn take_seen(&self, seen: i64, latency: &mut Latency) {
+        let now = Instant::now();
+        if let Ok(mut pending) = self.pending.lock() {
+            while pending.front().is_some_and(|(seq, _)| *seq <= seen) {
+                if let Some((_, sent_at)) = pending.pop_front() {
+                    latency.samples.push((
+                        sent_at.duration_since(self.started).as_secs_f64(),
+                        now.duration_since(sent_at).as_secs_f64() * 1000.0,
+                    ));
+                }
+            }
+        }
+    }
 }
 
 /// The newest seq of the probe's temperature; `None` before the first one
