@@ -451,44 +451,9 @@ impl BrokerConfig {
 
     /// Rejects what rumqttd would panic on or silently misbehave with.
     pub fn validate(&self) -> anyhow::Result<()> {
-        let listeners = self.listeners();
-        for (i, spec) in listeners.iter().enumerate() {
-            let (name, addr) = (spec.listener.name(), spec.addr);
-            // rumqttd binds by itself and never reports the port it got.
-            if addr.port() == 0 {
-                bail!("{name} listener address {addr} needs a concrete port: rumqttd cannot report a port chosen by the OS");
-            }
-            if let Some(other) = listeners[..i].iter().find(|o| o.addr == addr) {
-                bail!(
-                    "{} and {name} listeners both use {addr}",
-                    other.listener.name()
-                );
-            }
-        }
+        self.validate_listener_addrs()?;
         if self.device_auth == DeviceAuth::Registry {
-            let missing = [
-                ("WARMHOUSE_BROKER_REGISTRY_URL", self.registry_url.is_none()),
-                (
-                    "WARMHOUSE_BROKER_REGISTRY_TOKEN",
-                    self.registry_token.is_none(),
-                ),
-            ];
-            let missing: Vec<&str> = missing
-                .iter()
-                .filter(|(_, missing)| *missing)
-                .map(|(name, _)| *name)
-                .collect();
-            if !missing.is_empty() {
-                bail!(
-                    "device authentication by the registry (the default) needs {}; \
-                     `--device-auth open` runs without it (tests and demos only: anyone \
-                     may then publish as any device)",
-                    missing.join(", ")
-                );
-            }
-            if self.registry_concurrency == 0 || self.registry_timeout_ms == 0 {
-                bail!("registry concurrency and timeout must be greater than 0");
-            }
+            self.validate_registry_access()?;
         }
         if self
             .service_password
@@ -514,29 +479,88 @@ impl BrokerConfig {
             bail!("the admin token must be at least 16 characters");
         }
         if self.tls_enabled() {
-            let files = [
-                ("WARMHOUSE_BROKER_TLS_CERT", &self.tls_cert),
-                ("WARMHOUSE_BROKER_TLS_KEY", &self.tls_key),
-                ("WARMHOUSE_BROKER_TLS_CA", &self.tls_ca),
-                ("WARMHOUSE_BROKER_TLS_PROBE_CERT", &self.tls_probe_cert),
-                ("WARMHOUSE_BROKER_TLS_PROBE_KEY", &self.tls_probe_key),
-            ];
-            for (name, path) in files {
-                match path {
-                    None => bail!(
-                        "the mTLS listener needs {name} (it needs a server certificate, its \
-                         key, the platform CA, and a client certificate for the self-probe)"
-                    ),
-                    Some(path) if !path.is_file() => {
-                        bail!("{name}: {} is not a readable file", path.display())
-                    }
-                    Some(_) => {}
-                }
-            }
+            self.validate_tls_files()?;
         }
         if self.revocation_memory_secs == 0 {
             bail!("revocation memory must be greater than 0");
         }
+        self.validate_limits()
+    }
+
+    /// Every listener on a port of its own, chosen here: rumqttd binds by
+    /// itself and never reports the port it got.
+    fn validate_listener_addrs(&self) -> anyhow::Result<()> {
+        let listeners = self.listeners();
+        for (i, spec) in listeners.iter().enumerate() {
+            let (name, addr) = (spec.listener.name(), spec.addr);
+            if addr.port() == 0 {
+                bail!("{name} listener address {addr} needs a concrete port: rumqttd cannot report a port chosen by the OS");
+            }
+            if let Some(other) = listeners[..i].iter().find(|o| o.addr == addr) {
+                bail!(
+                    "{} and {name} listeners both use {addr}",
+                    other.listener.name()
+                );
+            }
+        }
+        Ok(())
+    }
+
+    /// What asking the registry at every connect needs.
+    fn validate_registry_access(&self) -> anyhow::Result<()> {
+        let missing = [
+            ("WARMHOUSE_BROKER_REGISTRY_URL", self.registry_url.is_none()),
+            (
+                "WARMHOUSE_BROKER_REGISTRY_TOKEN",
+                self.registry_token.is_none(),
+            ),
+        ];
+        let missing: Vec<&str> = missing
+            .iter()
+            .filter(|(_, missing)| *missing)
+            .map(|(name, _)| *name)
+            .collect();
+        if !missing.is_empty() {
+            bail!(
+                "device authentication by the registry (the default) needs {}; \
+                 `--device-auth open` runs without it (tests and demos only: anyone \
+                 may then publish as any device)",
+                missing.join(", ")
+            );
+        }
+        if self.registry_concurrency == 0 || self.registry_timeout_ms == 0 {
+            bail!("registry concurrency and timeout must be greater than 0");
+        }
+        Ok(())
+    }
+
+    /// The mTLS listener's files, all present, so it does not fail at the
+    /// first handshake.
+    fn validate_tls_files(&self) -> anyhow::Result<()> {
+        let files = [
+            ("WARMHOUSE_BROKER_TLS_CERT", &self.tls_cert),
+            ("WARMHOUSE_BROKER_TLS_KEY", &self.tls_key),
+            ("WARMHOUSE_BROKER_TLS_CA", &self.tls_ca),
+            ("WARMHOUSE_BROKER_TLS_PROBE_CERT", &self.tls_probe_cert),
+            ("WARMHOUSE_BROKER_TLS_PROBE_KEY", &self.tls_probe_key),
+        ];
+        for (name, path) in files {
+            match path {
+                None => bail!(
+                    "the mTLS listener needs {name} (it needs a server certificate, its \
+                     key, the platform CA, and a client certificate for the self-probe)"
+                ),
+                Some(path) if !path.is_file() => {
+                    bail!("{name}: {} is not a readable file", path.display())
+                }
+                Some(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Sizes, counts and intervals rumqttd panics on or stalls with.
+    fn validate_limits(&self) -> anyhow::Result<()> {
         // rumqttd's commit log panics below 1 KiB.
         if self.max_segment_size < 1024 {
             bail!(
@@ -585,94 +609,13 @@ impl BrokerConfig {
         let mut v4 = HashMap::new();
         let mut v5 = HashMap::new();
         for spec in self.listeners() {
-            let mut connections = rumqttd::ConnectionSettings {
-                connection_timeout_ms: self.connection_timeout_ms,
-                max_payload_size: self.max_payload_size,
-                max_inflight_count: self.max_inflight_count,
-                auth: None,
-                external_auth: None,
-                // rumqttd 0.20 drops a publish that matches no
-                // subscription whatever this says (and so does MQTT).
-                dynamic_filters: false,
-                tenant_from_username: false,
-                publish_hook: None,
-                // Devices get what a device needs; services are trusted.
-                client_limits: if spec.auth == ListenerAuth::Service {
-                    rumqttd::ClientLimits::default()
-                } else {
-                    rumqttd::ClientLimits {
-                        max_subscriptions: Some(self.device_max_subscriptions),
-                        max_topic_length: Some(self.device_max_topic_length),
-                        max_topic_levels: Some(self.device_max_topic_levels),
-                        max_inflight: Some(self.device_max_inflight),
-                    }
-                },
-            };
-            let mut tls = None;
-            match spec.auth {
-                ListenerAuth::Open => {}
-                ListenerAuth::DevicePassword => {
-                    connections.tenant_from_username = true;
-                    // Fail closed until `start` installs the real check.
-                    connections.set_auth_handler(|_, _, _| async { false });
-                }
-                ListenerAuth::DeviceCertificate => {
-                    let path = |p: &Option<PathBuf>| {
-                        p.as_ref()
-                            .map(|p| p.display().to_string())
-                            .context("TLS file missing (validate first)")
-                    };
-                    tls = Some(rumqttd::TlsConfig::Rustls {
-                        capath: Some(path(&self.tls_ca)?),
-                        certpath: path(&self.tls_cert)?,
-                        keypath: path(&self.tls_key)?,
-                    });
-                    if self.device_auth == DeviceAuth::Registry {
-                        connections.set_auth_handler(|_, _, _| async { false });
-                    }
-                }
-                ListenerAuth::Service => {
-                    let password = self
-                        .service_password
-                        .as_ref()
-                        .context("service password missing (validate first)")?;
-                    // rumqttd compares static passwords in constant time.
-                    connections.auth = Some(HashMap::from([(
-                        self.service_username.clone(),
-                        password.expose().to_string(),
-                    )]));
-                }
-            }
-            let name = spec.listener.rumqttd_name().to_string();
-            let settings = rumqttd::ServerSettings {
-                name: name.clone(),
-                listen: spec.addr,
-                tls,
-                next_connection_delay_ms: self.next_connection_delay_ms,
-                connections,
-            };
+            let settings = self.server_settings(&spec)?;
+            let name = settings.name.clone();
             match spec.listener.protocol() {
                 crate::probe::Protocol::V4 => v4.insert(name, settings),
                 crate::probe::Protocol::V5 => v5.insert(name, settings),
             };
         }
-        // `MetricSettings` has private fields: serde is the only way in.
-        let push = |interval: u64| {
-            serde_json::from_value::<rumqttd::MetricSettings>(
-                serde_json::json!({ "push_interval": interval }),
-            )
-            .context("building rumqttd metric settings")
-        };
-        let metrics = HashMap::from([
-            (
-                rumqttd::MetricType::Meters,
-                push(self.meters_interval_secs)?,
-            ),
-            (
-                rumqttd::MetricType::Alerts,
-                push(self.meters_interval_secs)?,
-            ),
-        ]);
         Ok(rumqttd::Config {
             id: 0,
             router: rumqttd::RouterConfig {
@@ -693,8 +636,112 @@ impl BrokerConfig {
             bridge: None,
             // Its own exporter would be a second /metrics; ours reads meters.
             prometheus: None,
-            metrics: Some(metrics),
+            metrics: Some(self.metric_settings()?),
         })
+    }
+
+    /// One listener of rumqttd: its address, limits, TLS and logins.
+    fn server_settings(&self, spec: &ListenerSpec) -> anyhow::Result<rumqttd::ServerSettings> {
+        let mut connections = rumqttd::ConnectionSettings {
+            connection_timeout_ms: self.connection_timeout_ms,
+            max_payload_size: self.max_payload_size,
+            max_inflight_count: self.max_inflight_count,
+            auth: None,
+            external_auth: None,
+            // rumqttd 0.20 drops a publish that matches no
+            // subscription whatever this says (and so does MQTT).
+            dynamic_filters: false,
+            tenant_from_username: false,
+            publish_hook: None,
+            // Devices get what a device needs; services are trusted.
+            client_limits: if spec.auth == ListenerAuth::Service {
+                rumqttd::ClientLimits::default()
+            } else {
+                rumqttd::ClientLimits {
+                    max_subscriptions: Some(self.device_max_subscriptions),
+                    max_topic_length: Some(self.device_max_topic_length),
+                    max_topic_levels: Some(self.device_max_topic_levels),
+                    max_inflight: Some(self.device_max_inflight),
+                }
+            },
+        };
+        let tls = self.secure(spec.auth, &mut connections)?;
+        Ok(rumqttd::ServerSettings {
+            name: spec.listener.rumqttd_name().to_string(),
+            listen: spec.addr,
+            tls,
+            next_connection_delay_ms: self.next_connection_delay_ms,
+            connections,
+        })
+    }
+
+    /// Sets up how a listener authenticates and confines its clients;
+    /// returns its TLS settings (the mTLS listener's only).
+    fn secure(
+        &self,
+        auth: ListenerAuth,
+        connections: &mut rumqttd::ConnectionSettings,
+    ) -> anyhow::Result<Option<rumqttd::TlsConfig>> {
+        Ok(match auth {
+            ListenerAuth::Open => None,
+            ListenerAuth::DevicePassword => {
+                connections.tenant_from_username = true;
+                // Fail closed until `start` installs the real check.
+                connections.set_auth_handler(|_, _, _| async { false });
+                None
+            }
+            ListenerAuth::DeviceCertificate => {
+                let path = |p: &Option<PathBuf>| {
+                    p.as_ref()
+                        .map(|p| p.display().to_string())
+                        .context("TLS file missing (validate first)")
+                };
+                let tls = rumqttd::TlsConfig::Rustls {
+                    capath: Some(path(&self.tls_ca)?),
+                    certpath: path(&self.tls_cert)?,
+                    keypath: path(&self.tls_key)?,
+                };
+                if self.device_auth == DeviceAuth::Registry {
+                    connections.set_auth_handler(|_, _, _| async { false });
+                }
+                Some(tls)
+            }
+            ListenerAuth::Service => {
+                let password = self
+                    .service_password
+                    .as_ref()
+                    .context("service password missing (validate first)")?;
+                // rumqttd compares static passwords in constant time.
+                connections.auth = Some(HashMap::from([(
+                    self.service_username.clone(),
+                    password.expose().to_string(),
+                )]));
+                None
+            }
+        })
+    }
+
+    /// rumqttd's meters and alerts, pushed every `meters_interval_secs`.
+    fn metric_settings(
+        &self,
+    ) -> anyhow::Result<HashMap<rumqttd::MetricType, rumqttd::MetricSettings>> {
+        // `MetricSettings` has private fields: serde is the only way in.
+        let push = |interval: u64| {
+            serde_json::from_value::<rumqttd::MetricSettings>(
+                serde_json::json!({ "push_interval": interval }),
+            )
+            .context("building rumqttd metric settings")
+        };
+        Ok(HashMap::from([
+            (
+                rumqttd::MetricType::Meters,
+                push(self.meters_interval_secs)?,
+            ),
+            (
+                rumqttd::MetricType::Alerts,
+                push(self.meters_interval_secs)?,
+            ),
+        ]))
     }
 }
 
