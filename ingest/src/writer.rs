@@ -428,11 +428,14 @@ impl Writer {
         &self,
         batch: Batch,
     ) -> impl std::future::Future<Output = BTreeMap<(String, i32), i64>> + use<> {
-        let influx = self.influx.clone();
-        let metrics = self.metrics.clone();
-        let readiness = self.readiness.clone();
-        let producer = self.producer.clone();
-        let dead_letters = self.config.dead_letters_topic.name.clone();
+        // Owned, so the write runs while the next batch is gathered.
+        let sink = BatchSink {
+            influx: self.influx.clone(),
+            metrics: self.metrics.clone(),
+            readiness: self.readiness.clone(),
+            producer: self.producer.clone(),
+            dead_letters: self.config.dead_letters_topic.name.clone(),
+        };
         async move {
             let started = Instant::now();
             let Batch {
@@ -443,78 +446,12 @@ impl Writer {
                 ..
             } = batch;
             if points > 0 {
-                let compressed =
-                    tokio::task::spawn_blocking(move || gzip(&lines).map(|gz| (gz, lines)))
-                        .await
-                        .map_err(anyhow::Error::from)
-                        .and_then(|result| result);
-                let body = match compressed {
-                    Ok(body) => body,
-                    Err(err) => {
-                        // Compression of an in-memory buffer cannot fail in practice.
-                        tracing::error!("gzip failed: {err:#}");
-                        return next_offsets;
-                    }
+                let Some(gz) = gzip_off_runtime(lines).await else {
+                    return next_offsets;
                 };
-                let (gz, lines) = body;
-                let mut backoff = Duration::from_millis(100);
-                loop {
-                    match influx.write_gzip(gz.clone()).await {
-                        Ok(()) => {
-                            readiness.set("influxdb", true);
-                            metrics.points_written.inc_by(points as u64);
-                            metrics.batches_written.inc();
-                            metrics.last_write_ms.set(now_ms());
-                            break;
-                        }
-                        Err(WriteError::Unavailable(reason)) => {
-                            readiness.set("influxdb", false);
-                            metrics
-                                .write_failures
-                                .with_label_values(&["unavailable"])
-                                .inc();
-                            tracing::warn!(%reason, "InfluxDB unavailable, retrying in {backoff:?}");
-                            tokio::time::sleep(backoff).await;
-                            backoff = (backoff * 2).min(Duration::from_secs(5));
-                        }
-                        Err(WriteError::Refused { status, body }) => {
-                            // Retrying data InfluxDB refuses would block the
-                            // partition forever. With "partial write" InfluxDB
-                            // stored all but the refused points. Either way
-                            // the dead letter names the Kafka offsets of the
-                            // batch (the records stay there to replay) and
-                            // InfluxDB's reason.
-                            let kind = if body.contains("partial write") {
-                                "influx_partial_write"
-                            } else {
-                                "influx_refused"
-                            };
-                            metrics.write_failures.with_label_values(&[kind]).inc();
-                            tracing::error!(status, %body, kind, "InfluxDB refused points: dead-lettering the batch's offsets");
-                            let source = first_offsets
-                                .iter()
-                                .filter_map(|(tp, first)| {
-                                    next_offsets.get(tp).map(|next| {
-                                        format!("kafka:{}/{}@{first}..{next}", tp.0, tp.1)
-                                    })
-                                })
-                                .collect::<Vec<_>>()
-                                .join(",");
-                            let letter = DeadLetter::new(
-                                kind,
-                                format!("InfluxDB answered {status}: {body}"),
-                                source,
-                                now_ms(),
-                                body.as_bytes(),
-                            );
-                            produce_dead_letter(&producer, &dead_letters, &letter, &metrics).await;
-                            drop(lines);
-                            break;
-                        }
-                    }
-                }
+                sink.store(gz, points, &first_offsets, &next_offsets).await;
             }
-            metrics
+            sink.metrics
                 .batch_seconds
                 .observe(started.elapsed().as_secs_f64());
             next_offsets
@@ -535,6 +472,94 @@ impl Writer {
             tracing::warn!(%err, "cannot store offsets; the records will be written again");
         }
     }
+}
+
+/// What writing a batch needs, cloned from the [`Writer`] for each batch.
+struct BatchSink {
+    influx: InfluxClient,
+    metrics: WriterMetrics,
+    readiness: Readiness,
+    producer: FutureProducer,
+    dead_letters: String,
+}
+
+impl BatchSink {
+    /// Writes the gzipped batch until InfluxDB takes it or refuses it; a
+    /// refused batch is dead-lettered (retrying it would block the partition
+    /// forever).
+    async fn store(
+        &self,
+        gz: Vec<u8>,
+        points: usize,
+        first_offsets: &BTreeMap<(String, i32), i64>,
+        next_offsets: &BTreeMap<(String, i32), i64>,
+    ) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.influx.write_gzip(gz.clone()).await {
+                Ok(()) => {
+                    self.readiness.set("influxdb", true);
+                    self.metrics.points_written.inc_by(points as u64);
+                    self.metrics.batches_written.inc();
+                    self.metrics.last_write_ms.set(now_ms());
+                    return;
+                }
+                Err(WriteError::Unavailable(reason)) => {
+                    self.readiness.set("influxdb", false);
+                    self.metrics
+                        .write_failures
+                        .with_label_values(&["unavailable"])
+                        .inc();
+                    tracing::warn!(%reason, "InfluxDB unavailable, retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+                Err(WriteError::Refused { status, body }) => {
+                    let source = batch_source(first_offsets, next_offsets);
+                    self.dead_letter_refused(status, &body, source).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// With "partial write" InfluxDB stored all but the refused points.
+    /// Either way the dead letter names the Kafka offsets of the batch (the
+    /// records stay there to replay) and InfluxDB's reason.
+    async fn dead_letter_refused(&self, status: u16, body: &str, source: String) {
+        let kind = if body.contains("partial write") {
+            "influx_partial_write"
+        } else {
+            "influx_refused"
+        };
+        self.metrics.write_failures.with_label_values(&[kind]).inc();
+        tracing::error!(status, %body, kind, "InfluxDB refused points: dead-lettering the batch's offsets");
+        let letter = DeadLetter::new(
+            kind,
+            format!("InfluxDB answered {status}: {body}"),
+            source,
+            now_ms(),
+            body.as_bytes(),
+        );
+        produce_dead_letter(&self.producer, &self.dead_letters, &letter, &self.metrics).await;
+    }
+}
+
+/// `kafka:{topic}/{partition}@{first}..{next}` for every partition a batch
+/// covers, comma-separated: where its records can be replayed from.
+fn batch_source(
+    first_offsets: &BTreeMap<(String, i32), i64>,
+    next_offsets: &BTreeMap<(String, i32), i64>,
+) -> String {
+    first_offsets
+        .iter()
+        .filter_map(|(tp, first)| {
+            next_offsets
+                .get(tp)
+                .map(|next| format!("kafka:{}/{}@{first}..{next}", tp.0, tp.1))
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Produces a dead letter, retrying until Kafka takes it: the offsets it
@@ -559,6 +584,22 @@ async fn produce_dead_letter(
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
             }
+        }
+    }
+}
+
+/// Gzips a batch on a blocking thread (it can be megabytes); `None`, logged,
+/// when that fails, which for an in-memory buffer it cannot in practice.
+async fn gzip_off_runtime(lines: Vec<u8>) -> Option<Vec<u8>> {
+    let compressed = tokio::task::spawn_blocking(move || gzip(&lines))
+        .await
+        .map_err(anyhow::Error::from)
+        .and_then(|result| result);
+    match compressed {
+        Ok(gz) => Some(gz),
+        Err(err) => {
+            tracing::error!("gzip failed: {err:#}");
+            None
         }
     }
 }
