@@ -7,12 +7,12 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use serde::Serialize;
 use utoipa::{OpenApi, ToSchema};
-use warmhouse_contracts::ids::HomeId;
+use warmhouse_contracts::ids::{DeviceId, HomeId, MetricName};
 use warmhouse_contracts::points::device_ms_of_point;
 use warmhouse_service_kit::auth::{self, Caller};
 
-use super::influxql::{self, LatestRow, TelemetryQuery};
-use super::params::{self, Aggregate, RangeRequest, TelemetryParams};
+use super::influxql::{self, LatestRow, RawRow, TelemetryQuery, WindowRow};
+use super::params::{self, Aggregate, Every, RangeRequest, TelemetryParams, TimeRange};
 use super::timefmt::format_ms;
 use super::QueryState;
 use crate::influx::StatementResult;
@@ -66,6 +66,20 @@ pub struct RawPoint {
     pub ts_ms: i64,
 }
 
+impl From<RawRow> for RawPoint {
+    /// A stored point as the device took it (its timestamp, not InfluxDB's).
+    fn from(row: RawRow) -> Self {
+        let ts_ms = device_ms_of_point(row.time_ns);
+        Self {
+            metric: row.metric,
+            value: row.value,
+            seq: row.seq,
+            ts: format_ms(ts_ms),
+            ts_ms,
+        }
+    }
+}
+
 /// Raw readings of a device, oldest first.
 #[derive(Debug, Clone, Serialize, ToSchema)]
 pub struct RawTelemetry {
@@ -90,6 +104,17 @@ pub struct Window {
     pub time: String,
     pub ts_ms: i64,
     pub value: f64,
+}
+
+impl From<WindowRow> for Window {
+    fn from(row: WindowRow) -> Self {
+        let ts_ms = device_ms_of_point(row.time_ns);
+        Self {
+            time: format_ms(ts_ms),
+            ts_ms,
+            value: row.value,
+        }
+    }
 }
 
 /// A metric of a device aggregated over fixed windows, oldest first.
@@ -256,89 +281,87 @@ pub async fn device_telemetry(
     let Query(query) = query.map_err(|rejection| Problem::bad_request(rejection.body_text()))?;
     let request = params::range_request(&query, warmhouse_service_kit::now_ms(), state.max_points)?;
     let scope = home_scope(&caller);
-    match request {
+    let telemetry = match request {
         RangeRequest::Raw {
             metric,
             range,
             limit,
-        } => {
-            // One more than asked tells whether the range holds more.
-            let results = run(
-                &state,
-                TelemetryQuery::Raw {
-                    device: device.clone(),
-                    metric: metric.clone(),
-                    range,
-                    limit: limit.saturating_add(1),
-                },
-                scope.as_deref(),
-            )
-            .await?;
-            let mut rows = influxql::raw_rows(&results).map_err(shape_problem)?;
-            let truncated = rows.len() > limit as usize;
-            rows.truncate(limit as usize);
-            Ok(Json(Telemetry::Raw(RawTelemetry {
-                device_id: device.to_string(),
-                metric: metric.map(String::from),
-                from: format_ms(range.from_ms),
-                to: format_ms(range.to_ms),
-                limit,
-                truncated,
-                points: rows
-                    .into_iter()
-                    .map(|row| {
-                        let ts_ms = device_ms_of_point(row.time_ns);
-                        RawPoint {
-                            metric: row.metric,
-                            value: row.value,
-                            seq: row.seq,
-                            ts: format_ms(ts_ms),
-                            ts_ms,
-                        }
-                    })
-                    .collect(),
-            })))
-        }
+        } => Telemetry::Raw(
+            raw_telemetry(&state, scope.as_deref(), device, metric, range, limit).await?,
+        ),
         RangeRequest::Aggregated {
             metric,
             range,
             agg,
             every,
-        } => {
-            let results = run(
-                &state,
-                TelemetryQuery::Aggregated {
-                    device: device.clone(),
-                    metric: metric.clone(),
-                    range,
-                    agg,
-                    every,
-                },
-                scope.as_deref(),
-            )
-            .await?;
-            let rows = influxql::window_rows(&results).map_err(shape_problem)?;
-            Ok(Json(Telemetry::Aggregated(AggregatedTelemetry {
-                device_id: device.to_string(),
-                metric: metric.to_string(),
-                agg,
-                every: every.literal(),
-                from: format_ms(range.from_ms),
-                to: format_ms(range.to_ms),
-                windows: rows
-                    .into_iter()
-                    .map(|row| {
-                        let ts_ms = device_ms_of_point(row.time_ns);
-                        Window {
-                            time: format_ms(ts_ms),
-                            ts_ms,
-                            value: row.value,
-                        }
-                    })
-                    .collect(),
-            })))
-        }
-    }
+        } => Telemetry::Aggregated(
+            aggregated_telemetry(&state, scope.as_deref(), device, metric, range, agg, every)
+                .await?,
+        ),
+    };
+    Ok(Json(telemetry))
+}
+
+/// Up to `limit` raw points of a device in `range`, oldest first.
+async fn raw_telemetry(
+    state: &QueryState,
+    scope: Option<&[HomeId]>,
+    device: DeviceId,
+    metric: Option<MetricName>,
+    range: TimeRange,
+    limit: u32,
+) -> Result<RawTelemetry, Problem> {
+    // One more than asked tells whether the range holds more.
+    let fetch = limit.saturating_add(1);
+    let query = TelemetryQuery::Raw {
+        device: device.clone(),
+        metric: metric.clone(),
+        range,
+        limit: fetch,
+    };
+    let results = run(state, query, scope).await?;
+    let mut rows = influxql::raw_rows(&results).map_err(shape_problem)?;
+    let truncated = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    Ok(RawTelemetry {
+        device_id: device.to_string(),
+        metric: metric.map(String::from),
+        from: format_ms(range.from_ms),
+        to: format_ms(range.to_ms),
+        limit,
+        truncated,
+        points: rows.into_iter().map(RawPoint::from).collect(),
+    })
+}
+
+/// `agg` of a device's metric over `every` windows in `range`.
+async fn aggregated_telemetry(
+    state: &QueryState,
+    scope: Option<&[HomeId]>,
+    device: DeviceId,
+    metric: MetricName,
+    range: TimeRange,
+    agg: Aggregate,
+    every: Every,
+) -> Result<AggregatedTelemetry, Problem> {
+    let query = TelemetryQuery::Aggregated {
+        device: device.clone(),
+        metric: metric.clone(),
+        range,
+        agg,
+        every,
+    };
+    let results = run(state, query, scope).await?;
+    let rows = influxql::window_rows(&results).map_err(shape_problem)?;
+    Ok(AggregatedTelemetry {
+        device_id: device.to_string(),
+        metric: metric.to_string(),
+        agg,
+        every: every.literal(),
+        from: format_ms(range.from_ms),
+        to: format_ms(range.to_ms),
+        windows: rows.into_iter().map(Window::from).collect(),
+    })
 }
 
 /// Unmatched paths get a problem too, not an empty 404.
