@@ -182,48 +182,62 @@ pub fn range_request(
             ),
         )),
         (Some(agg_text), Some(every_text)) => {
-            let agg = Aggregate::parse(agg_text).ok_or_else(|| {
-                Problem::invalid_parameter(
-                    "agg",
-                    format!(
-                        "agg {agg_text:?} is not supported; use one of {}",
-                        aggregate_names()
-                    ),
-                )
-            })?;
-            let every = every(every_text)?;
-            let Some(metric) = metric else {
-                return Err(Problem::invalid_parameter(
-                    "metric",
-                    "metric is required with agg: windows of different metrics do not mix",
-                ));
-            };
-            if params.limit.is_some() {
-                return Err(Problem::invalid_parameter(
-                    "limit",
-                    "limit applies to raw points only; with agg, from, to and every decide how many windows come back",
-                ));
-            }
-            let windows = window_count(range, every);
-            if windows > i64::from(max_points) {
-                return Err(Problem::invalid_parameter(
-                    "every",
-                    format!(
-                        "every={} over {} .. {} gives {windows} windows; at most {max_points} are allowed: use a longer every or a shorter range",
-                        every.literal(),
-                        format_ms(range.from_ms),
-                        format_ms(range.to_ms)
-                    ),
-                ));
-            }
-            Ok(RangeRequest::Aggregated {
-                metric,
-                range,
-                agg,
-                every,
-            })
+            aggregated_request(params, agg_text, every_text, metric, range, max_points)
         }
     }
+}
+
+/// The aggregated form of a range request: `agg` and `every` are given, so
+/// the metric must be too, `limit` must not, and the windows must fit in
+/// `max_points`.
+fn aggregated_request(
+    params: &TelemetryParams,
+    agg_text: &str,
+    every_text: &str,
+    metric: Option<MetricName>,
+    range: TimeRange,
+    max_points: u32,
+) -> Result<RangeRequest, Problem> {
+    let agg = Aggregate::parse(agg_text).ok_or_else(|| {
+        Problem::invalid_parameter(
+            "agg",
+            format!(
+                "agg {agg_text:?} is not supported; use one of {}",
+                aggregate_names()
+            ),
+        )
+    })?;
+    let every = every(every_text)?;
+    let Some(metric) = metric else {
+        return Err(Problem::invalid_parameter(
+            "metric",
+            "metric is required with agg: windows of different metrics do not mix",
+        ));
+    };
+    if params.limit.is_some() {
+        return Err(Problem::invalid_parameter(
+            "limit",
+            "limit applies to raw points only; with agg, from, to and every decide how many windows come back",
+        ));
+    }
+    let windows = window_count(range, every);
+    if windows > i64::from(max_points) {
+        return Err(Problem::invalid_parameter(
+            "every",
+            format!(
+                "every={} over {} .. {} gives {windows} windows; at most {max_points} are allowed: use a longer every or a shorter range",
+                every.literal(),
+                format_ms(range.from_ms),
+                format_ms(range.to_ms)
+            ),
+        ));
+    }
+    Ok(RangeRequest::Aggregated {
+        metric,
+        range,
+        agg,
+        every,
+    })
 }
 
 fn aggregate_names() -> String {
