@@ -1,5 +1,8 @@
 //! RFC 3339 in and out, UTC, millisecond precision: all the API needs, and
-//! small enough not to pull a date crate in for it.
+//! small enough not to pull a date crate in for it. (chrono's RFC 3339
+//! parser is not a drop-in: it takes a leap second `:60`, refuses the space
+//! that an unencoded `+` of an offset arrives as, and its errors do not say
+//! which part is wrong.)
 
 /// Latest instant the API accepts (2200-01-01T00:00:00Z). Far beyond any
 /// device clock the platform accepts, and in nanoseconds still well inside
@@ -28,54 +31,111 @@ pub fn format_ms(ms: i64) -> String {
 pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
     let b = text.as_bytes();
     if !text.is_ascii() || b.len() < 19 {
-        return Err("is not an RFC 3339 date-time".into());
+        return Err(NOT_RFC3339.into());
     }
-    let digits = |from: usize, len: usize| -> Result<i64, String> {
-        b[from..from + len]
-            .iter()
-            .try_fold(0i64, |acc, c| {
-                c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
-            })
-            .ok_or_else(|| "is not an RFC 3339 date-time".to_string())
-    };
-    let sep = |at: usize, allowed: &[u8]| -> Result<(), String> {
-        if allowed.contains(&b[at]) {
-            Ok(())
-        } else {
-            Err("is not an RFC 3339 date-time".into())
-        }
-    };
-    let year = digits(0, 4)?;
-    sep(4, b"-")?;
-    let month = digits(5, 2)?;
-    sep(7, b"-")?;
-    let day = digits(8, 2)?;
-    sep(10, b"Tt ")?;
-    let hour = digits(11, 2)?;
-    sep(13, b":")?;
-    let minute = digits(14, 2)?;
-    sep(16, b":")?;
-    let second = digits(17, 2)?;
+    // Syntax first (fields, fraction, offset), then whether the fields
+    // name a real instant, so the error points at the first thing wrong.
+    let fields = DateTimeFields::read(b)?;
+    let (millis, offset_at) = fraction_ms(b, 19)?;
+    let offset_minutes = utc_offset_minutes(&b[offset_at..])?;
+    fields.check()?;
+    let days = days_from_civil(fields.year, fields.month, fields.day);
+    let seconds = days * 86_400 + fields.hour * 3600 + fields.minute * 60 + fields.second
+        - offset_minutes * 60;
+    Ok(seconds * 1000 + millis)
+}
 
-    let mut at = 19;
-    let mut millis = 0;
-    if b.get(at) == Some(&b'.') {
-        let start = at + 1;
-        at = start;
-        while at < b.len() && b[at].is_ascii_digit() {
-            at += 1;
+const NOT_RFC3339: &str = "is not an RFC 3339 date-time";
+
+/// The fixed-width part `YYYY-MM-DDTHH:MM:SS`, read but not yet checked
+/// against the calendar.
+struct DateTimeFields {
+    year: i64,
+    month: i64,
+    day: i64,
+    hour: i64,
+    minute: i64,
+    second: i64,
+}
+
+impl DateTimeFields {
+    /// Reads the first 19 bytes of `b` (the caller checked there are 19).
+    fn read(b: &[u8]) -> Result<Self, String> {
+        let digits = |from: usize, len: usize| -> Result<i64, String> {
+            b[from..from + len]
+                .iter()
+                .try_fold(0i64, |acc, c| {
+                    c.is_ascii_digit().then(|| acc * 10 + i64::from(c - b'0'))
+                })
+                .ok_or_else(|| NOT_RFC3339.to_string())
+        };
+        let separators: [(usize, &[u8]); 5] =
+            [(4, b"-"), (7, b"-"), (10, b"Tt "), (13, b":"), (16, b":")];
+        if separators
+            .iter()
+            .any(|(at, allowed)| !allowed.contains(&b[*at]))
+        {
+            return Err(NOT_RFC3339.into());
         }
-        if at == start {
-            return Err("has a '.' without fraction digits".into());
-        }
-        // First three fraction digits, right-padded: ".5" is 500 ms.
-        millis = (start..start + 3).fold(0, |acc, i| {
-            let digit = if i < at { i64::from(b[i] - b'0') } else { 0 };
-            acc * 10 + digit
-        });
+        Ok(Self {
+            year: digits(0, 4)?,
+            month: digits(5, 2)?,
+            day: digits(8, 2)?,
+            hour: digits(11, 2)?,
+            minute: digits(14, 2)?,
+            second: digits(17, 2)?,
+        })
     }
-    let offset_minutes = match &b[at..] {
-        [b'Z' | b'z'] => 0,
+
+    /// Whether the fields name a day of the calendar and a time of that day
+    /// (no leap second).
+    fn check(&self) -> Result<(), String> {
+        let (year, month, day) = (self.year, self.month, self.day);
+        if !(1..=12).contains(&month) {
+            return Err(format!("has month {month:02}"));
+        }
+        if day < 1 || day > days_in_month(year, month) {
+            return Err(format!(
+                "has day {day:02}, which {year:04}-{month:02} does not have"
+            ));
+        }
+        let (hour, minute, second) = (self.hour, self.minute, self.second);
+        if hour > 23 || minute > 59 || second > 59 {
+            return Err(format!(
+                "has time {hour:02}:{minute:02}:{second:02}, which is not a time of day"
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The optional `.fraction` at `at`: its milliseconds (digits below are
+/// dropped) and where the text goes on after it.
+fn fraction_ms(b: &[u8], at: usize) -> Result<(i64, usize), String> {
+    if b.get(at) != Some(&b'.') {
+        return Ok((0, at));
+    }
+    let start = at + 1;
+    let mut end = start;
+    while end < b.len() && b[end].is_ascii_digit() {
+        end += 1;
+    }
+    if end == start {
+        return Err("has a '.' without fraction digits".into());
+    }
+    // First three fraction digits, right-padded: ".5" is 500 ms.
+    let millis = (start..start + 3).fold(0, |acc, i| {
+        let digit = if i < end { i64::from(b[i] - b'0') } else { 0 };
+        acc * 10 + digit
+    });
+    Ok((millis, end))
+}
+
+/// The rest of the text, which must be exactly `Z` or `±HH:MM`: the offset
+/// from UTC in minutes.
+fn utc_offset_minutes(rest: &[u8]) -> Result<i64, String> {
+    match rest {
+        [b'Z' | b'z'] => Ok(0),
         // A '+' in an unencoded query string arrives as a space; nothing
         // else can stand there, so reading it as '+' is unambiguous.
         [sign @ (b'+' | b'-' | b' '), h1, h2, b':', m1, m2] => {
@@ -85,31 +145,10 @@ pub fn parse_rfc3339_ms(text: &str) -> Result<i64, String> {
                 return Err("has an invalid UTC offset".into());
             };
             let minutes = hh * 60 + mm;
-            if *sign == b'-' {
-                -minutes
-            } else {
-                minutes
-            }
+            Ok(if *sign == b'-' { -minutes } else { minutes })
         }
-        _ => return Err("must end with 'Z' or a UTC offset such as +02:00".into()),
-    };
-
-    if !(1..=12).contains(&month) {
-        return Err(format!("has month {month:02}"));
+        _ => Err("must end with 'Z' or a UTC offset such as +02:00".into()),
     }
-    if day < 1 || day > days_in_month(year, month) {
-        return Err(format!(
-            "has day {day:02}, which {year:04}-{month:02} does not have"
-        ));
-    }
-    if hour > 23 || minute > 59 || second > 59 {
-        return Err(format!(
-            "has time {hour:02}:{minute:02}:{second:02}, which is not a time of day"
-        ));
-    }
-    let days = days_from_civil(year, month, day);
-    let seconds = days * 86_400 + hour * 3600 + minute * 60 + second - offset_minutes * 60;
-    Ok(seconds * 1000 + millis)
 }
 
 fn two_digits(a: u8, b: u8) -> Option<i64> {
