@@ -161,6 +161,77 @@ pub async fn run(dir: &Path, options: &CeilingOptions) -> anyhow::Result<Ceiling
     if options.writers == 0 || options.batch_points == 0 {
         bail!("--influx-writers and --influx-batch-points must be at least 1");
     }
+    let (influxd, client, influxd_pid) = start_influxd(dir).await?;
+
+    // Batches are built before the clock starts, so the timed run measures
+    // InfluxDB, not our gzip.
+    let t0_ms = warmhouse_service_kit::now_ms() - 3_600_000;
+    let stream = Arc::new(Mutex::new(PointStream::new(t0_ms)));
+    let series = stream
+        .lock()
+        .map_err(|_| anyhow::anyhow!("point stream lock poisoned"))?
+        .series();
+    let (pool, gzip_bytes_per_point) = fill_pool(&stream, options).await?;
+
+    let counters = Arc::new(WriteCounters::default());
+    let me = std::process::id();
+    let mut watched = vec![("bench".to_string(), me)];
+    if let Some(pid) = influxd_pid {
+        watched.push(("influxd".to_string(), pid));
+    }
+    let before = cpu::snapshot(&watched, me);
+    let started = Instant::now();
+    let deadline = started + options.duration;
+    let tasks: Vec<_> = (0..options.writers)
+        .map(|_| {
+            let writer = Writer {
+                client: client.clone(),
+                pool: pool.clone(),
+                stream: stream.clone(),
+                batch_points: options.batch_points,
+                counters: counters.clone(),
+            };
+            tokio::spawn(writer.write_until(deadline))
+        })
+        .collect();
+    for task in tasks {
+        // Each write has the client's 10 s timeout, so this ends.
+        let _ = task.await;
+    }
+    let elapsed = started.elapsed();
+    let after = cpu::snapshot(&watched, me);
+    let cores = super::cores();
+    let usage = cpu::usage(&before, &after, cores);
+    let points = counters.points.load(Ordering::Relaxed);
+    let failed_batches = counters.failed.load(Ordering::Relaxed);
+    let first_failure = counters.first_failure.lock().ok().and_then(|f| f.clone());
+    if points == 0 {
+        bail!(
+            "no batch was accepted; first failure: {}",
+            first_failure.as_deref().unwrap_or("none")
+        );
+    }
+    drop(influxd);
+    Ok(CeilingResult {
+        points,
+        batches: counters.batches.load(Ordering::Relaxed),
+        failed_batches,
+        first_failure,
+        elapsed,
+        series,
+        writers: options.writers,
+        batch_points: options.batch_points,
+        gzip_bytes_per_point,
+        built_inline: counters.inline.load(Ordering::Relaxed),
+        influxd_cpu_share: usage.process("influxd").map(|s| usage.share(s)),
+        bench_cpu_share: usage.process("bench").map(|s| usage.share(s)),
+        others_cpu_share: usage.others_share(),
+    })
+}
+
+/// A fresh influxd with the production schema, a client of it, and its pid
+/// (for its CPU).
+async fn start_influxd(dir: &Path) -> anyhow::Result<(Influxd, InfluxClient, Option<u32>)> {
     let dir = dir.to_path_buf();
     let influxd = super::on_process_thread(move || Influxd::start(&dir.join("influxdb")))
         .await
@@ -173,18 +244,22 @@ pub async fn run(dir: &Path, options: &CeilingOptions) -> anyhow::Result<Ceiling
     let influxd_pid = cpu::children_named(std::process::id(), "influxd")
         .last()
         .copied();
+    Ok((influxd, client, influxd_pid))
+}
 
-    // Batches are built before the clock starts, so the timed run measures
-    // InfluxDB, not our gzip.
-    let t0_ms = warmhouse_service_kit::now_ms() - 3_600_000;
-    let stream = Arc::new(Mutex::new(PointStream::new(t0_ms)));
-    let series = stream
-        .lock()
-        .map_err(|_| anyhow::anyhow!("point stream lock poisoned"))?
-        .series();
+/// Gzipped batches built ahead, taken by the writers oldest first.
+type Pool = Arc<Mutex<VecDeque<Vec<u8>>>>;
+
+/// Builds, on two blocking threads, enough batches for `POOL_RATE` points a
+/// second over the whole run; returns the pool and the gzipped bytes a
+/// point.
+async fn fill_pool(
+    stream: &Arc<Mutex<PointStream>>,
+    options: &CeilingOptions,
+) -> anyhow::Result<(Pool, f64)> {
     let pool_batches =
         (POOL_RATE * options.duration.as_secs().max(1)).div_ceil(options.batch_points as u64);
-    let pool: Arc<Mutex<VecDeque<Vec<u8>>>> = Arc::new(Mutex::new(VecDeque::new()));
+    let pool: Pool = Arc::new(Mutex::new(VecDeque::new()));
     let gz_bytes = Arc::new(AtomicU64::new(0));
     let builders: Vec<_> = (0..2)
         .map(|_| {
@@ -213,95 +288,63 @@ pub async fn run(dir: &Path, options: &CeilingOptions) -> anyhow::Result<Ceiling
     let pooled = pool.lock().map(|p| p.len()).unwrap_or(0).max(1);
     let gzip_bytes_per_point =
         gz_bytes.load(Ordering::Relaxed) as f64 / (pooled * options.batch_points) as f64;
+    Ok((pool, gzip_bytes_per_point))
+}
 
-    let points = Arc::new(AtomicU64::new(0));
-    let batches = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let inline = Arc::new(AtomicU64::new(0));
-    let first_failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
-    let me = std::process::id();
-    let mut watched = vec![("bench".to_string(), me)];
-    if let Some(pid) = influxd_pid {
-        watched.push(("influxd".to_string(), pid));
-    }
-    let before = cpu::snapshot(&watched, me);
-    let started = Instant::now();
-    let deadline = started + options.duration;
-    let mut tasks = Vec::new();
-    for _ in 0..options.writers {
-        let client = client.clone();
-        let (pool, stream) = (pool.clone(), stream.clone());
-        let (points, batches, failed, inline) = (
-            points.clone(),
-            batches.clone(),
-            failed.clone(),
-            inline.clone(),
-        );
-        let first_failure = first_failure.clone();
-        let n = options.batch_points;
-        tasks.push(tokio::spawn(async move {
-            while Instant::now() < deadline {
-                let pooled = pool.lock().ok().and_then(|mut p| p.pop_front());
-                let body = match pooled {
-                    Some(body) => body,
-                    None => {
-                        inline.fetch_add(1, Ordering::Relaxed);
-                        let stream = stream.clone();
-                        match tokio::task::spawn_blocking(move || build_batch(&stream, n)).await {
-                            Ok(Ok(body)) => body,
-                            _ => break,
-                        }
-                    }
-                };
-                match client.write_gzip(body).await {
-                    Ok(()) => {
-                        points.fetch_add(n as u64, Ordering::Relaxed);
-                        batches.fetch_add(1, Ordering::Relaxed);
-                    }
-                    Err(err) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                        if let Ok(mut first) = first_failure.lock() {
-                            first.get_or_insert_with(|| err.to_string());
-                        }
-                        tokio::time::sleep(Duration::from_millis(100)).await;
+/// What the writers did, added up across them.
+#[derive(Default)]
+struct WriteCounters {
+    points: AtomicU64,
+    batches: AtomicU64,
+    failed: AtomicU64,
+    /// Batches a writer had to build itself: the pool had run dry.
+    inline: AtomicU64,
+    first_failure: Mutex<Option<String>>,
+}
+
+/// One of the concurrent writers of the timed run.
+struct Writer {
+    client: InfluxClient,
+    pool: Pool,
+    stream: Arc<Mutex<PointStream>>,
+    batch_points: usize,
+    counters: Arc<WriteCounters>,
+}
+
+impl Writer {
+    /// Writes batch after batch until `deadline`: from the pool while it
+    /// lasts, then built here. A failed write is counted and retried after
+    /// 100 ms with the next batch.
+    async fn write_until(self, deadline: Instant) {
+        let (counters, n) = (&self.counters, self.batch_points);
+        while Instant::now() < deadline {
+            let pooled = self.pool.lock().ok().and_then(|mut p| p.pop_front());
+            let body = match pooled {
+                Some(body) => body,
+                None => {
+                    counters.inline.fetch_add(1, Ordering::Relaxed);
+                    let stream = self.stream.clone();
+                    match tokio::task::spawn_blocking(move || build_batch(&stream, n)).await {
+                        Ok(Ok(body)) => body,
+                        _ => break,
                     }
                 }
+            };
+            match self.client.write_gzip(body).await {
+                Ok(()) => {
+                    counters.points.fetch_add(n as u64, Ordering::Relaxed);
+                    counters.batches.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(err) => {
+                    counters.failed.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(mut first) = counters.first_failure.lock() {
+                        first.get_or_insert_with(|| err.to_string());
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             }
-        }));
+        }
     }
-    for task in tasks {
-        // Each write has the client's 10 s timeout, so this ends.
-        let _ = task.await;
-    }
-    let elapsed = started.elapsed();
-    let after = cpu::snapshot(&watched, me);
-    let cores = super::cores();
-    let usage = cpu::usage(&before, &after, cores);
-    let points = points.load(Ordering::Relaxed);
-    let failed_batches = failed.load(Ordering::Relaxed);
-    let first_failure = first_failure.lock().ok().and_then(|f| f.clone());
-    if points == 0 {
-        bail!(
-            "no batch was accepted; first failure: {}",
-            first_failure.as_deref().unwrap_or("none")
-        );
-    }
-    drop(influxd);
-    Ok(CeilingResult {
-        points,
-        batches: batches.load(Ordering::Relaxed),
-        failed_batches,
-        first_failure,
-        elapsed,
-        series,
-        writers: options.writers,
-        batch_points: options.batch_points,
-        gzip_bytes_per_point,
-        built_inline: inline.load(Ordering::Relaxed),
-        influxd_cpu_share: usage.process("influxd").map(|s| usage.share(s)),
-        bench_cpu_share: usage.process("bench").map(|s| usage.share(s)),
-        others_cpu_share: usage.others_share(),
-    })
 }
 
 #[cfg(test)]
