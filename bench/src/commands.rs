@@ -12,6 +12,7 @@ use anyhow::{bail, Context};
 use serde_json::{json, Value};
 
 use super::e2e::percentile;
+use super::registry_api::RegistryApi;
 use warmhouse_stack::fleet::register_fleet;
 use warmhouse_stack::{Stack, StackOptions};
 
@@ -68,9 +69,15 @@ pub async fn run(dir: &Path, options: &CommandOptions) -> anyhow::Result<Command
     result
 }
 
+/// The command phase, step by step: register the fleet, start its load and
+/// wait for every thermostat, warm up, then send commands at the rate for
+/// the duration and stop the load.
 async fn drive(stack: &Stack, options: &CommandOptions) -> anyhow::Result<CommandResult> {
-    let registry = stack.registry_url().context("the stack has no registry")?;
-    let token = stack.admin_token()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .context("HTTP client")?;
+    let registry = RegistryApi::new(stack, http)?;
     let homes = options.homes.max(1).to_string();
     let interval = options.interval_ms.to_string();
     let sim_args = [
@@ -84,11 +91,7 @@ async fn drive(stack: &Stack, options: &CommandOptions) -> anyhow::Result<Comman
         "bcmd",
     ];
     let sim = stack.simulator(&sim_args);
-    let http = reqwest::Client::builder()
-        .pool_max_idle_per_host(64)
-        .build()
-        .context("HTTP client")?;
-    let devices = register_fleet(&http, &registry, &token, &sim).await?;
+    let devices = register_fleet(&registry.http, &registry.url, &registry.token, &sim).await?;
     let thermostats: Vec<String> = sim
         .device_specs()?
         .into_iter()
@@ -105,22 +108,36 @@ async fn drive(stack: &Stack, options: &CommandOptions) -> anyhow::Result<Comman
     }));
     // Every thermostat online before the clock starts.
     for device in &thermostats {
-        wait_online(&http, &registry, &token, device).await?;
+        wait_online(&registry, device).await?;
     }
+    let warm_up = warm_up(&registry, &thermostats).await?;
 
-    // Warm-up, not measured: one command to each thermostat, so every
-    // consumer group has joined and every connection is open.
+    let result = Arc::new(Mutex::new(CommandResult {
+        warm_up,
+        devices,
+        ..CommandResult::default()
+    }));
+    send_commands(&registry, &thermostats, options, &result).await;
+    let _ = stop_sim.send(());
+    let summary = simulator
+        .await
+        .context("simulator task")?
+        .context("simulator run")?;
+    let mut result = result.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    result.readings_per_sec = summary.readings_per_sec();
+    Ok(result)
+}
+
+/// Warm-up, not measured: one command to each thermostat, all at once, so
+/// every consumer group has joined and every connection is open. How long
+/// it took.
+async fn warm_up(registry: &RegistryApi, thermostats: &[String]) -> anyhow::Result<Duration> {
     let warm_up = Instant::now();
     let mut warmers = Vec::new();
-    for device in &thermostats {
-        let (http, registry, token, device) = (
-            http.clone(),
-            registry.clone(),
-            token.clone(),
-            device.clone(),
-        );
+    for device in thermostats {
+        let (registry, device) = (registry.clone(), device.clone());
         warmers.push(tokio::spawn(async move {
-            round_trip(&http, &registry, &token, &device, 20.0).await
+            round_trip(&registry, &device, 20.0).await
         }));
     }
     for warmer in warmers {
@@ -129,13 +146,18 @@ async fn drive(stack: &Stack, options: &CommandOptions) -> anyhow::Result<Comman
             .context("warm-up task")?
             .context("warm-up command")?;
     }
-    let warm_up = warm_up.elapsed();
+    Ok(warm_up.elapsed())
+}
 
-    let result = Arc::new(Mutex::new(CommandResult {
-        warm_up,
-        devices,
-        ..CommandResult::default()
-    }));
+/// Commands at `options.rate` a second for `options.duration`, to the
+/// thermostats in turn, each followed to its end in a task of its own;
+/// returns once every one has ended, each recorded in `result`.
+async fn send_commands(
+    registry: &RegistryApi,
+    thermostats: &[String],
+    options: &CommandOptions,
+    result: &Arc<Mutex<CommandResult>>,
+) {
     let period = Duration::from_secs_f64(1.0 / f64::from(options.rate.max(1)));
     let mut ticker = tokio::time::interval(period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -147,58 +169,54 @@ async fn drive(stack: &Stack, options: &CommandOptions) -> anyhow::Result<Comman
         let device = thermostats[(n as usize) % thermostats.len()].clone();
         let temperature = 18.0 + (n % 8) as f64 * 0.5;
         n += 1;
-        let (http, registry, token, result) = (
-            http.clone(),
-            registry.clone(),
-            token.clone(),
-            result.clone(),
-        );
+        let (registry, result) = (registry.clone(), result.clone());
         waiters.push(tokio::spawn(async move {
-            let outcome = round_trip(&http, &registry, &token, &device, temperature).await;
-            let mut result = result.lock().unwrap_or_else(|e| e.into_inner());
-            result.sent += 1;
-            match outcome {
-                Ok((ms, stages)) => {
-                    result.acked += 1;
-                    result.latencies_ms.push(ms);
-                    if let Some([sent, delivered, acked]) = stages {
-                        result.to_sent_ms.push(sent);
-                        result.to_delivered_ms.push(delivered);
-                        result.to_acked_ms.push(acked);
-                    }
-                }
-                Err(err) => {
-                    result.not_acked += 1;
-                    result.first_problem.get_or_insert(format!("{err:#}"));
-                }
-            }
+            let outcome = round_trip(&registry, &device, temperature).await;
+            result
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .record(outcome);
         }));
     }
     for waiter in waiters {
         let _ = waiter.await;
     }
-    let _ = stop_sim.send(());
-    let summary = simulator
-        .await
-        .context("simulator task")?
-        .context("simulator run")?;
-    let mut result = result.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    result.readings_per_sec = summary.readings_per_sec();
-    Ok(result)
+}
+
+impl CommandResult {
+    /// One command's outcome: its latency and stages, or why it was not
+    /// acked.
+    fn record(&mut self, outcome: anyhow::Result<(f64, Option<[f64; 3]>)>) {
+        self.sent += 1;
+        match outcome {
+            Ok((ms, stages)) => {
+                self.acked += 1;
+                self.latencies_ms.push(ms);
+                if let Some([sent, delivered, acked]) = stages {
+                    self.to_sent_ms.push(sent);
+                    self.to_delivered_ms.push(delivered);
+                    self.to_acked_ms.push(acked);
+                }
+            }
+            Err(err) => {
+                self.not_acked += 1;
+                self.first_problem.get_or_insert(format!("{err:#}"));
+            }
+        }
+    }
 }
 
 /// POST a command, then GET it every 2 ms until it is acked. Returns the
 /// latency and the registry's stage durations.
 async fn round_trip(
-    http: &reqwest::Client,
-    registry: &str,
-    token: &str,
+    registry: &RegistryApi,
     device: &str,
     temperature: f64,
 ) -> anyhow::Result<(f64, Option<[f64; 3]>)> {
+    let RegistryApi { http, url, token } = registry;
     let started = Instant::now();
     let response = http
-        .post(format!("{registry}/api/v1/devices/{device}/commands"))
+        .post(format!("{url}/api/v1/devices/{device}/commands"))
         .bearer_auth(token)
         .json(&json!({"name": "set_target_temperature", "params": {"temperature": temperature}, "ttl_seconds": 30}))
         .send()
@@ -211,10 +229,10 @@ async fn round_trip(
         .as_str()
         .context("no command_id")?
         .to_string();
-    let url = format!("{registry}/api/v1/devices/{device}/commands/{id}");
+    let command_url = format!("{url}/api/v1/devices/{device}/commands/{id}");
     loop {
         let status: Value = http
-            .get(&url)
+            .get(&command_url)
             .bearer_auth(token)
             .send()
             .await?
@@ -233,16 +251,12 @@ async fn round_trip(
     }
 }
 
-async fn wait_online(
-    http: &reqwest::Client,
-    registry: &str,
-    token: &str,
-    device: &str,
-) -> anyhow::Result<()> {
+async fn wait_online(registry: &RegistryApi, device: &str) -> anyhow::Result<()> {
+    let RegistryApi { http, url, token } = registry;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let state: Value = http
-            .get(format!("{registry}/api/v1/devices/{device}/state"))
+            .get(format!("{url}/api/v1/devices/{device}/state"))
             .bearer_auth(token)
             .send()
             .await?
