@@ -340,26 +340,7 @@ async fn drive(
         "/tenants/+/telemetry",
     )
     .await?;
-    let homes = options.devices.div_ceil(4).max(1);
-    let config = super::sim_config(
-        &[broker.port],
-        &[
-            "--homes",
-            &homes.to_string(),
-            "--devices-per-home",
-            &options.devices.min(4).to_string(),
-            "--interval-ms",
-            "0",
-            "--samples-per-message",
-            "1",
-            "--duration-secs",
-            &options.duration.as_secs().max(1).to_string(),
-            "--run-id",
-            run_id,
-            "--drain-timeout-secs",
-            "10",
-        ],
-    )?;
+    let config = flat_out_load(broker.port, options, run_id)?;
     let me = std::process::id();
     let mut watched = vec![("bench".to_string(), me)];
     if let Some(pid) = broker.process.pid() {
@@ -410,4 +391,34 @@ async fn drive(
         bench_cpu_share: usage.process("bench").map(|s| usage.share(s)),
         others_cpu_share: usage.others_share(),
     })
+}
+
+/// The simulator's configuration: `options.devices` on the broker at
+/// `port`, each publishing QoS 1 readings as fast as it can
+/// (`--interval-ms 0`), one sample a message.
+fn flat_out_load(
+    port: u16,
+    options: &BrokerOptions,
+    run_id: &str,
+) -> anyhow::Result<warmhouse_simulator::SimConfig> {
+    let homes = options.devices.div_ceil(4).max(1);
+    super::sim_config(
+        &[port],
+        &[
+            "--homes",
+            &homes.to_string(),
+            "--devices-per-home",
+            &options.devices.min(4).to_string(),
+            "--interval-ms",
+            "0",
+            "--samples-per-message",
+            "1",
+            "--duration-secs",
+            &options.duration.as_secs().max(1).to_string(),
+            "--run-id",
+            run_id,
+            "--drain-timeout-secs",
+            "10",
+        ],
+    )
 }
