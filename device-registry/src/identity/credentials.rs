@@ -252,57 +252,47 @@ pub async fn issue_credentials(
         .map_err(|err| Problem::invalid_parameter("id", err.to_string()))?;
     // Prepare the secret before touching the database: hashing and key
     // generation are CPU work that should not hold a row lock.
-    let prepared = match kind {
-        CredentialKind::Password => {
-            let secret = password::generate();
-            let hash = identity.hash_password(secret.clone()).await?;
-            Prepared::Password { secret, hash }
-        }
-        CredentialKind::Certificate => {
-            let ca = identity.ca.as_ref().ok_or_else(|| {
-                Problem::new(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "no-certificate-authority",
-                    "No certificate authority",
-                    "this registry has no platform CA (WARMHOUSE_REGISTRY_CA_CERT and \
-                     WARMHOUSE_REGISTRY_CA_KEY); issue a password instead",
-                )
-            })?;
-            let issued = ca
-                .issue_device_certificate(&device, identity.cert_validity)
-                .map_err(|err| internal("issuing a device certificate", err))?;
-            let not_after = DateTime::<Utc>::from_timestamp(issued.not_after.unix_timestamp(), 0)
-                .ok_or_else(|| internal("certificate end date", "out of range"))?;
-            Prepared::Certificate {
-                ca_pem: ca.cert_pem().to_string(),
-                issued,
-                not_after,
-            }
-        }
-    };
+    let prepared = Prepared::new(identity, &device, kind).await?;
+    let home_id = lock_enabled_device(&mut *conn, device_id).await?;
+    retire_current(&mut *conn, topics, &device, &home_id, kind).await?;
+    prepared.store(&mut *conn, device_id, kind).await?;
+    tracing::info!(device_id, kind = kind.as_str(), "device credentials issued");
+    Ok(prepared.into_issued(device_id))
+}
 
+/// Locks the device's row until the caller's transaction ends and returns
+/// its home id; 404 for an unknown device, 409 for a disabled one.
+async fn lock_enabled_device(conn: &mut PgConnection, device_id: &str) -> Result<String, Problem> {
     let (status, home_id) = Devices::lock_status(&mut *conn, device_id)
         .await?
         .ok_or_else(|| Problem::not_found(format!("no device {device_id:?}")))?;
     match DeviceStatus::parse(&status) {
-        None => {
-            return Err(internal(
-                "device status",
-                format!("unknown status {status:?}"),
-            ))
-        }
-        Some(DeviceStatus::Disabled) => {
-            return Err(Problem::conflict(format!(
-                "device {device_id:?} is disabled; enable it before issuing credentials"
-            )))
-        }
-        Some(_) => {}
+        None => Err(internal(
+            "device status",
+            format!("unknown status {status:?}"),
+        )),
+        Some(DeviceStatus::Disabled) => Err(Problem::conflict(format!(
+            "device {device_id:?} is disabled; enable it before issuing credentials"
+        ))),
+        Some(_) => Ok(home_id),
     }
-    let replaced = Credentials::revoke_kind(&mut *conn, device_id, kind.as_str())
+}
+
+/// Revokes the device's current credential of `kind`, if any, and then
+/// announces `device.credentials_rotated` so the brokers drop the
+/// connections made with it.
+async fn retire_current(
+    conn: &mut PgConnection,
+    topics: &Topics,
+    device: &DeviceId,
+    home_id: &str,
+    kind: CredentialKind,
+) -> Result<(), Problem> {
+    let replaced = Credentials::revoke_kind(&mut *conn, device.as_str(), kind.as_str())
         .await
         .or_problem("credential")?;
     if replaced > 0 {
-        let home_id = HomeId::new(&home_id).map_err(|err| internal("stored home id", err))?;
+        let home_id = HomeId::new(home_id).map_err(|err| internal("stored home id", err))?;
         let event = DomainEventKind::CredentialsRotated {
             device_id: device.clone(),
             home_id,
@@ -312,45 +302,11 @@ pub async fn issue_credentials(
             .await
             .or_problem("credential")?;
     }
-    let (sha256, hash, not_after) = match &prepared {
-        Prepared::Password { hash, .. } => (None, Some(hash.as_str()), None),
-        Prepared::Certificate {
-            issued, not_after, ..
-        } => (Some(issued.sha256.as_str()), None, Some(*not_after)),
-    };
-    Credentials::insert(
-        &mut *conn,
-        device_id,
-        kind.as_str(),
-        sha256,
-        hash,
-        not_after,
-    )
-    .await
-    .or_problem("credential")?;
-    tracing::info!(device_id, kind = kind.as_str(), "device credentials issued");
-
-    Ok(match prepared {
-        Prepared::Password { secret, .. } => IssuedCredentials::Password {
-            device_id: device_id.to_string(),
-            username: device_id.to_string(),
-            password: secret,
-        },
-        Prepared::Certificate {
-            ca_pem,
-            issued,
-            not_after,
-        } => IssuedCredentials::Certificate {
-            device_id: device_id.to_string(),
-            certificate_pem: issued.cert_pem,
-            private_key_pem: issued.key_pem,
-            ca_pem,
-            certificate_sha256: issued.sha256,
-            not_after,
-        },
-    })
+    Ok(())
 }
 
+/// A credential made ready outside the database: the secret with its
+/// hash, or the certificate with its key.
 enum Prepared {
     Password {
         secret: String,
@@ -361,6 +317,89 @@ enum Prepared {
         issued: warmhouse_device_identity::IssuedCertificate,
         not_after: DateTime<Utc>,
     },
+}
+
+impl Prepared {
+    /// A new password (hashed) or certificate (signed by the platform CA;
+    /// 503 without one) for `device`.
+    async fn new(
+        identity: &Identity,
+        device: &DeviceId,
+        kind: CredentialKind,
+    ) -> Result<Self, Problem> {
+        Ok(match kind {
+            CredentialKind::Password => {
+                let secret = password::generate();
+                let hash = identity.hash_password(secret.clone()).await?;
+                Prepared::Password { secret, hash }
+            }
+            CredentialKind::Certificate => {
+                let ca = identity.ca.as_ref().ok_or_else(|| {
+                    Problem::new(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no-certificate-authority",
+                        "No certificate authority",
+                        "this registry has no platform CA (WARMHOUSE_REGISTRY_CA_CERT and \
+                         WARMHOUSE_REGISTRY_CA_KEY); issue a password instead",
+                    )
+                })?;
+                let issued = ca
+                    .issue_device_certificate(device, identity.cert_validity)
+                    .map_err(|err| internal("issuing a device certificate", err))?;
+                let not_after =
+                    DateTime::<Utc>::from_timestamp(issued.not_after.unix_timestamp(), 0)
+                        .ok_or_else(|| internal("certificate end date", "out of range"))?;
+                Prepared::Certificate {
+                    ca_pem: ca.cert_pem().to_string(),
+                    issued,
+                    not_after,
+                }
+            }
+        })
+    }
+
+    /// Stores it as the device's current credential of `kind`: only the
+    /// password's hash, only the certificate's fingerprint and end date.
+    async fn store(
+        &self,
+        conn: &mut PgConnection,
+        device_id: &str,
+        kind: CredentialKind,
+    ) -> Result<(), Problem> {
+        let (sha256, hash, not_after) = match self {
+            Prepared::Password { hash, .. } => (None, Some(hash.as_str()), None),
+            Prepared::Certificate {
+                issued, not_after, ..
+            } => (Some(issued.sha256.as_str()), None, Some(*not_after)),
+        };
+        Credentials::insert(conn, device_id, kind.as_str(), sha256, hash, not_after)
+            .await
+            .or_problem("credential")?;
+        Ok(())
+    }
+
+    /// What the caller hands to the device, secrets included.
+    fn into_issued(self, device_id: &str) -> IssuedCredentials {
+        match self {
+            Prepared::Password { secret, .. } => IssuedCredentials::Password {
+                device_id: device_id.to_string(),
+                username: device_id.to_string(),
+                password: secret,
+            },
+            Prepared::Certificate {
+                ca_pem,
+                issued,
+                not_after,
+            } => IssuedCredentials::Certificate {
+                device_id: device_id.to_string(),
+                certificate_pem: issued.cert_pem,
+                private_key_pem: issued.key_pem,
+                ca_pem,
+                certificate_sha256: issued.sha256,
+                not_after,
+            },
+        }
+    }
 }
 
 /// Revokes every current credential of `device_id` (the onboarding saga's
