@@ -34,34 +34,12 @@ pub struct Onboarding {
 /// Runs a whole onboarding. On failure, the answer names the saga.
 pub async fn run(saga: &Onboarding, request: &OnboardingRequest) -> Result<Onboarded, Problem> {
     let pool = &saga.db.pool;
-    // Fail fast, before any log: a clash is the caller's mistake, not a saga.
-    if Devices::exists(pool, &request.device.id).await? {
-        return Err(Problem::conflict(format!(
-            "a device with id {:?} exists",
-            request.device.id
-        )));
-    }
-    let saga_id = uuid::Uuid::new_v4().to_string();
-    let mut lock = pool.acquire().await.or_problem("saga")?;
-    Sagas::lock(&mut lock, &saga_id).await.or_problem("saga")?;
-    Sagas::insert(pool, &saga_id, request)
-        .await
-        .or_problem("saga")?;
-
+    let (saga_id, lock) = open_saga(pool, request).await?;
     let mut credentials = None;
     let mut device = None;
     for step in Step::ALL {
         log(pool, &saga_id, step, "started", None).await?;
-        let outcome = match saga.fault {
-            Fault::FailAt(failing) if failing == step => Err(Problem::new(
-                StatusCode::BAD_GATEWAY,
-                "onboarding-failed",
-                "Onboarding failed",
-                format!("injected failure at step {}", step.as_str()),
-            )),
-            _ => perform(saga, &saga_id, request, step).await,
-        };
-        match outcome {
+        match attempt(saga, &saga_id, request, step).await {
             Ok(StepOutput::Device(d)) => device = Some(d),
             Ok(StepOutput::Credentials(c)) => credentials = Some(c),
             Ok(StepOutput::Nothing) => {}
@@ -69,28 +47,7 @@ pub async fn run(saga: &Onboarding, request: &OnboardingRequest) -> Result<Onboa
                 log(pool, &saga_id, step, "failed", Some(&problem.detail)).await?;
                 let compensated = compensate(saga, &saga_id, &request.device, step).await;
                 release(lock, &saga_id).await;
-                let detail = format!(
-                    "onboarding saga {saga_id} failed at {}: {}; {}",
-                    step.as_str(),
-                    problem.detail,
-                    if compensated {
-                        "every earlier step was undone"
-                    } else {
-                        "undoing it failed too; an operator must look at the saga log"
-                    }
-                );
-                // A step's own 4xx (no such home, ...) stays a 4xx.
-                let status = if problem.status_code().is_client_error() {
-                    problem.status_code()
-                } else {
-                    StatusCode::BAD_GATEWAY
-                };
-                return Err(Problem::new(
-                    status,
-                    "onboarding-failed",
-                    "Onboarding failed",
-                    detail,
-                ));
+                return Err(failed_at(&saga_id, step, &problem, compensated));
             }
         }
         log(pool, &saga_id, step, "done", None).await?;
@@ -110,6 +67,78 @@ pub async fn run(saga: &Onboarding, request: &OnboardingRequest) -> Result<Onboa
     }
     set_state(pool, &saga_id, "completed", None).await?;
     release(lock, &saga_id).await;
+    onboarded(pool, &saga_id, device, credentials).await
+}
+
+/// Starts the saga's log and takes its lock (held on the returned
+/// connection while the saga runs, so recovery leaves it alone).
+async fn open_saga(
+    pool: &PgPool,
+    request: &OnboardingRequest,
+) -> Result<(String, PoolConnection<Postgres>), Problem> {
+    // Fail fast, before any log: a clash is the caller's mistake, not a saga.
+    if Devices::exists(pool, &request.device.id).await? {
+        return Err(Problem::conflict(format!(
+            "a device with id {:?} exists",
+            request.device.id
+        )));
+    }
+    let saga_id = uuid::Uuid::new_v4().to_string();
+    let mut lock = pool.acquire().await.or_problem("saga")?;
+    Sagas::lock(&mut lock, &saga_id).await.or_problem("saga")?;
+    Sagas::insert(pool, &saga_id, request)
+        .await
+        .or_problem("saga")?;
+    Ok((saga_id, lock))
+}
+
+/// Performs `step`, unless the configured fault makes it fail.
+async fn attempt(
+    saga: &Onboarding,
+    saga_id: &str,
+    request: &OnboardingRequest,
+    step: Step,
+) -> Result<StepOutput, Problem> {
+    match saga.fault {
+        Fault::FailAt(failing) if failing == step => Err(Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "onboarding-failed",
+            "Onboarding failed",
+            format!("injected failure at step {}", step.as_str()),
+        )),
+        _ => perform(saga, saga_id, request, step).await,
+    }
+}
+
+/// The answer to a saga that failed at `step`: which saga, why, and whether
+/// it was undone.
+fn failed_at(saga_id: &str, step: Step, problem: &Problem, compensated: bool) -> Problem {
+    let detail = format!(
+        "onboarding saga {saga_id} failed at {}: {}; {}",
+        step.as_str(),
+        problem.detail,
+        if compensated {
+            "every earlier step was undone"
+        } else {
+            "undoing it failed too; an operator must look at the saga log"
+        }
+    );
+    // A step's own 4xx (no such home, ...) stays a 4xx.
+    let status = if problem.status_code().is_client_error() {
+        problem.status_code()
+    } else {
+        StatusCode::BAD_GATEWAY
+    };
+    Problem::new(status, "onboarding-failed", "Onboarding failed", detail)
+}
+
+/// The answer to a completed saga: its log, the device, its credentials.
+async fn onboarded(
+    pool: &PgPool,
+    saga_id: &str,
+    device: Option<Device>,
+    credentials: Option<IssuedCredentials>,
+) -> Result<Onboarded, Problem> {
     let (Some(device), Some(credentials)) = (device, credentials) else {
         tracing::error!(saga_id, "saga completed without a device or credentials");
         return Err(Problem::internal());
@@ -122,7 +151,7 @@ pub async fn run(saga: &Onboarding, request: &OnboardingRequest) -> Result<Onboa
         .flatten()
         .unwrap_or(device);
     Ok(Onboarded {
-        saga: load(pool, &saga_id).await?,
+        saga: load(pool, saga_id).await?,
         device,
         credentials,
     })
