@@ -63,30 +63,52 @@ fn acked_rounds(results: &Results, kind: BrokerKind) -> String {
 
 /// The table of the best round of each broker, side by side.
 fn render_comparison(md: &mut String, ours: Option<&BrokerRun>, theirs: Option<&BrokerRun>) {
-    // One measure of both brokers, "failed" for one without a round.
-    let cells = |f: &dyn Fn(&BrokerRun) -> String| {
-        let cell = |r: Option<&BrokerRun>| r.map_or_else(|| "failed".to_string(), f);
-        (cell(ours), cell(theirs))
-    };
-    let both = |f: &dyn Fn(&BrokerRun) -> f64| match (ours, theirs) {
-        (Some(o), Some(t)) => ratio(f(o), f(t)),
-        _ => "n/a".to_string(),
-    };
+    let pair = Pair { ours, theirs };
     let _ = writeln!(
         md,
         "| measure | ours | Mosquitto | ours / Mosquitto |\n|---|---|---|---|"
     );
-    let (o, t) = cells(&|r| thousands(r.acked_per_sec()));
+    render_throughput_rows(md, pair);
+    render_cost_rows(md, pair);
+}
+
+/// The best round of each broker (`None`: it has none).
+#[derive(Clone, Copy)]
+struct Pair<'a> {
+    ours: Option<&'a BrokerRun>,
+    theirs: Option<&'a BrokerRun>,
+}
+
+impl Pair<'_> {
+    /// One measure of both brokers, "failed" for one without a round.
+    fn cells(&self, f: &dyn Fn(&BrokerRun) -> String) -> (String, String) {
+        let cell = |r: Option<&BrokerRun>| r.map_or_else(|| "failed".to_string(), f);
+        (cell(self.ours), cell(self.theirs))
+    }
+
+    /// Ours over Mosquitto's, "n/a" unless both have a round.
+    fn both(&self, f: &dyn Fn(&BrokerRun) -> f64) -> String {
+        match (self.ours, self.theirs) {
+            (Some(o), Some(t)) => ratio(f(o), f(t)),
+            _ => "n/a".to_string(),
+        }
+    }
+}
+
+/// Messages acknowledged, received by the subscriber, and the share of
+/// them delivered.
+fn render_throughput_rows(md: &mut String, pair: Pair<'_>) {
+    let (o, t) = pair.cells(&|r| thousands(r.acked_per_sec()));
     let _ = writeln!(
         md,
         "| **published and acked, msg/s** | {o} | {t} | **{}** |",
-        both(&|r| r.acked_per_sec())
+        pair.both(&|r| r.acked_per_sec())
     );
-    let (o, t) = cells(&|r| thousands(r.received_per_sec()));
+    let (o, t) = pair.cells(&|r| thousands(r.received_per_sec()));
     let _ = writeln!(
         md,
         "| received by the subscriber, msg/s | {o} | {t} | {} |",
-        both(&|r| r.received_per_sec())
+        pair.both(&|r| r.received_per_sec())
     );
     let delivered = |r: &BrokerRun| {
         if r.messages_acked > 0 {
@@ -95,7 +117,7 @@ fn render_comparison(md: &mut String, ours: Option<&BrokerRun>, theirs: Option<&
             0.0
         }
     };
-    let (o, t) = cells(&|r| {
+    let (o, t) = pair.cells(&|r| {
         format!(
             "{} ({} of {})",
             pct(delivered(r)),
@@ -107,13 +129,18 @@ fn render_comparison(md: &mut String, ours: Option<&BrokerRun>, theirs: Option<&
         md,
         "| delivered to the subscriber (of acked) | {o} | {t} | |"
     );
-    let (o, t) = cells(&|r| opt_pct(r.broker_cpu_share));
+}
+
+/// What the throughput cost (CPU of the broker, the bench and the rest) and
+/// what went wrong meanwhile.
+fn render_cost_rows(md: &mut String, pair: Pair<'_>) {
+    let (o, t) = pair.cells(&|r| opt_pct(r.broker_cpu_share));
     let _ = writeln!(
         md,
         "| broker CPU (share of {} cores) | {o} | {t} | |",
         crate::cores()
     );
-    let (o, t) = cells(&|r| {
+    let (o, t) = pair.cells(&|r| {
         format!(
             "{} / {}",
             opt_pct(r.bench_cpu_share),
@@ -124,16 +151,16 @@ fn render_comparison(md: &mut String, ours: Option<&BrokerRun>, theirs: Option<&
         md,
         "| bench process (simulator, subscriber) / other processes | {o} | {t} | |"
     );
-    let (o, t) = cells(&|r| {
+    let (o, t) = pair.cells(&|r| {
         r.cpu_ms_per_k()
             .map_or("n/a".into(), |v| format!("{v:.1} ms"))
     });
     let _ = writeln!(
         md,
         "| broker CPU per 1,000 acked messages | {o} | {t} | {} |",
-        both(&|r| r.cpu_ms_per_k().unwrap_or(0.0))
+        pair.both(&|r| r.cpu_ms_per_k().unwrap_or(0.0))
     );
-    let (o, t) = cells(&|r| {
+    let (o, t) = pair.cells(&|r| {
         format!(
             "{} / {} / {}",
             r.messages_unacked, r.reconnects, r.subscriber_errors

@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::e2e;
-use crate::fleet::{FleetOptions, FleetResults, FleetRun, ReplicaRun};
+use crate::fleet::{FleetOptions, FleetResults, FleetRun, ReplicaRun, RestartRun};
 use crate::one_line;
 
 pub(super) const HEADING: &str = "## 7. The fleet";
@@ -133,6 +133,17 @@ fn render_fleet_run(md: &mut String, o: &FleetOptions, f: &FleetRun) {
             .map_or("not all".into(), |d| format!("{:.1} s", d.as_secs_f64())),
         o.connect_spread.as_secs()
     );
+    render_delivery_rows(md, f);
+    render_cost_rows(md, f);
+    if let Some(r) = &f.restart {
+        render_restart_rows(md, r);
+    }
+    let _ = writeln!(md, "| reconnects (all simulators) | {} |\n", f.reconnects);
+}
+
+/// What became of the fleet's readings: acknowledged, stored exactly once,
+/// drained.
+fn render_delivery_rows(md: &mut String, f: &FleetRun) {
     let _ = writeln!(
         md,
         "| messages acked / unacked | {} / {} ({:.0} messages/s over {:.0} s) |",
@@ -167,6 +178,10 @@ fn render_fleet_run(md: &mut String, o: &FleetOptions, f: &FleetRun) {
                 d.as_secs_f64()
             ))
     );
+}
+
+/// The probe's latency and what the load cost: broker memory, CPU.
+fn render_cost_rows(md: &mut String, f: &FleetRun) {
     let lat = f.latency.after(0.0);
     let p = |q: f64| e2e::percentile(&lat, q).map_or("-".into(), |v| format!("{v:.0} ms"));
     let _ = writeln!(
@@ -196,22 +211,23 @@ fn render_fleet_run(md: &mut String, o: &FleetOptions, f: &FleetRun) {
         "| CPU over the load (% of one core) | {} |",
         cpu.join(", ")
     );
-    if let Some(r) = &f.restart {
-        let _ = writeln!(
-            md,
-            "| replica killed: its devices back on the others | {} devices in {} |",
-            r.devices,
-            r.back_after.map_or("more than 120 s".into(), |d| format!(
-                "{:.1} s ({:.0} connects/s)",
-                d.as_secs_f64(),
-                crate::per_sec(r.devices, d)
-            ))
-        );
-        let _ = writeln!(
-            md,
-            "| registry password checks meanwhile | {} remembered (SHA-256), {} verified (Argon2id) |",
-            r.remembered, r.verified
-        );
-    }
-    let _ = writeln!(md, "| reconnects (all simulators) | {} |\n", f.reconnects);
+}
+
+/// The replica killed a third into the load.
+fn render_restart_rows(md: &mut String, r: &RestartRun) {
+    let _ = writeln!(
+        md,
+        "| replica killed: its devices back on the others | {} devices in {} |",
+        r.devices,
+        r.back_after.map_or("more than 120 s".into(), |d| format!(
+            "{:.1} s ({:.0} connects/s)",
+            d.as_secs_f64(),
+            crate::per_sec(r.devices, d)
+        ))
+    );
+    let _ = writeln!(
+        md,
+        "| registry password checks meanwhile | {} remembered (SHA-256), {} verified (Argon2id) |",
+        r.remembered, r.verified
+    );
 }
