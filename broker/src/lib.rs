@@ -40,7 +40,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, Context};
 use prometheus::Registry;
-use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use warmhouse_service_kit::{admin_router, FailureReporter, Lifecycle, Readiness, Running};
 
@@ -51,7 +50,7 @@ pub use probe::{Listener, ProbeAuth, ProbeFailures, Prober, Protocol, TlsProbe, 
 
 use access::DeviceAccess;
 use last_good::LastGoodAnswers;
-use metrics::BrokerMetrics;
+use metrics::{BrokerMetrics, BrokerWork};
 use revocation::Revocations;
 
 /// What a running broker exposes.
@@ -142,27 +141,21 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     .await?;
     spawn_rumqttd(broker, lifecycle.failure_reporter())?;
 
-    let probers = probers(&config, &listeners, &probe_password)?;
-    let probers = wait_until_serving(probers, &config, &mut lifecycle)
+    let work = BrokerWork::new(&metrics, device_ingress.metrics().acked.clone());
+    let self_probe = SelfProbe {
+        probers: probers(&config, &listeners, &probe_password)?,
+        interval: Duration::from_secs(config.probe_interval_secs),
+        timeout: Duration::from_secs(config.probe_timeout_secs),
+        failure_limit: config.probe_failure_limit,
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+        work,
+        failures: lifecycle.failure_reporter(),
+    };
+    let self_probe = wait_until_serving(self_probe, &config, &mut lifecycle)
         .await
         .context("rumqttd did not start serving")?;
-    for prober in &probers {
-        readiness.set(prober.listener().name(), true);
-        metrics
-            .probe_up
-            .with_label_values(&[prober.listener().name()])
-            .set(1);
-    }
-    lifecycle.spawn(probe_loop(
-        probers,
-        Duration::from_secs(config.probe_interval_secs),
-        Duration::from_secs(config.probe_timeout_secs),
-        config.probe_failure_limit,
-        readiness.clone(),
-        metrics,
-        lifecycle.failure_reporter(),
-        lifecycle.stop_signal(),
-    ));
+    lifecycle.spawn(self_probe.run());
 
     let listener_addr = |wanted: Listener| {
         listeners
@@ -331,23 +324,23 @@ fn spawn_rumqttd(mut broker: rumqttd::Broker, failures: FailureReporter) -> anyh
 }
 
 /// Probes every listener until each has answered once, rumqttd reports a
-/// failure, or the startup timeout passes. Returns the probers for the
-/// periodic self-probe.
+/// failure, or the startup timeout passes; then marks them ready. Returns
+/// the self-probe, to go on probing them.
 async fn wait_until_serving(
-    mut probers: Vec<Prober>,
+    mut self_probe: SelfProbe,
     config: &BrokerConfig,
     lifecycle: &mut Lifecycle,
-) -> anyhow::Result<Vec<Prober>> {
+) -> anyhow::Result<SelfProbe> {
     let probe_timeout = Duration::from_secs(config.probe_timeout_secs);
     let deadline = Duration::from_secs(config.startup_timeout_secs);
     let started = Instant::now();
-    let mut serving = vec![false; probers.len()];
+    let mut serving = vec![false; self_probe.probers.len()];
     loop {
         if let Some(err) = lifecycle.reported_failure() {
             return Err(err);
         }
         let mut last_error = None;
-        for (prober, serving) in probers.iter_mut().zip(serving.iter_mut()) {
+        for (prober, serving) in self_probe.probers.iter_mut().zip(serving.iter_mut()) {
             if !*serving {
                 match prober.probe(probe_timeout).await {
                     Ok(()) => *serving = true,
@@ -356,13 +349,17 @@ async fn wait_until_serving(
             }
         }
         match last_error {
-            None => return Ok(probers),
+            None => break,
             Some(err) if started.elapsed() >= deadline => {
                 return Err(err.context(format!("listeners not serving after {deadline:?}")))
             }
             Some(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
+    for prober in &self_probe.probers {
+        self_probe.set_up(prober.listener(), true);
+    }
+    Ok(self_probe)
 }
 
 /// 32 random bytes, hex.
@@ -539,57 +536,72 @@ fn probers(
     Ok(probers)
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn probe_loop(
-    mut probers: Vec<Prober>,
+/// The periodic self-probe of every listener: readiness follows each
+/// probe; a listener that fails `failure_limit` probes in a row that count
+/// (see [`ProbeFailures`]) is reported as the broker's failure.
+struct SelfProbe {
+    probers: Vec<Prober>,
     interval: Duration,
     timeout: Duration,
     failure_limit: u32,
     readiness: Readiness,
     metrics: BrokerMetrics,
-    failure_reporter: FailureReporter,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut failures: Vec<ProbeFailures> = probers
-        .iter()
-        .map(|p| ProbeFailures::new(metrics.decided_connects(p.listener().name())))
-        .collect();
-    // start() has just probed: the first periodic probe is one interval away.
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = shutdown.wait_for(|stop| *stop) => return,
-        }
-        for (i, prober) in probers.iter_mut().enumerate() {
-            let name = prober.listener().name();
-            match prober.probe(timeout).await {
-                Ok(()) => {
-                    failures[i].succeeded(metrics.decided_connects(name));
-                    readiness.set(name, true);
-                    metrics.probe_up.with_label_values(&[name]).set(1);
-                }
-                Err(err) => {
-                    let busy = failures[i].failed(metrics.decided_connects(name));
-                    let in_a_row = failures[i].in_a_row();
-                    readiness.set(name, false);
-                    metrics.probe_up.with_label_values(&[name]).set(0);
-                    metrics.probe_failures.with_label_values(&[name]).inc();
-                    tracing::warn!(
-                        listener = name,
-                        failures = in_a_row,
-                        busy,
-                        error = format!("{err:#}"),
-                        "self-probe failed"
-                    );
-                    if failure_limit > 0 && !busy && in_a_row == failure_limit {
-                        failure_reporter.report(err.context(format!(
-                            "{name} listener failed {failure_limit} probes in a row"
-                        )));
+    work: BrokerWork,
+    failures: FailureReporter,
+}
+
+impl SelfProbe {
+    fn set_up(&self, listener: Listener, up: bool) {
+        self.readiness.set(listener.name(), up);
+        self.metrics
+            .probe_up
+            .with_label_values(&[listener.name()])
+            .set(i64::from(up));
+    }
+
+    async fn run(mut self) {
+        let mut failures: Vec<ProbeFailures> = self
+            .probers
+            .iter()
+            .map(|_| ProbeFailures::new(self.work.done()))
+            .collect();
+        // start() has just probed: the first periodic probe is one interval away.
+        let mut ticker =
+            tokio::time::interval_at(tokio::time::Instant::now() + self.interval, self.interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            for (i, failures) in failures.iter_mut().enumerate() {
+                let listener = self.probers[i].listener();
+                match self.probers[i].probe(self.timeout).await {
+                    Ok(()) => {
+                        failures.succeeded(self.work.done());
+                        self.set_up(listener, true);
                     }
+                    Err(err) => self.failed(listener, failures, err),
                 }
             }
+        }
+    }
+
+    fn failed(&self, listener: Listener, failures: &mut ProbeFailures, err: anyhow::Error) {
+        let name = listener.name();
+        let busy = failures.failed(self.work.done(), &err);
+        let in_a_row = failures.in_a_row();
+        self.set_up(listener, false);
+        self.metrics.probe_failures.with_label_values(&[name]).inc();
+        tracing::warn!(
+            listener = name,
+            failures = in_a_row,
+            busy,
+            error = format!("{err:#}"),
+            "self-probe failed"
+        );
+        if self.failure_limit > 0 && !busy && in_a_row == self.failure_limit {
+            self.failures.report(err.context(format!(
+                "{name} listener failed {} probes in a row",
+                self.failure_limit
+            )));
         }
     }
 }

@@ -84,28 +84,43 @@ impl BrokerMetrics {
             );
         }
     }
+}
 
-    /// Device connects `listener` has decided so far, whatever the outcome
-    /// (the self-probe's own excepted): it moves while the listener works.
-    pub fn decided_connects(&self, listener: &str) -> u64 {
+/// The work a broker has done so far, across all its listeners: device
+/// connects decided (whatever the outcome; the self-probe's excepted) and
+/// PUBACKs released to devices. It moves while the broker serves anyone,
+/// which tells a starved broker from a wedged one (see
+/// [`crate::ProbeFailures`]).
+#[derive(Clone)]
+pub struct BrokerWork {
+    device_auth: IntCounterVec,
+    pubacks_released: IntCounter,
+}
+
+impl BrokerWork {
+    pub fn new(metrics: &BrokerMetrics, pubacks_released: IntCounter) -> Self {
+        Self {
+            device_auth: metrics.device_auth.clone(),
+            pubacks_released,
+        }
+    }
+
+    pub fn done(&self) -> u64 {
         use prometheus::core::Collector;
-        self.device_auth
+        let connects_decided: u64 = self
+            .device_auth
             .collect()
             .iter()
             .flat_map(|family| family.get_metric())
             .filter(|metric| {
-                let label = |name: &str| {
-                    metric
-                        .get_label()
-                        .iter()
-                        .find(|pair| pair.name() == name)
-                        .map(|pair| pair.value().to_string())
-                };
-                label("listener").as_deref() == Some(listener)
-                    && label("outcome").as_deref() != Some("probe")
+                !metric
+                    .get_label()
+                    .iter()
+                    .any(|pair| pair.name() == "outcome" && pair.value() == "probe")
             })
             .map(|metric| metric.get_counter().value() as u64)
-            .sum()
+            .sum();
+        connects_decided + self.pubacks_released.get()
     }
 }
 
@@ -149,6 +164,30 @@ mod tests {
         assert_eq!(filter_label("/tenants/+/telemetry"), "/tenants/+/telemetry");
         assert_eq!(filter_label("#"), "#");
         assert_eq!(filter_label("/tenants/dev-1/status"), EXACT_FILTERS);
+    }
+
+    #[test]
+    fn work_on_any_listener_counts_for_the_whole_broker() {
+        let metrics = BrokerMetrics::register(&Registry::new()).unwrap();
+        let pubacks_released = IntCounter::new("released", "released").unwrap();
+        let work = BrokerWork::new(&metrics, pubacks_released.clone());
+        assert_eq!(work.done(), 0);
+        metrics
+            .device_auth
+            .with_label_values(&["mqtt_v4", "allowed"])
+            .inc_by(3);
+        metrics
+            .device_auth
+            .with_label_values(&["mqtt_v4", "refused"])
+            .inc();
+        assert_eq!(work.done(), 4, "connects decided on any listener");
+        metrics
+            .device_auth
+            .with_label_values(&["mqtt_v5", "probe"])
+            .inc_by(10);
+        assert_eq!(work.done(), 4, "the self-probe's own connects are no work");
+        pubacks_released.inc_by(5);
+        assert_eq!(work.done(), 9, "PUBACKs released");
     }
 
     #[test]

@@ -117,36 +117,42 @@ impl ProbeAuth {
 
 /// The failed probes of one listener that count towards giving up on it.
 ///
-/// A listener that went on deciding device connects since the previous
-/// probe is busy (a fleet connecting at once, the machine short of CPU), not
-/// wedged: its failed probe does not count. Giving up on it would end the
-/// process and drop every device it holds onto the other replicas, which
-/// are as busy. It is still reported unready while its probes fail.
+/// A failed probe while the broker went on doing work since the previous
+/// probe (see [`crate::metrics::BrokerWork`]) means the broker is busy (a
+/// fleet connecting at once, the machine short of CPU), not wedged: it does
+/// not count. Busy is judged for the whole broker, not per listener: every
+/// listener hands its clients to the one router, so a listener no device
+/// uses (the MQTT 5 one of a fleet on 3.1.1) starves with the others, and
+/// giving up on it would end the process and drop every device it holds
+/// onto the other replicas, which are as busy. A listener that refuses TCP
+/// connections is gone, not busy: that always counts. A listener whose
+/// probes fail is reported unready either way.
 #[derive(Debug, Default)]
 pub struct ProbeFailures {
     in_a_row: u32,
-    /// Connects the listener had decided at the previous probe.
-    decided: u64,
+    /// The broker's work done at the previous probe.
+    work_done: u64,
 }
 
 impl ProbeFailures {
-    pub fn new(decided: u64) -> Self {
+    pub fn new(work_done: u64) -> Self {
         Self {
             in_a_row: 0,
-            decided,
+            work_done,
         }
     }
 
-    pub fn succeeded(&mut self, decided: u64) {
+    pub fn succeeded(&mut self, work_done: u64) {
         self.in_a_row = 0;
-        self.decided = decided;
+        self.work_done = work_done;
     }
 
-    /// Records a failed probe; `decided` is the listener's count of decided
-    /// connects now. Returns whether the listener was busy (not counted).
-    pub fn failed(&mut self, decided: u64) -> bool {
-        let busy = decided > self.decided;
-        self.decided = decided;
+    /// Records the failed probe `err`; `work_done` is the broker's work
+    /// done now. Returns whether the broker was busy (the failure did not
+    /// count).
+    pub fn failed(&mut self, work_done: u64, err: &anyhow::Error) -> bool {
+        let busy = work_done > self.work_done && !connection_refused(err);
+        self.work_done = work_done;
         if !busy {
             self.in_a_row += 1;
         }
@@ -157,6 +163,15 @@ impl ProbeFailures {
     pub fn in_a_row(&self) -> u32 {
         self.in_a_row
     }
+}
+
+/// Whether the probe found nothing listening (its TCP connect refused).
+fn connection_refused(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::ConnectionRefused)
+    })
 }
 
 /// Probes one listener, keeping its client id across successful probes.
@@ -372,25 +387,47 @@ async fn probe_v5(target: Target, nonce: &str) -> anyhow::Result<()> {
 mod tests {
     use super::*;
 
+    fn timed_out() -> anyhow::Error {
+        anyhow::anyhow!("mqtt_v5 probe of 127.0.0.1:1884 timed out after 5s")
+    }
+
     #[test]
-    fn a_busy_listener_failing_its_probes_is_not_given_up() {
+    fn a_busy_broker_failing_its_probes_is_not_given_up() {
         let mut failures = ProbeFailures::new(10);
-        // Connects decided between probes: busy, not counted.
-        assert!(failures.failed(500));
-        assert!(failures.failed(900));
+        // Work done between probes: busy, not counted.
+        assert!(failures.failed(500, &timed_out()));
+        assert!(failures.failed(900, &timed_out()));
         assert_eq!(failures.in_a_row(), 0);
-        // Nothing decided since: counted.
-        assert!(!failures.failed(900));
-        assert!(!failures.failed(900));
+        // Nothing done since: counted.
+        assert!(!failures.failed(900, &timed_out()));
+        assert!(!failures.failed(900, &timed_out()));
         assert_eq!(failures.in_a_row(), 2);
         // Busy again: the count stays, it does not grow.
-        assert!(failures.failed(901));
+        assert!(failures.failed(901, &timed_out()));
         assert_eq!(failures.in_a_row(), 2);
-        assert!(!failures.failed(901));
+        assert!(!failures.failed(901, &timed_out()));
         assert_eq!(failures.in_a_row(), 3);
         failures.succeeded(950);
         assert_eq!(failures.in_a_row(), 0);
-        assert!(!failures.failed(950), "nothing decided since the success");
+        assert!(
+            !failures.failed(950, &timed_out()),
+            "nothing done since the success"
+        );
+        assert_eq!(failures.in_a_row(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_listener_that_refuses_connections_counts_however_busy_the_broker() {
+        // Nothing listens on port 1 of loopback: the connect is refused.
+        let mut prober = Prober::new(Listener::V4, "127.0.0.1:1".parse().unwrap());
+        let refused = prober
+            .probe(Duration::from_secs(2))
+            .await
+            .expect_err("nothing listens");
+        let mut failures = ProbeFailures::new(10);
+        assert!(!failures.failed(500, &refused), "{refused:#}");
+        assert_eq!(failures.in_a_row(), 1);
+        assert!(failures.failed(900, &timed_out()));
         assert_eq!(failures.in_a_row(), 1);
     }
 

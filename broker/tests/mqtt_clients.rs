@@ -1781,6 +1781,96 @@ async fn a_listener_the_probe_cannot_use_is_detected() {
     }
 }
 
+/// A broker that holds as many connections as it may while its devices
+/// keep publishing fails every probe (no room for the probe), on both
+/// listeners, the MQTT 5 one no device uses included. It is busy, not
+/// wedged: it reports itself unready, but it must not give up (and end the
+/// process, dropping every device it serves onto replicas as busy). Once
+/// room frees, the probes pass again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_broker_whose_devices_publish_is_unready_but_stays_up() {
+    use rumqttc::{AsyncClient, MqttOptions, QoS};
+    let mut broker = start_broker_with(|config| BrokerConfig {
+        probe_interval_secs: 1,
+        probe_failure_limit: 2,
+        max_connections: 4,
+        ..config
+    })
+    .await;
+    let port = broker.mqtt_v4_addr.port();
+    let publishers: Vec<_> = (0..4)
+        .map(|i| {
+            let device = format!("dev-busy-{i}");
+            let (client, mut events) =
+                AsyncClient::new(MqttOptions::new(device.clone(), "127.0.0.1", port), 10);
+            tokio::spawn(async move {
+                let topic = topic(&device, Channel::Telemetry);
+                let mut seq = 0;
+                loop {
+                    tokio::select! {
+                        event = events.poll() => if event.is_err() {
+                            // Refused while the probe held a slot: try again.
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                        },
+                        _ = tokio::time::sleep(Duration::from_millis(20)) => {
+                            seq += 1;
+                            let _ = client.try_publish(&topic, QoS::AtLeastOnce, false, reading(seq));
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // Every listener fails more probes in a row than the limit.
+    let failed_probes = |metrics: &str, listener: &str| -> u64 {
+        let series = format!("warmhouse_broker_probe_failures_total{{listener=\"{listener}\"}} ");
+        metrics
+            .lines()
+            .find_map(|line| line.strip_prefix(series.as_str()))
+            .and_then(|value| value.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = metrics_text(&broker).await;
+        if ["mqtt_v4", "mqtt_v5"]
+            .iter()
+            .all(|listener| failed_probes(&metrics, listener) > 3)
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the full broker's probes fail: {metrics}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ready = reqwest::get(format!("http://{}/readyz", broker.admin_addr))
+        .await
+        .expect("GET /readyz");
+    assert_eq!(ready.status(), 503, "a full broker takes no more devices");
+    if let Ok(err) = tokio::time::timeout(Duration::from_millis(200), broker.failed()).await {
+        panic!("a busy broker gave up: {err:#}");
+    }
+    for publisher in publishers {
+        publisher.abort();
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let ready = reqwest::get(format!("http://{}/readyz", broker.admin_addr))
+            .await
+            .expect("GET /readyz");
+        if ready.status() == 200 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "ready again once room frees"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// A kept session (Clean Session 0) whose connection was the last member of
 /// a shared group ends with a message of that group unacknowledged: rumqttd
 /// expected the group to still exist and panicked its router thread ("group
