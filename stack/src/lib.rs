@@ -130,194 +130,43 @@ pub struct Stack {
 pub const TOKEN_TTL: Duration = Duration::from_secs(24 * 3600);
 
 impl Stack {
+    /// Starts the stores (Kafka, InfluxDB, PostgreSQL when asked), then our
+    /// services through their own `start`, then the gateway and Prometheus
+    /// in front of them. What failed to start is named in the error;
+    /// whatever had started by then stops as it is dropped.
     pub async fn start(dir: &Path, options: StackOptions) -> anyhow::Result<Self> {
         warmhouse_service_kit::init_tracing();
         let jwt_secret = warmhouse_service_kit::auth::generate_secret();
-        let auth = warmhouse_service_kit::AuthConfig::with_secret(&jwt_secret);
-        let tansu = TansuCluster::start(
-            &dir.join("kafka"),
-            options.kafka_brokers,
-            options.kafka_storage,
-        )?;
-        create_topics(
-            &tansu.bootstrap(),
-            &[
-                topics::TELEMETRY,
-                topics::DEVICE_EVENTS,
-                topics::DEVICE_COMMANDS,
-                topics::REGISTRY_EVENTS,
-            ],
-            options.partitions,
-        )
-        .await?;
-        create_topics(&tansu.bootstrap(), &[topics::DEAD_LETTERS], 1).await?;
-        let influxd = Influxd::start(&dir.join("influxdb"))?;
-
-        let loopback = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
         let (stop, _) = tokio::sync::watch::channel(false);
-
-        let mut writer_config =
-            warmhouse_ingest::writer::WriterConfig::new(&tansu.bootstrap(), &influxd.url());
-        writer_config.batch_max_points = options.ingest_batch_max_points;
-        writer_config.batch_max_delay_ms = options.ingest_batch_max_delay.as_millis() as u64;
-        writer_config.lag_interval_ms = SCRAPE_INTERVAL.as_millis() as u64;
-        let writer = warmhouse_ingest::writer::start(writer_config, stopped(&stop))
-            .await
-            .context("starting the ingest writer")?;
-
-        let mut query_config = warmhouse_ingest::query::QueryConfig::new(
-            loopback(options.query_port.unwrap_or(0)),
-            influxd.url(),
-        );
-        query_config.auth = auth.clone();
-        let query = warmhouse_ingest::query::start(query_config, stopped(&stop))
-            .await
-            .context("starting the query API")?;
-
+        let steps = StartSteps {
+            dir,
+            options: &options,
+            jwt_secret: &jwt_secret,
+            auth: warmhouse_service_kit::AuthConfig::with_secret(&jwt_secret),
+            stop: &stop,
+        };
+        let tansu = steps.kafka().await?;
+        let influxd = Influxd::start(&dir.join("influxdb"))?;
+        let (writer, query) = steps.ingest(&tansu, &influxd).await?;
         let (postgres, registry) = if options.registry {
-            let postgres = Postgres::start(&dir.join("postgres"))?;
-            let url = postgres.create_database("warmhouse")?;
-            let mut config = warmhouse_device_registry::RegistryConfig::new(
-                loopback(options.registry_port.unwrap_or(0)),
-                url,
-            )
-            .with_kafka(tansu.bootstrap());
-            config.auth = auth.clone();
-            // The legacy /api/heating endpoints read temperatures from the
-            // query API, as a service with its own token.
-            config.legacy.telemetry_url = Some(format!("http://{}", query.addr));
-            config.legacy.telemetry_token = Some(warmhouse_service_kit::auth::issue_hs256(
-                &jwt_secret,
-                &warmhouse_service_kit::auth::Claims::admin("device-registry", TOKEN_TTL),
-            )?);
-            // Onboarding registers devices in the telemetry store.
-            config.onboarding.influx_url = Some(influxd.url());
-            let registry = warmhouse_device_registry::start(config, stopped(&stop))
-                .await
-                .context("starting the device registry")?;
+            let (postgres, registry) = steps.registry(&tansu, &influxd, &query).await?;
             (Some(postgres), Some(registry))
         } else {
             (None, None)
         };
-
         // Brokers last: with device authentication they ask the registry.
-        let device_auth = match (&registry, options.broker_device_auth) {
-            (_, false) => None,
-            (None, true) => {
-                anyhow::bail!("devices authenticate against the registry: start it too")
-            }
-            (Some(registry), true) => Some((
-                format!("http://{}", registry.addr),
-                warmhouse_service_kit::auth::issue_hs256(
-                    &jwt_secret,
-                    &warmhouse_service_kit::auth::Claims::admin("warmhouse-broker", TOKEN_TTL),
-                )?,
-            )),
-        };
-        let mut brokers = Vec::new();
-        let mut broker_processes = Vec::new();
-        for replica in 0..options.broker_replicas.max(1) {
-            if let Some(config) = &options.broker_processes {
-                let mut config = broker_process::BrokerProcessConfig {
-                    kafka_bootstrap: tansu.bootstrap(),
-                    kafka_timeout: options.broker_kafka_timeout,
-                    ..config.clone()
-                };
-                if let Some((url, token)) = &device_auth {
-                    config.env.extend([
-                        ("WARMHOUSE_BROKER_DEVICE_AUTH".into(), "registry".into()),
-                        ("WARMHOUSE_BROKER_REGISTRY_URL".into(), url.clone()),
-                        ("WARMHOUSE_BROKER_REGISTRY_TOKEN".into(), token.clone()),
-                    ]);
-                }
-                let process = broker_process::BrokerProcess::start(
-                    &dir.join("brokers"),
-                    &format!("broker-{replica}"),
-                    &config,
-                )
-                .await
-                .with_context(|| format!("starting MQTT broker replica {replica}"))?;
-                broker_processes.push(process);
-                continue;
-            }
-            let mqtt_port = match options.mqtt_port {
-                Some(port) => port
-                    .checked_add(u16::try_from(replica).context("too many broker replicas")?)
-                    .context("MQTT port out of range")?,
-                None => free_port()?,
-            };
-            // Device listeners stay open here (the simulator and mosquitto
-            // clients connect anonymously; docs/adr/0010-device-identity.md
-            // has the production setup).
-            let mut ingress = warmhouse_edge_bridge::IngressConfig::new(
-                &tansu.bootstrap(),
-                dir.join(format!("broker-{replica}-spool")),
-            );
-            ingress.kafka_timeout_ms = options.broker_kafka_timeout.as_millis() as u64;
-            let mut broker_config = warmhouse_broker::BrokerConfig {
-                instance_id: Some(format!("broker-{replica}")),
-                ..warmhouse_broker::BrokerConfig::for_tests(
-                    loopback(mqtt_port),
-                    loopback(free_port()?),
-                    loopback(0),
-                    ingress,
-                )
-            };
-            if let Some((url, token)) = &device_auth {
-                broker_config.device_auth = warmhouse_broker::DeviceAuth::Registry;
-                broker_config.registry_url = Some(url.clone());
-                broker_config.registry_token = Some(warmhouse_broker::Secret::new(token));
-            }
-            let broker = warmhouse_broker::start(broker_config)
-                .await
-                .with_context(|| format!("starting MQTT broker replica {replica}"))?;
-            brokers.push(broker);
-        }
-        let gateway = match (&registry, options.gateway) {
-            (_, false) => None,
-            (None, true) => anyhow::bail!("the gateway routes to the registry: start it too"),
-            (Some(registry), true) => {
-                let port = match options.gateway_port {
-                    Some(port) => port,
-                    None => free_port()?,
-                };
-                let gateway_dir = dir.join("gateway");
-                let config = gateway::GatewayConfig {
-                    listen: loopback(port),
-                    registry: registry.addr,
-                    telemetry: query.addr,
-                    rate_limit: options.gateway_rate_limit,
-                    access_log: gateway_dir.join("access.log"),
-                    // Nothing stands in front of it here but local clients.
-                    real_ip_from: "127.0.0.1/32".into(),
-                };
-                Some(gateway::start(&gateway_dir, &config)?)
-            }
-        };
-
+        let device_auth = steps.device_auth(registry.as_ref())?;
+        let (brokers, broker_processes) = steps.brokers(&tansu, device_auth.as_ref()).await?;
+        let gateway = steps.gateway(registry.as_ref(), &query)?;
         let prometheus = if options.prometheus {
-            let mut targets: Vec<ScrapeTarget> = brokers
-                .iter()
-                .map(|broker| broker.admin_addr)
-                .chain(broker_processes.iter().map(|broker| broker.admin_addr))
-                .map(|admin| ScrapeTarget::new("warmhouse-broker", admin))
-                .collect();
-            targets.extend([
-                ScrapeTarget::new("warmhouse-ingest-writer", writer.admin_addr),
-                ScrapeTarget::new("warmhouse-ingest-query", query.addr),
-            ]);
-            if let Some(registry) = &registry {
-                targets.push(ScrapeTarget::new("warmhouse-registry", registry.addr));
-            }
-            let prometheus_dir = dir.join("prometheus");
-            let prometheus = match options.prometheus_port {
-                Some(port) => {
-                    Prometheus::start_on(&prometheus_dir, port, &targets, SCRAPE_INTERVAL)
-                }
-                None => Prometheus::start(&prometheus_dir, &targets, SCRAPE_INTERVAL),
-            }
-            .context("starting Prometheus")?;
-            Some(prometheus)
+            let targets = scrape_targets(
+                &brokers,
+                &broker_processes,
+                &writer,
+                &query,
+                registry.as_ref(),
+            );
+            Some(steps.prometheus(&targets)?)
         } else {
             None
         };
@@ -414,11 +263,7 @@ impl Stack {
     /// A bearer token of an administrator (every home), valid for
     /// [`TOKEN_TTL`].
     pub fn admin_token(&self) -> anyhow::Result<String> {
-        use warmhouse_service_kit::auth::{issue_hs256, Claims};
-        issue_hs256(
-            &self.jwt_secret,
-            &Claims::admin("warmhouse-stack", TOKEN_TTL),
-        )
+        admin_token(&self.jwt_secret, "warmhouse-stack")
     }
 
     /// A bearer token for `homes` only, valid for [`TOKEN_TTL`].
@@ -498,4 +343,292 @@ impl Stack {
         warmhouse_service_kit::parse_ignoring_env(argv.iter().copied())
             .unwrap_or_else(|e| panic!("simulator arguments {argv:?}: {e:#}"))
     }
+}
+
+/// A bearer token of an administrator, signed with `jwt_secret`, valid for
+/// [`TOKEN_TTL`]; `issuer` names who uses it.
+fn admin_token(jwt_secret: &str, issuer: &str) -> anyhow::Result<String> {
+    use warmhouse_service_kit::auth::{issue_hs256, Claims};
+    issue_hs256(jwt_secret, &Claims::admin(issuer, TOKEN_TTL))
+}
+
+fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
+}
+
+/// What the steps of [`Stack::start`] share: where data goes, the options,
+/// the secret tokens are signed with and the stop signal of our services.
+struct StartSteps<'a> {
+    dir: &'a Path,
+    options: &'a StackOptions,
+    jwt_secret: &'a str,
+    auth: warmhouse_service_kit::AuthConfig,
+    stop: &'a tokio::sync::watch::Sender<bool>,
+}
+
+/// Where a broker replica checks device credentials (the registry) and the
+/// token it does so with.
+struct RegistryAccess {
+    url: String,
+    token: String,
+}
+
+impl StartSteps<'_> {
+    /// tansu with every topic our services use.
+    async fn kafka(&self) -> anyhow::Result<TansuCluster> {
+        let tansu = TansuCluster::start(
+            &self.dir.join("kafka"),
+            self.options.kafka_brokers,
+            self.options.kafka_storage,
+        )?;
+        create_topics(
+            &tansu.bootstrap(),
+            &[
+                topics::TELEMETRY,
+                topics::DEVICE_EVENTS,
+                topics::DEVICE_COMMANDS,
+                topics::REGISTRY_EVENTS,
+            ],
+            self.options.partitions,
+        )
+        .await?;
+        create_topics(&tansu.bootstrap(), &[topics::DEAD_LETTERS], 1).await?;
+        Ok(tansu)
+    }
+
+    /// Both ingest processes: the writer (Kafka to InfluxDB) and the query
+    /// API (InfluxDB to REST).
+    async fn ingest(
+        &self,
+        tansu: &TansuCluster,
+        influxd: &Influxd,
+    ) -> anyhow::Result<(
+        warmhouse_ingest::writer::RunningWriter,
+        warmhouse_ingest::query::RunningQueryApi,
+    )> {
+        let mut writer_config =
+            warmhouse_ingest::writer::WriterConfig::new(&tansu.bootstrap(), &influxd.url());
+        writer_config.batch_max_points = self.options.ingest_batch_max_points;
+        writer_config.batch_max_delay_ms = self.options.ingest_batch_max_delay.as_millis() as u64;
+        writer_config.lag_interval_ms = SCRAPE_INTERVAL.as_millis() as u64;
+        let writer = warmhouse_ingest::writer::start(writer_config, stopped(self.stop))
+            .await
+            .context("starting the ingest writer")?;
+
+        let mut query_config = warmhouse_ingest::query::QueryConfig::new(
+            loopback(self.options.query_port.unwrap_or(0)),
+            influxd.url(),
+        );
+        query_config.auth = self.auth.clone();
+        let query = warmhouse_ingest::query::start(query_config, stopped(self.stop))
+            .await
+            .context("starting the query API")?;
+        Ok((writer, query))
+    }
+
+    /// PostgreSQL and the device registry on it.
+    async fn registry(
+        &self,
+        tansu: &TansuCluster,
+        influxd: &Influxd,
+        query: &warmhouse_ingest::query::RunningQueryApi,
+    ) -> anyhow::Result<(Postgres, warmhouse_device_registry::RunningRegistry)> {
+        let postgres = Postgres::start(&self.dir.join("postgres"))?;
+        let url = postgres.create_database("warmhouse")?;
+        let mut config = warmhouse_device_registry::RegistryConfig::new(
+            loopback(self.options.registry_port.unwrap_or(0)),
+            url,
+        )
+        .with_kafka(tansu.bootstrap());
+        config.auth = self.auth.clone();
+        // The legacy /api/heating endpoints read temperatures from the
+        // query API, as a service with its own token.
+        config.legacy.telemetry_url = Some(format!("http://{}", query.addr));
+        config.legacy.telemetry_token = Some(admin_token(self.jwt_secret, "device-registry")?);
+        // Onboarding registers devices in the telemetry store.
+        config.onboarding.influx_url = Some(influxd.url());
+        let registry = warmhouse_device_registry::start(config, stopped(self.stop))
+            .await
+            .context("starting the device registry")?;
+        Ok((postgres, registry))
+    }
+
+    /// How the broker replicas reach the registry to authenticate devices,
+    /// when they do.
+    fn device_auth(
+        &self,
+        registry: Option<&warmhouse_device_registry::RunningRegistry>,
+    ) -> anyhow::Result<Option<RegistryAccess>> {
+        match (registry, self.options.broker_device_auth) {
+            (_, false) => Ok(None),
+            (None, true) => {
+                anyhow::bail!("devices authenticate against the registry: start it too")
+            }
+            (Some(registry), true) => Ok(Some(RegistryAccess {
+                url: format!("http://{}", registry.addr),
+                token: admin_token(self.jwt_secret, "warmhouse-broker")?,
+            })),
+        }
+    }
+
+    /// The broker replicas, in this process or as processes of their own
+    /// ([`StackOptions::broker_processes`]); at least one.
+    async fn brokers(
+        &self,
+        tansu: &TansuCluster,
+        device_auth: Option<&RegistryAccess>,
+    ) -> anyhow::Result<(
+        Vec<warmhouse_broker::RunningBroker>,
+        Vec<broker_process::BrokerProcess>,
+    )> {
+        let mut brokers = Vec::new();
+        let mut broker_processes = Vec::new();
+        for replica in 0..self.options.broker_replicas.max(1) {
+            if let Some(config) = &self.options.broker_processes {
+                let process = self
+                    .broker_process(replica, config, tansu, device_auth)
+                    .await
+                    .with_context(|| format!("starting MQTT broker replica {replica}"))?;
+                broker_processes.push(process);
+            } else {
+                let broker = self
+                    .broker(replica, tansu, device_auth)
+                    .await
+                    .with_context(|| format!("starting MQTT broker replica {replica}"))?;
+                brokers.push(broker);
+            }
+        }
+        Ok((brokers, broker_processes))
+    }
+
+    /// Replica `replica` as a process of its own, configured through its
+    /// environment as `warmhouse-broker` is.
+    async fn broker_process(
+        &self,
+        replica: usize,
+        config: &broker_process::BrokerProcessConfig,
+        tansu: &TansuCluster,
+        device_auth: Option<&RegistryAccess>,
+    ) -> anyhow::Result<broker_process::BrokerProcess> {
+        let mut config = broker_process::BrokerProcessConfig {
+            kafka_bootstrap: tansu.bootstrap(),
+            kafka_timeout: self.options.broker_kafka_timeout,
+            ..config.clone()
+        };
+        if let Some(access) = device_auth {
+            config.env.extend([
+                ("WARMHOUSE_BROKER_DEVICE_AUTH".into(), "registry".into()),
+                ("WARMHOUSE_BROKER_REGISTRY_URL".into(), access.url.clone()),
+                (
+                    "WARMHOUSE_BROKER_REGISTRY_TOKEN".into(),
+                    access.token.clone(),
+                ),
+            ]);
+        }
+        broker_process::BrokerProcess::start(
+            &self.dir.join("brokers"),
+            &format!("broker-{replica}"),
+            &config,
+        )
+        .await
+    }
+
+    /// Replica `replica` in this process, through the broker's own `start`.
+    async fn broker(
+        &self,
+        replica: usize,
+        tansu: &TansuCluster,
+        device_auth: Option<&RegistryAccess>,
+    ) -> anyhow::Result<warmhouse_broker::RunningBroker> {
+        let mqtt_port = match self.options.mqtt_port {
+            Some(port) => port
+                .checked_add(u16::try_from(replica).context("too many broker replicas")?)
+                .context("MQTT port out of range")?,
+            None => free_port()?,
+        };
+        // Device listeners stay open here (the simulator and mosquitto
+        // clients connect anonymously; docs/adr/0010-device-identity.md
+        // has the production setup).
+        let mut ingress = warmhouse_edge_bridge::IngressConfig::new(
+            &tansu.bootstrap(),
+            self.dir.join(format!("broker-{replica}-spool")),
+        );
+        ingress.kafka_timeout_ms = self.options.broker_kafka_timeout.as_millis() as u64;
+        let mut config = warmhouse_broker::BrokerConfig {
+            instance_id: Some(format!("broker-{replica}")),
+            ..warmhouse_broker::BrokerConfig::for_tests(
+                loopback(mqtt_port),
+                loopback(free_port()?),
+                loopback(0),
+                ingress,
+            )
+        };
+        if let Some(access) = device_auth {
+            config.device_auth = warmhouse_broker::DeviceAuth::Registry;
+            config.registry_url = Some(access.url.clone());
+            config.registry_token = Some(warmhouse_broker::Secret::new(&access.token));
+        }
+        warmhouse_broker::start(config).await
+    }
+
+    /// The gateway in front of the registry and the query API, when asked.
+    fn gateway(
+        &self,
+        registry: Option<&warmhouse_device_registry::RunningRegistry>,
+        query: &warmhouse_ingest::query::RunningQueryApi,
+    ) -> anyhow::Result<Option<warmhouse_devstack::Nginx>> {
+        let registry = match (registry, self.options.gateway) {
+            (_, false) => return Ok(None),
+            (None, true) => anyhow::bail!("the gateway routes to the registry: start it too"),
+            (Some(registry), true) => registry,
+        };
+        let port = match self.options.gateway_port {
+            Some(port) => port,
+            None => free_port()?,
+        };
+        let gateway_dir = self.dir.join("gateway");
+        let config = gateway::GatewayConfig {
+            listen: loopback(port),
+            registry: registry.addr,
+            telemetry: query.addr,
+            rate_limit: self.options.gateway_rate_limit,
+            access_log: gateway_dir.join("access.log"),
+            // Nothing stands in front of it here but local clients.
+            real_ip_from: "127.0.0.1/32".into(),
+        };
+        Ok(Some(gateway::start(&gateway_dir, &config)?))
+    }
+
+    fn prometheus(&self, targets: &[ScrapeTarget]) -> anyhow::Result<Prometheus> {
+        let prometheus_dir = self.dir.join("prometheus");
+        match self.options.prometheus_port {
+            Some(port) => Prometheus::start_on(&prometheus_dir, port, targets, SCRAPE_INTERVAL),
+            None => Prometheus::start(&prometheus_dir, targets, SCRAPE_INTERVAL),
+        }
+        .context("starting Prometheus")
+    }
+}
+
+/// Every service's `/metrics`, for Prometheus.
+fn scrape_targets(
+    brokers: &[warmhouse_broker::RunningBroker],
+    broker_processes: &[broker_process::BrokerProcess],
+    writer: &warmhouse_ingest::writer::RunningWriter,
+    query: &warmhouse_ingest::query::RunningQueryApi,
+    registry: Option<&warmhouse_device_registry::RunningRegistry>,
+) -> Vec<ScrapeTarget> {
+    let mut targets: Vec<ScrapeTarget> = brokers
+        .iter()
+        .map(|broker| broker.admin_addr)
+        .chain(broker_processes.iter().map(|broker| broker.admin_addr))
+        .map(|admin| ScrapeTarget::new("warmhouse-broker", admin))
+        .collect();
+    targets.extend([
+        ScrapeTarget::new("warmhouse-ingest-writer", writer.admin_addr),
+        ScrapeTarget::new("warmhouse-ingest-query", query.addr),
+    ]);
+    if let Some(registry) = registry {
+        targets.push(ScrapeTarget::new("warmhouse-registry", registry.addr));
+    }
+    targets
 }
