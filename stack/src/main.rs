@@ -1,7 +1,7 @@
 //! `warmhouse-stack up`: the whole pipeline on this machine with simulated
 //! homes, for trying Warmhouse out. Ctrl-C stops everything.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -86,18 +86,69 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Starts the stack and the simulated homes, says where everything is,
+/// and runs until Ctrl-C or until a process of the stack dies; then stops
+/// it all and ends the process.
 async fn up(args: UpArgs) -> anyhow::Result<()> {
-    if args.dir.exists() {
-        std::fs::remove_dir_all(&args.dir)
-            .with_context(|| format!("wiping {}", args.dir.display()))?;
+    let dir = fresh_dir(&args.dir)?;
+    let mut stack = Stack::start(&dir, stack_options(&args)).await?;
+
+    let (stop_sim, sim_stopped) = tokio::sync::oneshot::channel::<()>();
+    let registry = stack
+        .registry_url()
+        .context("the local stack runs a registry")?;
+    let simulator = if args.homes > 0 {
+        Some(start_simulator(&stack, &args, &registry, sim_stopped).await?)
+    } else {
+        None
+    };
+
+    let api = stack
+        .gateway_url()
+        .context("the local stack runs the gateway")?;
+    let token = stack.admin_token()?;
+    print_where_to_look(&stack, &dir, &registry, &api, &token)?;
+    if simulator.is_some() {
+        tokio::spawn(show_first_telemetry(
+            format!("{api}/api/v1/homes/home-0001/telemetry/latest"),
+            token,
+        ));
     }
-    std::fs::create_dir_all(&args.dir)
-        .with_context(|| format!("creating {}", args.dir.display()))?;
-    let dir = args
-        .dir
-        .canonicalize()
-        .context("resolving the stack directory")?;
-    let options = StackOptions {
+
+    let died = run_until_signal_or_death(&mut stack).await;
+    if let Some(err) = &died {
+        eprintln!("\na process of the stack died: {err:#}\nstopping the rest ...");
+    } else {
+        println!("\nstopping ...");
+    }
+    let _ = stop_sim.send(());
+    if let Some(simulator) = simulator {
+        stop_simulator(simulator).await;
+    }
+    stack.stop().await;
+    println!("stopped; nothing is left running.");
+    if died.is_some() {
+        std::process::exit(1);
+    }
+    // Kafka clients closing in the background would keep the runtime alive
+    // while they retry a broker that is gone; everything that matters has
+    // stopped, so end the process here.
+    std::process::exit(0)
+}
+
+/// `dir` emptied (a previous run's data would mix with this one's), as an
+/// absolute path: the stores are started with it from other directories.
+fn fresh_dir(dir: &Path) -> anyhow::Result<PathBuf> {
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).with_context(|| format!("wiping {}", dir.display()))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    dir.canonicalize().context("resolving the stack directory")
+}
+
+/// The whole pipeline on the fixed ports `args` names, Kafka kept on disk.
+fn stack_options(args: &UpArgs) -> StackOptions {
+    StackOptions {
         kafka_storage: KafkaStorage::Sqlite,
         kafka_brokers: usize::from(args.kafka_brokers),
         mqtt_port: Some(args.mqtt_port),
@@ -112,53 +163,58 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         broker_replicas: usize::from(args.broker_replicas),
         broker_kafka_timeout: Duration::from_secs(10),
         ..StackOptions::default()
-    };
-    let stack = Stack::start(&dir, options).await?;
+    }
+}
 
-    let (stop_sim, sim_stopped) = tokio::sync::oneshot::channel::<()>();
-    let registry = stack
-        .registry_url()
-        .context("the local stack runs a registry")?;
-    let simulator = if args.homes > 0 {
-        let homes = args.homes.to_string();
-        let devices = args.devices_per_home.to_string();
-        let interval = args.interval_ms.to_string();
-        let config = stack.simulator(&[
-            "--homes",
-            &homes,
-            "--devices-per-home",
-            &devices,
-            "--interval-ms",
-            &interval,
-            "--progress",
-        ]);
-        // The simulated homes are registered like real ones, so the
-        // registry shows their state and can command them.
-        let registered = warmhouse_stack::fleet::register_fleet(
-            &reqwest::Client::new(),
-            &registry,
-            &stack.admin_token()?,
-            &config,
-        )
-        .await
-        .context("registering the simulated homes")?;
-        println!("registered {registered} simulated devices in the device registry");
-        Some(tokio::spawn(warmhouse_simulator::run(config, async {
-            let _ = sim_stopped.await;
-        })))
-    } else {
-        None
-    };
+type SimulatorTask = tokio::task::JoinHandle<anyhow::Result<warmhouse_simulator::Summary>>;
 
+/// Registers the simulated homes in the registry, like real ones, so it
+/// shows their state and can command them; then runs them until `stopped`.
+async fn start_simulator(
+    stack: &Stack,
+    args: &UpArgs,
+    registry: &str,
+    stopped: tokio::sync::oneshot::Receiver<()>,
+) -> anyhow::Result<SimulatorTask> {
+    let homes = args.homes.to_string();
+    let devices = args.devices_per_home.to_string();
+    let interval = args.interval_ms.to_string();
+    let config = stack.simulator(&[
+        "--homes",
+        &homes,
+        "--devices-per-home",
+        &devices,
+        "--interval-ms",
+        &interval,
+        "--progress",
+    ]);
+    let registered = warmhouse_stack::fleet::register_fleet(
+        &reqwest::Client::new(),
+        registry,
+        &stack.admin_token()?,
+        &config,
+    )
+    .await
+    .context("registering the simulated homes")?;
+    println!("registered {registered} simulated devices in the device registry");
+    Ok(tokio::spawn(warmhouse_simulator::run(config, async {
+        let _ = stopped.await;
+    })))
+}
+
+/// Where every service is and how to try it, with an admin `token`.
+fn print_where_to_look(
+    stack: &Stack,
+    dir: &Path,
+    registry: &str,
+    api: &str,
+    token: &str,
+) -> anyhow::Result<()> {
     let query = stack.query_url();
-    let api = stack
-        .gateway_url()
-        .context("the local stack runs the gateway")?;
     let prometheus = stack
         .prometheus_url()
         .context("the local stack runs Prometheus")?;
-    let token = stack.admin_token()?;
-    print!("\n{}{}", mqtt_brokers(&stack), kafka_brokers(&stack));
+    print!("\n{}{}", mqtt_brokers(stack), kafka_brokers(stack));
     println!(
         "\nWarmhouse is running (data and logs in {dir}).\n\
          \n  The REST APIs want a bearer token. An admin's, valid {ttl_h} h:\
@@ -187,50 +243,33 @@ async fn up(args: UpArgs) -> anyhow::Result<()> {
         rate = RateLimit::RECOMMENDED.per_second,
         burst = RateLimit::RECOMMENDED.burst,
     );
-    if simulator.is_some() {
-        tokio::spawn(show_first_telemetry(
-            format!("{api}/api/v1/homes/home-0001/telemetry/latest"),
-            token,
-        ));
-    }
+    Ok(())
+}
 
-    let mut stack = stack;
-    let mut died = None;
+/// Checks every 2 s that the stack's processes live, until Ctrl-C (`None`)
+/// or until one has died (what it said).
+async fn run_until_signal_or_death(stack: &mut Stack) -> Option<anyhow::Error> {
     let shutdown = warmhouse_service_kit::shutdown_signal();
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
-            _ = &mut shutdown => break,
+            _ = &mut shutdown => return None,
             _ = tokio::time::sleep(Duration::from_secs(2)) => {
                 if let Err(err) = stack.check_alive() {
-                    died = Some(err);
-                    break;
+                    return Some(err);
                 }
             }
         }
     }
-    if let Some(err) = &died {
-        eprintln!("\na process of the stack died: {err:#}\nstopping the rest ...");
-    } else {
-        println!("\nstopping ...");
+}
+
+/// Waits for the simulator, told to stop, to drain and report.
+async fn stop_simulator(simulator: SimulatorTask) {
+    match tokio::time::timeout(Duration::from_secs(15), simulator).await {
+        Ok(Ok(Ok(summary))) => println!("{summary}"),
+        Ok(Ok(Err(err))) => eprintln!("simulator failed: {err:#}"),
+        _ => eprintln!("simulator did not stop in time"),
     }
-    let _ = stop_sim.send(());
-    if let Some(simulator) = simulator {
-        match tokio::time::timeout(Duration::from_secs(15), simulator).await {
-            Ok(Ok(Ok(summary))) => println!("{summary}"),
-            Ok(Ok(Err(err))) => eprintln!("simulator failed: {err:#}"),
-            _ => eprintln!("simulator did not stop in time"),
-        }
-    }
-    stack.stop().await;
-    println!("stopped; nothing is left running.");
-    if died.is_some() {
-        std::process::exit(1);
-    }
-    // Kafka clients closing in the background would keep the runtime alive
-    // while they retry a broker that is gone; everything that matters has
-    // stopped, so end the process here.
-    std::process::exit(0)
 }
 
 /// Where the MQTT broker replicas are, with their pids' advice.
