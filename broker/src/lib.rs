@@ -90,10 +90,7 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     let mut rumqttd_config = config.to_rumqttd()?;
     let registry = Registry::new();
     let metrics = BrokerMetrics::register(&registry)?;
-    let readiness = Readiness::new();
-    for spec in &listeners {
-        readiness.set(spec.listener.name(), false);
-    }
+    let readiness = unready(&listeners);
     let mut lifecycle = Lifecycle::new("broker");
 
     // The self-probe's password on device listeners: random per process,
@@ -117,15 +114,8 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         &mut lifecycle,
     )?;
     lifecycle.adopt(start_revocation_consumer(&config, &broker_id, &revocations, &metrics).await);
-    let admin = admin_router(registry.clone(), readiness.clone()).merge(revocation::admin_routes(
-        revocations.clone(),
-        config.admin_token.clone(),
-        Duration::from_secs(config.revocation_memory_secs),
-    ));
-    let admin_addr = lifecycle
-        .serve(config.admin_addr, admin)
-        .await
-        .context("starting the admin HTTP server")?;
+    let admin_addr =
+        serve_admin(&config, &registry, &readiness, &revocations, &mut lifecycle).await?;
 
     let mut broker = rumqttd::Broker::new(rumqttd_config);
     // Links must be made before `start` takes the broker into its thread.
@@ -142,26 +132,27 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
     spawn_rumqttd(broker, lifecycle.failure_reporter())?;
 
     let work = BrokerWork::new(&metrics, device_ingress.metrics().acked.clone());
-    let self_probe = SelfProbe {
-        probers: probers(&config, &listeners, &probe_password)?,
-        interval: Duration::from_secs(config.probe_interval_secs),
-        timeout: Duration::from_secs(config.probe_timeout_secs),
-        failure_limit: config.probe_failure_limit,
-        readiness: readiness.clone(),
-        metrics: metrics.clone(),
+    start_self_probe(
+        &config,
+        &listeners,
+        &probe_password,
+        &readiness,
+        &metrics,
         work,
-        failures: lifecycle.failure_reporter(),
-    };
-    let self_probe = wait_until_serving(self_probe, &config, &mut lifecycle)
-        .await
-        .context("rumqttd did not start serving")?;
-    lifecycle.spawn(self_probe.run());
+        &mut lifecycle,
+    )
+    .await?;
 
-    let listener_addr = |wanted: Listener| {
-        listeners
-            .iter()
-            .find(|spec| spec.listener == wanted)
-            .map(|spec| spec.addr)
+    let parts = BrokerParts {
+        mqtt_v4_addr: config.mqtt_v4_addr,
+        mqtt_v5_addr: config.mqtt_v5_addr,
+        mqtts_addr: listener_addr(&listeners, Listener::Mqtts),
+        internal_addr: listener_addr(&listeners, Listener::Internal),
+        admin_addr,
+        revocations,
+        ingress: device_ingress.metrics().clone(),
+        registry,
+        readiness,
     };
     tracing::info!(
         listeners = ?listeners.iter().map(|s| (s.listener.name(), s.addr.to_string())).collect::<Vec<_>>(),
@@ -169,17 +160,42 @@ pub async fn start(config: BrokerConfig) -> anyhow::Result<RunningBroker> {
         admin = %admin_addr,
         "broker serving"
     );
-    Ok(lifecycle.running(BrokerParts {
-        mqtt_v4_addr: config.mqtt_v4_addr,
-        mqtt_v5_addr: config.mqtt_v5_addr,
-        mqtts_addr: listener_addr(Listener::Mqtts),
-        internal_addr: listener_addr(Listener::Internal),
-        admin_addr,
-        revocations,
-        ingress: device_ingress.metrics().clone(),
-        registry,
-        readiness,
-    }))
+    Ok(lifecycle.running(parts))
+}
+
+/// Every listener is unready until it passes its first probe.
+fn unready(listeners: &[ListenerSpec]) -> Readiness {
+    let readiness = Readiness::new();
+    for spec in listeners {
+        readiness.set(spec.listener.name(), false);
+    }
+    readiness
+}
+
+fn listener_addr(listeners: &[ListenerSpec], wanted: Listener) -> Option<SocketAddr> {
+    listeners
+        .iter()
+        .find(|spec| spec.listener == wanted)
+        .map(|spec| spec.addr)
+}
+
+/// The admin HTTP server: metrics, health, readiness and revocation by hand.
+async fn serve_admin(
+    config: &BrokerConfig,
+    registry: &Registry,
+    readiness: &Readiness,
+    revocations: &Revocations,
+    lifecycle: &mut Lifecycle,
+) -> anyhow::Result<SocketAddr> {
+    let admin = admin_router(registry.clone(), readiness.clone()).merge(revocation::admin_routes(
+        revocations.clone(),
+        config.admin_token.clone(),
+        Duration::from_secs(config.revocation_memory_secs),
+    ));
+    lifecycle
+        .serve(config.admin_addr, admin)
+        .await
+        .context("starting the admin HTTP server")
 }
 
 /// rumqttd logs a bind failure and carries on without that listener;
@@ -320,6 +336,34 @@ fn spawn_rumqttd(mut broker: rumqttd::Broker, failures: FailureReporter) -> anyh
             });
         })
         .context("spawning the rumqttd thread")?;
+    Ok(())
+}
+
+/// Returns once every listener has answered a probe, having started the
+/// periodic self-probe (see [`SelfProbe`]).
+async fn start_self_probe(
+    config: &BrokerConfig,
+    listeners: &[ListenerSpec],
+    probe_password: &Secret,
+    readiness: &Readiness,
+    metrics: &BrokerMetrics,
+    work: BrokerWork,
+    lifecycle: &mut Lifecycle,
+) -> anyhow::Result<()> {
+    let self_probe = SelfProbe {
+        probers: probers(config, listeners, probe_password)?,
+        interval: Duration::from_secs(config.probe_interval_secs),
+        timeout: Duration::from_secs(config.probe_timeout_secs),
+        failure_limit: config.probe_failure_limit,
+        readiness: readiness.clone(),
+        metrics: metrics.clone(),
+        work,
+        failures: lifecycle.failure_reporter(),
+    };
+    let self_probe = wait_until_serving(self_probe, config, lifecycle)
+        .await
+        .context("rumqttd did not start serving")?;
+    lifecycle.spawn(self_probe.run());
     Ok(())
 }
 
