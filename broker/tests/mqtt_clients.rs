@@ -1744,18 +1744,24 @@ async fn a_client_id_the_router_refuses_does_not_wedge_the_listener() {
     .await;
 }
 
-/// A listener whose probe cannot get in (here: the router holds as many
-/// connections as it may) turns /readyz 503 and `failed()` resolves (the
-/// binary then exits for a restart), so the replica leaves the load balancer.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_listener_the_probe_cannot_use_is_detected() {
-    let mut broker = start_broker_with(|config| BrokerConfig {
+/// A broker whose router takes 4 connections, probed every second and
+/// given up after 2 probes in a row that count.
+async fn start_small_broker_probed_every_second() -> support::TestBroker {
+    start_broker_with(|config| BrokerConfig {
         probe_interval_secs: 1,
         probe_failure_limit: 2,
         max_connections: 4,
         ..config
     })
-    .await;
+    .await
+}
+
+/// A listener whose probe cannot get in (here: the router holds as many
+/// connections as it may) turns /readyz 503 and `failed()` resolves (the
+/// binary then exits for a restart), so the replica leaves the load balancer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_the_probe_cannot_use_is_detected() {
+    let mut broker = start_small_broker_probed_every_second().await;
     let port = broker.mqtt_v4_addr.port().to_string();
     // Clients that hold every connection the router takes (the rest are
     // refused and retry until -W ends them).
@@ -1790,13 +1796,7 @@ async fn a_listener_the_probe_cannot_use_is_detected() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_broker_whose_devices_publish_is_unready_but_stays_up() {
     use rumqttc::{AsyncClient, MqttOptions, QoS};
-    let mut broker = start_broker_with(|config| BrokerConfig {
-        probe_interval_secs: 1,
-        probe_failure_limit: 2,
-        max_connections: 4,
-        ..config
-    })
-    .await;
+    let mut broker = start_small_broker_probed_every_second().await;
     let port = broker.mqtt_v4_addr.port();
     let publishers: Vec<_> = (0..4)
         .map(|i| {
