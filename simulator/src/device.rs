@@ -20,7 +20,7 @@ use warmhouse_service_kit::now_ms;
 use crate::config::DeviceSpec;
 use crate::model::{reject_undecodable, seed_for, RecentCommands, SimDevice};
 use crate::tracker::{AckTracker, Outgoing};
-use crate::{PublishedMessage, Shared};
+use crate::{sleep_until_opt, PublishedMessage, Shared};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
@@ -57,16 +57,15 @@ struct Outbound {
 
 type Events = Pin<Box<dyn Stream<Item = (Result<Event, ConnectionError>, Vec<Event>)> + Send>>;
 
-/// Turns the event loop into a stream. Dropping a pending `next()` does not
-/// cancel the poll in progress (the stream keeps it), which a plain
+/// The event loop as a stream. Dropping a pending `next()` does not cancel
+/// the poll in progress (the stream keeps it), which a plain
 /// `eventloop.poll()` inside `select!` would.
 ///
 /// After a connection error rumqttc may still hold events it read before
 /// the error; they are handed over with the error, so they are accounted for
-/// before the next connection's events.
-/// The event loop as a stream. After a connection error the next attempt
-/// goes to the next broker in `brokers` (the same options on another
-/// replica's port): a device moves when its replica goes away.
+/// before the next connection's events. The next attempt goes to the next
+/// broker in `brokers` (the same options on another replica's port): a
+/// device moves when its replica goes away.
 fn event_stream(eventloop: EventLoop, brokers: Vec<MqttOptions>) -> Events {
     Box::pin(futures::stream::unfold(
         (eventloop, 0usize, brokers),
@@ -181,13 +180,6 @@ impl Reconnect {
     fn failed(&mut self) {
         self.at = Some(Instant::now() + jittered(self.backoff));
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
-    }
-}
-
-async fn sleep_until_opt(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 

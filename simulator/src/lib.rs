@@ -304,6 +304,7 @@ impl Summary {
     }
 }
 
+/// Sleeps until `at`; forever when there is no `at`.
 async fn sleep_until_opt(at: Option<Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
