@@ -161,14 +161,21 @@ pub async fn until_closed(socket: &mut TcpStream, what: &str) -> Vec<u8> {
 }
 
 /// Counts the bytes live on the heap of this test process: what the broker
-/// keeps alive, free of the allocator's own caching.
+/// keeps alive, free of the allocator's own caching; and the most that were
+/// live at once since [`reset_peak_heap_bytes`].
 struct CountingAllocator;
 
 static LIVE_HEAP_BYTES: AtomicI64 = AtomicI64::new(0);
+static PEAK_HEAP_BYTES: AtomicI64 = AtomicI64::new(0);
+
+fn grew(by: i64) {
+    let live = LIVE_HEAP_BYTES.fetch_add(by, Ordering::Relaxed) + by;
+    PEAK_HEAP_BYTES.fetch_max(live, Ordering::Relaxed);
+}
 
 unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
     unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
-        LIVE_HEAP_BYTES.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        grew(layout.size() as i64);
         std::alloc::System.alloc(layout)
     }
 
@@ -178,7 +185,7 @@ unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
-        LIVE_HEAP_BYTES.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        grew(new_size as i64 - layout.size() as i64);
         std::alloc::System.realloc(ptr, layout, new_size)
     }
 }
@@ -188,6 +195,15 @@ static ALLOCATOR: CountingAllocator = CountingAllocator;
 
 pub fn live_heap_bytes() -> i64 {
     LIVE_HEAP_BYTES.load(Ordering::Relaxed)
+}
+
+/// Starts measuring the peak afresh from what is live now.
+pub fn reset_peak_heap_bytes() {
+    PEAK_HEAP_BYTES.store(live_heap_bytes(), Ordering::Relaxed);
+}
+
+pub fn peak_heap_bytes() -> i64 {
+    PEAK_HEAP_BYTES.load(Ordering::Relaxed)
 }
 
 /// The next MQTT packet: (first byte, body); panics when the connection
