@@ -13,6 +13,7 @@
 //! the broker's `WARMHOUSE_BROKER_KAFKA_BOOTSTRAP`; a clap group declares
 //! one variable an option.
 
+use anyhow::Context;
 use warmhouse_contracts::kafka::topics;
 
 /// Kafka bootstrap servers when none is configured.
@@ -170,6 +171,43 @@ impl InfluxArgs {
             url: url.into(),
             ..Self::default()
         }
+    }
+}
+
+/// The command line of a service with a REST API: its configuration `C`
+/// (name, about and options as `C` declares them) and `--print-openapi`,
+/// which prints the API's OpenAPI document (JSON) from `openapi` and exits
+/// (scripts/update-api-docs.sh and the docs read it so). `None` when the
+/// document was printed; a bad command line ends the process as
+/// [`clap::Parser::parse`] does.
+pub fn parse_or_print_openapi<C: clap::Parser>(
+    openapi: impl FnOnce() -> utoipa::openapi::OpenApi,
+) -> anyhow::Result<Option<C>> {
+    const PRINT_OPENAPI: &str = "print_openapi";
+    // Listed first in `--help`, before the configuration's options.
+    let mut command = C::command()
+        .mut_args(|arg| {
+            let order = arg.get_display_order();
+            arg.display_order(order + 1)
+        })
+        .arg(
+            clap::Arg::new(PRINT_OPENAPI)
+                .long("print-openapi")
+                .action(clap::ArgAction::SetTrue)
+                .help("Print the OpenAPI document (JSON) and exit, e.g. for docs and CI")
+                .display_order(0),
+        );
+    let matches = command.get_matches_mut();
+    if matches.get_flag(PRINT_OPENAPI) {
+        let json = openapi()
+            .to_pretty_json()
+            .context("serialising the OpenAPI document")?;
+        println!("{json}");
+        return Ok(None);
+    }
+    match C::from_arg_matches(&matches) {
+        Ok(config) => Ok(Some(config)),
+        Err(err) => err.format(&mut command).exit(),
     }
 }
 

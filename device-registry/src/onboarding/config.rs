@@ -7,6 +7,10 @@ use warmhouse_ingest::influx::{InfluxClient, InfluxSettings};
 
 use super::catalog::TelemetryCatalog;
 
+/// Database of the telemetry when none is configured: the ingest writer's,
+/// so the saga registers devices where their readings are written.
+pub use warmhouse_service_kit::args::DEFAULT_INFLUX_DATABASE;
+
 /// The steps, in order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Step {
@@ -76,8 +80,6 @@ impl std::str::FromStr for Fault {
     }
 }
 
-/// Database of the telemetry when none is configured: the ingest writer's.
-pub const DEFAULT_INFLUX_DATABASE: &str = "warmhouse";
 /// How long `provision_telemetry` and its compensation wait for InfluxDB.
 const INFLUX_TIMEOUT: Duration = Duration::from_secs(5);
 
