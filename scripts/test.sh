@@ -11,5 +11,7 @@ echo "[test] formatting"
 cargo fmt --all --check
 echo "[test] clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+echo "[test] function length: at most 80 lines of code outside tests (clippy.toml, ADR 0023)"
+cargo clippy --workspace --lib --bins --locked -- -D clippy::too_many_lines
 echo "[test] tests"
 cargo nextest run --workspace --locked --no-fail-fast --profile "${NEXTEST_PROFILE:-default}"
