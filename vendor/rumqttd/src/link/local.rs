@@ -185,10 +185,11 @@ impl<'a> LinkBuilder<'a> {
         // WARMHOUSE PATCH (25)
         let incarnation = connection.incarnation;
 
+        // WARMHOUSE PATCH (32)
         let event = Event::Connect {
-            connection,
-            incoming,
-            outgoing,
+            connection: Box::new(connection),
+            incoming: Box::new(incoming),
+            outgoing: Box::new(outgoing),
         };
         (
             self.router_tx,

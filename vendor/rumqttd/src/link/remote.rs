@@ -500,6 +500,11 @@ impl<P: Protocol> RemoteLink<P> {
 
     /// WARMHOUSE PATCH (13): ends the connection for `error`; on MQTT 5 the
     /// client is told why first (a 3.1.1 server sends no DISCONNECT).
+    ///
+    /// WARMHOUSE PATCH (32): callers box this future (`Box::pin`): it holds
+    /// an error and a packet, over 2 KB, and a refusal is rare, while an
+    /// `.await` of it unboxed would make every connection's task that much
+    /// larger for its whole life.
     async fn refuse(&mut self, reason_code: DisconnectReasonCode, error: Error) -> Error {
         if self.network.is_v5() {
             let disconnect = Disconnect { reason_code };
@@ -542,20 +547,20 @@ impl<P: Protocol> RemoteLink<P> {
                     )) = batch
                     {
                         let reason = DisconnectReasonCode::PacketTooLarge;
-                        return Err(self.refuse(reason, Error::PacketTooLarge(size)).await);
+                        return Err(Box::pin(self.refuse(reason, Error::PacketTooLarge(size))).await);
                     }
                     batch?;
                     // WARMHOUSE PATCH (13): before the hook or the router
                     // sees (and acknowledges) anything of this batch.
                     if let Some((reason, error)) = read.iter().find_map(invalid_publish) {
-                        return Err(self.refuse(reason, error).await);
+                        return Err(Box::pin(self.refuse(reason, error)).await);
                     }
                     // WARMHOUSE PATCH (19)
                     if let Some((reason, limit)) = self.broken_limit(&read) {
                         if let Some(hooked) = &self.hooked {
                             hooked.hook.limit_exceeded(&hooked.info, limit);
                         }
-                        return Err(self.refuse(reason, Error::LimitExceeded(limit)).await);
+                        return Err(Box::pin(self.refuse(reason, Error::LimitExceeded(limit))).await);
                     }
                     // WARMHOUSE PATCH (24): more QoS 1 and 2 publishes
                     // unacknowledged than the Receive Maximum the CONNACK
@@ -568,7 +573,7 @@ impl<P: Protocol> RemoteLink<P> {
                             }
                             let reason = DisconnectReasonCode::ReceiveMaximumExceeded;
                             let error = Error::LimitExceeded("inflight");
-                            return Err(self.refuse(reason, error).await);
+                            return Err(Box::pin(self.refuse(reason, error)).await);
                         }
                         self.unacked.received(&read);
                     }

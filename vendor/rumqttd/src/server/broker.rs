@@ -695,7 +695,11 @@ async fn remote<P: Protocol>(
     // refused at connect even though its certificate is still valid.
     let certificate = tenant_id.as_deref().zip(cert_sha256.as_deref());
     let tenant_from_username = config.tenant_from_username;
-    let connect_packet = match mqtt_connect(config, &mut network, certificate).await {
+    // WARMHOUSE PATCH (32): the connect steps' futures are boxed, so the
+    // connection's task, which lives as long as the connection, is the size
+    // of its steady state (`RemoteLink::start`), not of its largest step:
+    // unboxed, they made every idle connection's task several KB larger.
+    let connect_packet = match Box::pin(mqtt_connect(config, &mut network, certificate)).await {
         Ok(p) => p,
         Err(e) => {
             error!(error=?e, "Error while handling MQTT connect packet");
@@ -764,7 +768,8 @@ async fn remote<P: Protocol>(
     }
 
     // Start the link
-    let mut link = match RemoteLink::new(
+    // WARMHOUSE PATCH (32): boxed, see `mqtt_connect` above.
+    let mut link = match Box::pin(RemoteLink::new(
         router_tx.clone(),
         tenant_id.clone(),
         network,
@@ -775,7 +780,7 @@ async fn remote<P: Protocol>(
         max_inflight_count,
         mqtt5,
         client_limits,
-    )
+    ))
     .await
     {
         Ok(l) => l,
