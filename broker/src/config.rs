@@ -11,6 +11,7 @@ use std::str::FromStr;
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
 use warmhouse_edge_bridge::IngressConfig;
+use warmhouse_service_kit::args::LogArgs;
 
 use crate::probe::Listener;
 
@@ -351,6 +352,11 @@ pub struct BrokerConfig {
     /// that the registry's answer at connect keeps the device out.
     #[arg(long, env = "WARMHOUSE_BROKER_REVOCATION_MEMORY_SECS", default_value_t = DEFAULT_REVOCATION_MEMORY_SECS)]
     pub revocation_memory_secs: u64,
+
+    /// Logging: `--log-filter` (`RUST_LOG`), `--log-format`
+    /// (`WARMHOUSE_LOG_FORMAT`).
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl BrokerConfig {
@@ -406,6 +412,7 @@ impl BrokerConfig {
             admin_token: None,
             revocation_memory_secs: DEFAULT_REVOCATION_MEMORY_SECS,
             access_grace_secs: DEFAULT_ACCESS_GRACE_SECS,
+            log: LogArgs::default(),
         }
     }
 

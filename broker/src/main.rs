@@ -6,6 +6,7 @@ use warmhouse_broker::{start, BrokerConfig};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    warmhouse_service_kit::init_tracing();
-    start(BrokerConfig::parse()).await?.run_until_signal().await
+    let config = BrokerConfig::parse();
+    config.log.init()?;
+    start(config).await?.run_until_signal().await
 }

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 
 use warmhouse_service_kit::args::{
-    DeviceCommandsTopic, DeviceEventsTopic, KafkaArgs, RegistryEventsTopic,
+    DeviceCommandsTopic, DeviceEventsTopic, KafkaArgs, LogArgs, RegistryEventsTopic,
 };
 use warmhouse_service_kit::auth::AuthConfig;
 
@@ -80,6 +80,10 @@ pub struct RegistryConfig {
     /// The onboarding saga: telemetry store, failure injection.
     #[command(flatten)]
     pub onboarding: onboarding::OnboardingConfig,
+    /// Logging: `--log-filter` (`RUST_LOG`), `--log-format`
+    /// (`WARMHOUSE_LOG_FORMAT`).
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl Default for RegistryConfig {
@@ -101,6 +105,7 @@ impl Default for RegistryConfig {
             identity: identity::IdentityConfig::default(),
             legacy: legacy::LegacyConfig::default(),
             onboarding: onboarding::OnboardingConfig::default(),
+            log: LogArgs::default(),
         }
     }
 }

@@ -27,7 +27,9 @@ use rdkafka::{Offset, TopicPartitionList};
 use warmhouse_contracts::kafka::DeadLetter;
 use warmhouse_contracts::points::points;
 use warmhouse_contracts::telemetry::TelemetryEnvelope;
-use warmhouse_service_kit::args::{DeadLettersTopic, InfluxArgs, KafkaArgs, TelemetryTopic};
+use warmhouse_service_kit::args::{
+    DeadLettersTopic, InfluxArgs, KafkaArgs, LogArgs, TelemetryTopic,
+};
 use warmhouse_service_kit::kafka::{
     group_consumer_config, producer_config, ClosedOffRuntime, Idempotence,
 };
@@ -113,6 +115,10 @@ pub struct WriterConfig {
         default_value = DEFAULT_ADMIN_LISTEN
     )]
     pub admin_listen: SocketAddr,
+    /// Logging: `--log-filter` (`RUST_LOG`), `--log-format`
+    /// (`WARMHOUSE_LOG_FORMAT`).
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl Default for WriterConfig {
@@ -131,6 +137,7 @@ impl Default for WriterConfig {
             max_concurrent_writes: DEFAULT_MAX_CONCURRENT_WRITES,
             lag_interval_ms: DEFAULT_LAG_INTERVAL_MS,
             admin_listen: SocketAddr::from(([0, 0, 0, 0], 9185)),
+            log: LogArgs::default(),
         }
     }
 }

@@ -7,6 +7,11 @@
 //! Each group's [`Default`] is its declared defaults without reading the
 //! environment: tests build configurations from it.
 //!
+//! Logging is a group too ([`LogArgs`]: `RUST_LOG`, `WARMHOUSE_LOG_FORMAT`),
+//! flattened into every service's configuration: a binary parses its
+//! configuration first, then installs logging from it, so a bad filter or
+//! format stops the service with a clear message instead of being ignored.
+//!
 //! What stays out of the groups: options whose variable differs between
 //! services, such as the HTTP listen address (`WARMHOUSE_QUERY_LISTEN`,
 //! `WARMHOUSE_REGISTRY_LISTEN`, `WARMHOUSE_INGEST_ADMIN_LISTEN`, ...) and
@@ -22,6 +27,8 @@ pub const DEFAULT_KAFKA_BOOTSTRAP: &str = "127.0.0.1:9092";
 pub const DEFAULT_INFLUX_URL: &str = "http://127.0.0.1:8086";
 /// The InfluxDB database of the telemetry when none is configured.
 pub const DEFAULT_INFLUX_DATABASE: &str = "warmhouse";
+/// The log filter when none is configured.
+pub const DEFAULT_LOG_FILTER: &str = "info";
 
 /// Where Kafka is: `--kafka-bootstrap`, `WARMHOUSE_KAFKA_BOOTSTRAP`.
 #[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
@@ -174,6 +181,74 @@ impl InfluxArgs {
     }
 }
 
+/// How a service logs: `--log-filter` (`RUST_LOG`) and `--log-format`
+/// (`WARMHOUSE_LOG_FORMAT`). Both are checked when the command line is
+/// parsed; [`LogArgs::init`] installs the subscriber. Their ids are the
+/// field names (clap's debug checks, run by every configuration's tests,
+/// would catch a clash).
+#[derive(clap::Args, Debug, Clone, PartialEq, Eq)]
+pub struct LogArgs {
+    /// What to log: a `tracing` filter, e.g. `info` or
+    /// `info,rumqttd=warn,warmhouse_broker=debug`.
+    #[arg(
+        long = "log-filter",
+        env = "RUST_LOG",
+        default_value = DEFAULT_LOG_FILTER,
+        value_parser = log_filter
+    )]
+    pub filter: String,
+    /// Log lines as text, or as JSON lines for log collectors.
+    #[arg(
+        long = "log-format",
+        env = "WARMHOUSE_LOG_FORMAT",
+        value_enum,
+        default_value_t = LogFormat::Text
+    )]
+    pub format: LogFormat,
+}
+
+/// The form of the log lines: human-readable text, or one JSON object a
+/// line. (The variants carry no doc comments: clap would print them, and
+/// `--help` would switch every option to its long layout.)
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+impl Default for LogArgs {
+    fn default() -> Self {
+        Self {
+            filter: DEFAULT_LOG_FILTER.into(),
+            format: LogFormat::Text,
+        }
+    }
+}
+
+impl LogArgs {
+    /// Installs the `tracing` subscriber: lines on stdout that pass the
+    /// filter, in the format. Where one is installed already (a test
+    /// starting several services), that one stays.
+    pub fn init(&self) -> anyhow::Result<()> {
+        let filter = tracing_subscriber::EnvFilter::try_new(&self.filter)
+            .with_context(|| format!("invalid log filter {:?}", self.filter))?;
+        crate::install_tracing(filter, self.format);
+        Ok(())
+    }
+}
+
+/// `value` when it parses as a `tracing` filter (clap's value parser of
+/// `--log-filter`).
+fn log_filter(value: &str) -> Result<String, String> {
+    match tracing_subscriber::EnvFilter::try_new(value) {
+        Ok(_) => Ok(value.to_string()),
+        Err(err) => Err(format!(
+            "not a log filter ({err}); e.g. info, or info,rumqttd=warn"
+        )),
+    }
+}
+
 /// The command line of a service with a REST API: its configuration `C`
 /// (name, about and options as `C` declares them) and `--print-openapi`,
 /// which prints the API's OpenAPI document (JSON) from `openapi` and exits
@@ -238,6 +313,97 @@ mod tests {
     fn defaults_are_what_the_flags_declare() {
         let declared: Every = crate::testing::clap_defaults().expect("the defaults parse");
         assert_eq!(declared, Every::default());
+    }
+
+    #[derive(clap::Parser, Debug, PartialEq, Eq, Default)]
+    #[command(name = "logging")]
+    struct Logging {
+        #[command(flatten)]
+        log: LogArgs,
+    }
+
+    fn logging(args: &[&str]) -> anyhow::Result<Logging> {
+        crate::parse_ignoring_env(std::iter::once("logging").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn log_defaults_are_what_the_flags_declare() {
+        let declared: Logging = crate::testing::clap_defaults().expect("the defaults parse");
+        assert_eq!(declared, Logging::default());
+        assert_eq!(declared.log.filter, "info");
+        assert_eq!(declared.log.format, LogFormat::Text);
+    }
+
+    #[test]
+    fn log_flags_and_variables_keep_their_names() {
+        use clap::CommandFactory;
+        let command = Logging::command();
+        let names: Vec<(&str, String)> = command
+            .get_arguments()
+            .filter_map(|arg| {
+                Some((
+                    arg.get_long()?,
+                    arg.get_env()?.to_string_lossy().into_owned(),
+                ))
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("log-filter", "RUST_LOG".to_string()),
+                ("log-format", "WARMHOUSE_LOG_FORMAT".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn a_log_filter_and_format_are_taken_as_given() {
+        let parsed = logging(&["--log-filter", "info,rumqttd=warn", "--log-format", "json"])
+            .expect("a valid filter and format parse");
+        assert_eq!(parsed.log.filter, "info,rumqttd=warn");
+        assert_eq!(parsed.log.format, LogFormat::Json);
+    }
+
+    /// Checks that `args` are refused with a message naming every one of
+    /// `words`.
+    fn assert_refused(args: &[&str], words: &[&str]) {
+        let message = match logging(args) {
+            Ok(parsed) => panic!("{args:?} parsed as {parsed:?}"),
+            Err(err) => format!("{err:#}"),
+        };
+        for word in words {
+            assert!(message.contains(word), "{word:?} missing from: {message}");
+        }
+    }
+
+    #[test]
+    fn a_bad_log_filter_is_refused_with_a_clear_message() {
+        assert_refused(
+            &["--log-filter", "info,rumqttd=loud"],
+            &["--log-filter", "info,rumqttd=loud", "not a log filter"],
+        );
+    }
+
+    #[test]
+    fn a_bad_log_format_is_refused_with_a_clear_message() {
+        assert_refused(
+            &["--log-format", "jsno"],
+            &["--log-format", "jsno", "text, json"],
+        );
+    }
+
+    #[test]
+    fn log_args_install_a_subscriber() {
+        LogArgs::default()
+            .init()
+            .expect("the default filter parses");
+        // A second one (several services in one test process) is no error.
+        LogArgs {
+            filter: "debug".into(),
+            format: LogFormat::Json,
+        }
+        .init()
+        .expect("a second install is harmless");
     }
 
     #[test]

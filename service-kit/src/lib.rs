@@ -35,18 +35,29 @@ pub use http_metrics::{track_request, HttpMetrics};
 pub use lifecycle::{FailureReporter, Lifecycle, Running};
 pub use problem::Problem;
 
-/// Initialises `tracing`. `RUST_LOG` filters (default `info`);
-/// `WARMHOUSE_LOG_FORMAT=json` switches to JSON lines for containers.
+/// Initialises `tracing` from the environment, leniently, for tests and
+/// harnesses: `RUST_LOG` filters (default `info`, also for a filter that
+/// does not parse); `WARMHOUSE_LOG_FORMAT=json` switches to JSON lines.
+/// The services' binaries configure logging from their command line
+/// instead ([`args::LogArgs`]), where a bad value is an error.
 pub fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let json = std::env::var("WARMHOUSE_LOG_FORMAT").is_ok_and(|v| v == "json");
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(args::DEFAULT_LOG_FILTER));
+    let format = match std::env::var("WARMHOUSE_LOG_FORMAT") {
+        Ok(value) if value == "json" => args::LogFormat::Json,
+        _ => args::LogFormat::Text,
+    };
+    install_tracing(filter, format);
+}
+
+/// Installs the `tracing` subscriber: `filter`, lines on stdout in `format`.
+/// A second install (tests starting several services) is harmless: the
+/// first one stays.
+fn install_tracing(filter: tracing_subscriber::EnvFilter, format: args::LogFormat) {
     let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    // A second init (tests starting several services) is harmless.
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
+    let _ = match format {
+        args::LogFormat::Json => builder.json().try_init(),
+        args::LogFormat::Text => builder.try_init(),
     };
 }
 

@@ -6,6 +6,7 @@ use anyhow::{bail, Context};
 use clap::builder::BoolishValueParser;
 use warmhouse_contracts::ids::{DeviceId, DeviceType, HomeId, IdError};
 use warmhouse_contracts::telemetry::MAX_SAMPLES_PER_MESSAGE;
+use warmhouse_service_kit::args::LogArgs;
 
 use crate::model::DeviceKind;
 
@@ -138,6 +139,11 @@ pub struct SimConfig {
     /// already published acknowledged.
     #[arg(long, env = "WARMHOUSE_SIM_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,
+
+    /// Logging: `--log-filter` (`RUST_LOG`), `--log-format`
+    /// (`WARMHOUSE_LOG_FORMAT`).
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 pub const DEFAULT_HOST: &str = "127.0.0.1";
@@ -184,6 +190,7 @@ impl Default for SimConfig {
             max_backlog: DEFAULT_MAX_BACKLOG,
             keep_alive_secs: 30,
             drain_timeout_secs: 10,
+            log: LogArgs::default(),
         }
     }
 }

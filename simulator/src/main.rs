@@ -7,8 +7,11 @@ use warmhouse_simulator::{run, SimConfig};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    warmhouse_service_kit::init_tracing();
     let config = SimConfig::parse();
+    if let Err(err) = config.log.init() {
+        eprintln!("error: {err:#}");
+        return ExitCode::FAILURE;
+    }
     match run(config, warmhouse_service_kit::shutdown_signal()).await {
         Ok(summary) => {
             println!("{summary}");

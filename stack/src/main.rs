@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Up(args) => up(args).await,
         Command::Broker(config) => {
-            warmhouse_service_kit::init_tracing();
+            config.log.init()?;
             warmhouse_broker::start(config)
                 .await?
                 .run_until_signal()

@@ -8,7 +8,7 @@ async fn main() -> anyhow::Result<()> {
     let Some(config) = parse_or_print_openapi::<QueryConfig>(openapi)? else {
         return Ok(());
     };
-    warmhouse_service_kit::init_tracing();
+    config.log.init()?;
     start(config, std::future::pending())
         .await?
         .run_until_signal()

@@ -32,7 +32,7 @@ use axum::routing::get;
 use axum::Router;
 use prometheus::{Histogram, IntCounterVec, Registry};
 use utoipa_swagger_ui::SwaggerUi;
-use warmhouse_service_kit::args::InfluxArgs;
+use warmhouse_service_kit::args::{InfluxArgs, LogArgs};
 use warmhouse_service_kit::auth::{self, AuthConfig, Verifier};
 use warmhouse_service_kit::{
     probe_readiness, track_request, HttpMetrics, Lifecycle, Readiness, Running,
@@ -91,6 +91,10 @@ pub struct QueryConfig {
     /// How bearer tokens are verified.
     #[command(flatten)]
     pub auth: AuthConfig,
+    /// Logging: `--log-filter` (`RUST_LOG`), `--log-format`
+    /// (`WARMHOUSE_LOG_FORMAT`).
+    #[command(flatten)]
+    pub log: LogArgs,
 }
 
 impl Default for QueryConfig {
@@ -104,6 +108,7 @@ impl Default for QueryConfig {
             influx_timeout_ms: DEFAULT_INFLUX_TIMEOUT_MS,
             ready_interval_ms: DEFAULT_READY_INTERVAL_MS,
             auth: AuthConfig::default(),
+            log: LogArgs::default(),
         }
     }
 }
