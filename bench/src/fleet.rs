@@ -104,6 +104,9 @@ pub struct FleetRun {
     /// CPU over the load, in cores, by process group.
     pub cpu_cores: Vec<(String, f64)>,
     pub load_window: Duration,
+    /// From the first simulator's start to the end of the load: the time
+    /// over which `messages_acked` were published.
+    pub published_for: Duration,
     pub restart: Option<RestartRun>,
 }
 
@@ -394,6 +397,7 @@ async fn drive_fleet(
         load_end,
     )
     .await?;
+    let published_for = started.elapsed();
     let totals = &load.totals;
     let (drain, tally) = count_stored(stack, &run_id, totals.readings_acked).await?;
     let latency = e2e::probe_result(probe, Duration::from_secs(60)).await;
@@ -413,6 +417,7 @@ async fn drive_fleet(
         rss_per_connection,
         cpu_cores: load.cpu_cores,
         load_window: load.window,
+        published_for,
         restart: load.restart,
     })
 }

@@ -146,11 +146,11 @@ fn render_fleet_run(md: &mut String, o: &FleetOptions, f: &FleetRun) {
 fn render_delivery_rows(md: &mut String, f: &FleetRun) {
     let _ = writeln!(
         md,
-        "| messages acked / unacked | {} / {} ({:.0} messages/s over {:.0} s) |",
+        "| messages acked / unacked | {} / {} ({:.0} messages/s over the {:.0} s of starts and load) |",
         f.messages_acked,
         f.messages_unacked,
-        crate::per_sec(f.messages_acked, f.load_window),
-        f.load_window.as_secs_f64()
+        crate::per_sec(f.messages_acked, f.published_for),
+        f.published_for.as_secs_f64()
     );
     let _ = writeln!(md, "| readings acked | {} |", f.readings_acked);
     match &f.tally {
