@@ -375,7 +375,6 @@ async fn wait_until_serving(
     config: &BrokerConfig,
     lifecycle: &mut Lifecycle,
 ) -> anyhow::Result<SelfProbe> {
-    let probe_timeout = Duration::from_secs(config.probe_timeout_secs);
     let deadline = Duration::from_secs(config.startup_timeout_secs);
     let started = Instant::now();
     let mut serving = vec![false; self_probe.probers.len()];
@@ -386,7 +385,7 @@ async fn wait_until_serving(
         let mut last_error = None;
         for (prober, serving) in self_probe.probers.iter_mut().zip(serving.iter_mut()) {
             if !*serving {
-                match prober.probe(probe_timeout).await {
+                match prober.probe(self_probe.timeout).await {
                     Ok(()) => *serving = true,
                     Err(err) => last_error = Some(err),
                 }
